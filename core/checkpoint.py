@@ -1,0 +1,163 @@
+"""Loading the checkpoints people have: single `.safetensors` files and diffusers folders.
+
+    load_model(path)  ->  DiffusionModel (UNet + VAE + text encoder, family, prediction type)
+    load_vae(path)    ->  AutoencoderKL, to replace a model's own VAE
+
+A single file uses the original LDM key layout; the family (SD1.x / SD2.x / SDXL)
+is read off which text encoders it carries, and every network's config off the
+tensor shapes (REFERENCE.md). Any problem raises `ModelLoadError` naming the
+file and the reason; nothing half-built survives it, since nothing is kept
+until every part has loaded.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import torch
+
+from core import diffusers_folder
+from core.assemble import blame, check_context_width, load_text_encoder
+from core.convert_unet import unet_config_from_shapes
+from core.convert_vae import (
+    fix_attention_shapes,
+    vae_config_from_diffusers,
+    vae_config_from_shapes,
+    vae_state_from_diffusers,
+)
+from core.errors import LatentDeskError, ModelLoadError
+from core.families import FAMILIES, UNET_PREFIX, VAE_PREFIX, Family
+from core.model import DiffusionModel
+from core.prediction import PREDICTIONS, decide_prediction
+from core.safetensors_io import SafetensorsFile
+from core.unet import UNet
+from core.vae import AutoencoderKL
+from core.weights import build_on_meta, fill
+
+# Families are tried most specific first: SDXL's first encoder looks like SD1's.
+DETECTION_ORDER = ("sdxl", "sd2", "sd1")
+VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+
+
+def load_model(path: str | Path, *, prediction: str | None = None, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> DiffusionModel:
+    """Load a Stable Diffusion model; `prediction` ("epsilon" / "v") overrides detection."""
+    path = Path(path)
+    if prediction is not None and prediction not in PREDICTIONS:
+        raise LatentDeskError(f"prediction type must be one of {PREDICTIONS}, not {prediction!r}")
+    try:
+        if path.is_dir():
+            return diffusers_folder.load(path, prediction=prediction, dtype=dtype, device=device)
+        return _load_single_file(path, prediction, dtype, device)
+    except torch.OutOfMemoryError:
+        gc.collect()
+        raise ModelLoadError(path, "not enough memory to load this model") from None
+
+
+def _load_single_file(path: Path, prediction: str | None, dtype: torch.dtype, device) -> DiffusionModel:
+    file = SafetensorsFile(path)
+    family = detect_family(file)
+
+    def read_component(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: file.read(k, dtype).to(device) for k in file.keys() if k.startswith(prefix)}
+
+    def shapes(prefix: str) -> dict[str, tuple[int, ...]]:
+        return {k[len(prefix):]: s for k, s in file.shapes.items() if k.startswith(prefix)}
+
+    unet_config = _derived(path, f"UNet ({UNET_PREFIX}*)", lambda: unet_config_from_shapes(shapes(UNET_PREFIX), family.heads_for))
+    vae_config = _derived(path, f"VAE ({VAE_PREFIX}*)", lambda: vae_config_from_shapes(shapes(VAE_PREFIX), family.latent_scale))
+    # 1. Text encoders first: they tell us the context width the UNet must have.
+    text_encoder = load_text_encoder(family, [read_component(s.prefix) for s in family.text_encoders], path,
+                                     [s.prefix + "*" for s in family.text_encoders])
+    check_context_width(path, family, unet_config.context_dim, text_encoder)
+    # 2. UNet and VAE.
+    unet = fill(build_on_meta(lambda: UNet(unet_config)), read_component(UNET_PREFIX), path,
+                lambda k: UNET_PREFIX + k)
+    vae_state = {k: v for k, v in read_component(VAE_PREFIX).items() if k.startswith(VAE_PARTS)}
+    vae = fill(build_on_meta(lambda: AutoencoderKL(vae_config)), fix_attention_shapes(vae_state),
+               path, lambda k: VAE_PREFIX + k)
+    # 3. What the UNet predicts.
+    chosen, source = decide_prediction(prediction, file.metadata, file.keys(), None, family, unet)
+    return DiffusionModel(family, unet, vae, text_encoder, chosen, source, path)
+
+
+def detect_family(file: SafetensorsFile) -> Family:
+    keys = file.keys()
+
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
+    if not has(UNET_PREFIX):
+        raise ModelLoadError(file.path, f"not a Stable Diffusion checkpoint: no UNet tensors ({UNET_PREFIX}*); "
+                                        f"{_what_it_looks_like(keys)}")
+    if UNET_PREFIX + "input_blocks.0.0.weight" not in file.entries:
+        raise ModelLoadError(file.path, "unknown architecture: the model has no SD-style UNet "
+                                        f"({UNET_PREFIX}input_blocks.0.0.weight is missing); SD3, Flux and "
+                                        "other transformer models are not supported")
+    if has("conditioner.embedders.0.model."):
+        raise ModelLoadError(file.path, "this is an SDXL refiner; load the SDXL base model instead "
+                                        "(refiners are not supported yet)")
+    for name in DETECTION_ORDER:
+        family = FAMILIES[name]
+        if all(has(spec.prefix) for spec in family.text_encoders):
+            return family
+    raise ModelLoadError(file.path, "unknown architecture: a UNet without a text encoder Latent Desk recognises "
+                                    "(expected CLIP under cond_stage_model.* or conditioner.embedders.*)")
+
+
+def _derived(path: Path, what: str, derive):
+    with blame(path, what):
+        return derive()
+
+
+def _what_it_looks_like(keys: list[str]) -> str:
+    if any("lora_" in k or ".lora_down." in k or ".lora_A." in k for k in keys):
+        return "it looks like a LoRA, which is applied on top of a model, not loaded as one"
+    if any(k.startswith(("encoder.conv_in", VAE_PREFIX, "decoder.conv_in")) for k in keys):
+        return "it looks like a standalone VAE; open it as the model's VAE instead"
+    if not keys:
+        return "the file holds no tensors"
+    return f"its first tensor is {keys[0]!r}"
+
+
+# --- standalone VAE ---------------------------------------------------------------------------------
+
+def load_vae(path: str | Path, *, scale_factor: float, dtype: torch.dtype = torch.float32,
+             device: str | torch.device = "cpu") -> AutoencoderKL:
+    """A VAE file or folder that replaces a model's own (scale factor stays the model family's)."""
+    path = Path(path)
+    if path.is_dir():
+        return diffusers_folder.load_vae_folder(path, dtype=dtype, device=device, scale_factor=scale_factor)
+    file = SafetensorsFile(path)
+    keys = file.keys()
+    prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in keys) else ""
+    state = {k[len(prefix):]: file.read(k, dtype).to(device) for k in keys if k.startswith(prefix)}
+    if not any(k.startswith(("encoder.", "decoder.")) for k in state):
+        raise ModelLoadError(path, "not a VAE: no encoder.* / decoder.* tensors")
+    if any(".down_blocks." in k or ".up_blocks." in k for k in state):  # saved in diffusers' layout
+        shapes = {k: tuple(t.shape) for k, t in state.items()}
+        config = _derived(path, "VAE", lambda: vae_config_from_diffusers(_diffusers_vae_config(shapes, scale_factor)))
+        state = _derived(path, "VAE", lambda: vae_state_from_diffusers(state, config))
+        return fill(build_on_meta(lambda: AutoencoderKL(config)), state, path, lambda k: k)
+    # Some VAE files also carry the training-only discriminator (loss.*) or EMA copies.
+    state = {k: v for k, v in state.items() if k.startswith(VAE_PARTS)}
+    config = _derived(path, "VAE", lambda: vae_config_from_shapes({k: tuple(v.shape) for k, v in state.items()},
+                                                                  scale_factor))
+    return fill(build_on_meta(lambda: AutoencoderKL(config)), fix_attention_shapes(state), path,
+                lambda k: prefix + k)
+
+
+def _diffusers_vae_config(shapes: dict[str, tuple[int, ...]], scale_factor: float) -> dict:
+    """A diffusers-layout VAE file without its config.json: read the config off the shapes."""
+    levels = sorted({int(k.split(".")[2]) for k in shapes if k.startswith("encoder.down_blocks.")})
+    channels = [shapes[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"][0] for i in levels]
+    per_level = {int(k.split(".")[4]) for k in shapes if k.startswith("encoder.down_blocks.0.resnets.")}
+    return {
+        "in_channels": shapes["encoder.conv_in.weight"][1],
+        "out_channels": shapes["decoder.conv_out.weight"][0],
+        "block_out_channels": channels,
+        "layers_per_block": len(per_level),
+        "latent_channels": shapes["decoder.conv_in.weight"][1],
+        "scaling_factor": scale_factor,
+    }

@@ -1,0 +1,175 @@
+"""Reading `.safetensors` model files defensively.
+
+We parse the header ourselves instead of handing the file to a library first:
+the checks below turn every way a file can be broken or hostile into one
+`ModelLoadError` that names the file and the reason, and reading each tensor
+with `readinto` straight into its final dtype means a model is never held
+twice in memory (no memory map pages, no intermediate full copy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.errors import ModelLoadError
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+MAX_HEADER_BYTES = 100 * 1024 * 1024    # the safetensors format's own limit
+MAX_METADATA_BYTES = 16 * 1024 * 1024   # kohya-style training notes reach a few MB, never more
+MAX_METADATA_ENTRIES = 10_000
+MAX_TENSORS = 100_000
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+
+
+def refuse_pickle(path: Path) -> None:
+    """Pickled checkpoints run code when loaded; we never unpickle them by default."""
+    raise ModelLoadError(
+        path,
+        "this is a pickle-based PyTorch file, which can run arbitrary code when opened, so Latent Desk "
+        "does not open it. Download the .safetensors version of this model instead.",
+    )
+
+
+def looks_pickled(path: Path) -> bool:
+    """A torch.save zip archive or a raw pickle stream, whatever the file is called.
+
+    A real .safetensors file starts with its header length and then `{`, which
+    neither of those can, so that is checked first.
+    """
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        return False
+    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int   # byte offset from the start of the file
+    end: int
+
+
+class SafetensorsFile:
+    """A checked `.safetensors` file: its tensor table and metadata, tensors read on demand."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.entries, self.metadata = _read_header(self.path)
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: e.shape for k, e in self.entries.items()}
+
+    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor, converted to `dtype` (float tensors only), checked for NaN/Inf."""
+        entry = self.entries[key]
+        stored = DTYPES[entry.dtype]
+        target = dtype if (dtype is not None and entry.dtype in FLOAT_DTYPES) else stored
+        raw = torch.empty(entry.shape, dtype=stored)
+        with open(self.path, "rb") as f:
+            f.seek(entry.begin)
+            if raw.numel():
+                got = f.readinto(memoryview(raw.view(-1).view(torch.uint8).numpy()))
+                if got != entry.end - entry.begin:
+                    raise ModelLoadError(self.path, f"file ends inside tensor {key!r} (truncated download?)")
+        if entry.dtype in FLOAT_DTYPES and raw.numel() and not torch.isfinite(raw).all():
+            raise ModelLoadError(self.path, f"tensor {key!r} contains NaN or infinite values; the file is damaged")
+        return raw if target == stored else raw.to(target)
+
+
+def _read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    if not path.exists():
+        raise ModelLoadError(path, "file not found")
+    if not path.is_file():
+        raise ModelLoadError(path, "not a file")
+    if path.suffix.lower() in PICKLE_SUFFIXES or looks_pickled(path):
+        refuse_pickle(path)
+    size = path.stat().st_size
+    if size < 8:
+        raise ModelLoadError(path, f"only {size} bytes long: not a .safetensors model (empty or truncated file)")
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > MAX_HEADER_BYTES or header_len > size - 8:
+            raise ModelLoadError(
+                path, f"header length {header_len} does not fit the file ({size} bytes): "
+                "not a .safetensors file, or truncated")
+        raw_header = f.read(header_len)
+    try:
+        header = json.loads(raw_header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(path, f"header is not valid JSON ({e.__class__.__name__}): not a .safetensors file") from None
+    if not isinstance(header, dict):
+        raise ModelLoadError(path, "header is not a JSON object: not a .safetensors file")
+
+    metadata = _check_metadata(path, header.pop("__metadata__", {}))
+    if len(header) > MAX_TENSORS:
+        raise ModelLoadError(path, f"header lists {len(header)} tensors, more than any model has")
+    data_start = 8 + header_len
+    entries = {}
+    for key, info in header.items():
+        entries[key] = _check_entry(path, key, info, data_start)
+    _check_layout(path, entries, data_start, size)
+    return entries, metadata
+
+
+def _check_metadata(path: Path, metadata) -> dict[str, str]:
+    if not isinstance(metadata, dict):
+        raise ModelLoadError(path, "header __metadata__ is not a JSON object")
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise ModelLoadError(path, f"header __metadata__ has {len(metadata)} entries (limit {MAX_METADATA_ENTRIES})")
+    total = 0
+    for k, v in metadata.items():
+        if not isinstance(v, str):
+            raise ModelLoadError(path, f"header __metadata__[{k[:60]!r}] is {type(v).__name__}, expected text")
+        total += len(k) + len(v)
+    if total > MAX_METADATA_BYTES:
+        raise ModelLoadError(path, f"header __metadata__ holds {total} characters (limit {MAX_METADATA_BYTES})")
+    return metadata
+
+
+def _check_entry(path: Path, key: str, info, data_start: int) -> TensorEntry:
+    if not isinstance(info, dict):
+        raise ModelLoadError(path, f"header entry {key!r} is not a JSON object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPES:
+        raise ModelLoadError(path, f"tensor {key!r} has unsupported dtype {dtype!r}")
+    if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise ModelLoadError(path, f"tensor {key!r} has an invalid shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) and n >= 0 for n in offsets)):
+        raise ModelLoadError(path, f"tensor {key!r} has invalid data offsets {offsets!r}")
+    begin, end = offsets
+    nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+    if end - begin != nbytes:
+        raise ModelLoadError(
+            path, f"tensor {key!r}: shape {tuple(shape)} of {dtype} needs {nbytes} bytes, the header gives {end - begin}")
+    return TensorEntry(dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def _check_layout(path: Path, entries: dict[str, TensorEntry], data_start: int, size: int) -> None:
+    """Tensors must tile the data area exactly: no overlaps, no gaps, nothing past the end."""
+    position = data_start
+    for key, e in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if e.begin != position:
+            raise ModelLoadError(path, f"tensor {key!r} starts at byte {e.begin}, expected {position} (overlap or gap)")
+        position = e.end
+    if position > size:
+        raise ModelLoadError(path, f"file is {size} bytes but its tensors need {position}: truncated (incomplete download?)")
+    if position < size:
+        raise ModelLoadError(path, f"{size - position} unexplained bytes after the last tensor: damaged file")

@@ -1,0 +1,215 @@
+"""Crafted broken and hostile model files: each gives one clear ModelLoadError, none crashes.
+
+The message must name the file and say what is wrong, so a user knows which
+download to replace and why.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from core.checkpoint import load_model, load_vae
+from core.errors import ModelLoadError
+from tests.tiny_models import write_diffusers_folder, write_single_file
+
+
+def raw_safetensors(path: Path, header: dict | bytes | list, data: bytes = b"", header_len: int | None = None) -> Path:
+    body = header if isinstance(header, bytes) else json.dumps(header).encode()
+    length = len(body) if header_len is None else header_len
+    path.write_bytes(struct.pack("<Q", length) + body + data)
+    return path
+
+
+def f32(shape, begin=0) -> dict:
+    n = 4
+    for s in shape:
+        n *= s
+    return {"dtype": "F32", "shape": list(shape), "data_offsets": [begin, begin + n]}
+
+
+class RunsCode:
+    """Unpickling this writes a marker file: proof that a loader executed the payload."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+# Each case: (file name, builder(tmp_path) -> path, words the message must contain)
+FORMAT_CASES = [
+    ("empty.safetensors", lambda p: (p.write_bytes(b""), p)[1], "empty or truncated"),
+    ("short.safetensors", lambda p: (p.write_bytes(b"\x01\x02\x03"), p)[1], "empty or truncated"),
+    ("random.safetensors", lambda p: (p.write_bytes(bytes(range(7, 256)) * 40), p)[1], "header length"),
+    ("hugeheader.safetensors", lambda p: raw_safetensors(p, {}, header_len=2**40), "header length"),
+    ("notutf8.safetensors", lambda p: raw_safetensors(p, b"\xff\xfe{}"), "not valid JSON"),
+    ("notjson.safetensors", lambda p: raw_safetensors(p, b"{this is not json"), "not valid JSON"),
+    ("list.safetensors", lambda p: raw_safetensors(p, [1, 2, 3]), "not a JSON object"),
+    ("metalist.safetensors", lambda p: raw_safetensors(p, {"__metadata__": [1]}), "__metadata__ is not"),
+    ("metaint.safetensors", lambda p: raw_safetensors(p, {"__metadata__": {"a": 5}}), "expected text"),
+    ("metahuge.safetensors", lambda p: raw_safetensors(p, {"__metadata__": {"x": "y" * (17 * 2**20)}}),
+     "limit"),
+    ("metamany.safetensors", lambda p: raw_safetensors(p, {"__metadata__": {str(i): "" for i in range(20_000)}}),
+     "entries"),
+    ("dtype.safetensors", lambda p: raw_safetensors(p, {"w": {"dtype": "F7", "shape": [1], "data_offsets": [0, 1]}},
+                                                    b"\0"), "unsupported dtype"),
+    ("shape.safetensors", lambda p: raw_safetensors(p, {"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}},
+                                                    b"\0" * 8), "invalid shape"),
+    ("offsets.safetensors", lambda p: raw_safetensors(p, {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0]}},
+                                                      b"\0" * 8), "invalid data offsets"),
+    ("size.safetensors", lambda p: raw_safetensors(p, {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}},
+                                                   b"\0" * 8), "needs 16 bytes"),
+    ("overlap.safetensors", lambda p: raw_safetensors(p, {"a": f32([2]), "b": f32([2], begin=4)}, b"\0" * 12),
+     "overlap or gap"),
+    ("truncated.safetensors", lambda p: raw_safetensors(p, {"a": f32([1000])}, b"\0" * 100), "truncated"),
+    ("trailing.safetensors", lambda p: raw_safetensors(p, {"a": f32([2])}, b"\0" * 8 + b"junk"), "unexplained bytes"),
+    ("weights.ckpt", lambda p: (p.write_bytes(pickle.dumps(RunsCode(p.with_suffix(".marker")))), p)[1], "pickle"),
+    ("disguised.safetensors", lambda p: (p.write_bytes(pickle.dumps(RunsCode(p.with_suffix(".marker")))), p)[1],
+     "pickle"),
+    ("torchsave.bin", lambda p: (torch.save({"w": torch.zeros(2)}, p), p)[1], "pickle"),
+    ("notamodel.safetensors", lambda p: (save_file({"foo": torch.zeros(3)}, p), p)[1], "not a Stable Diffusion"),
+    ("lora.safetensors", lambda p: (save_file({"lora_unet_down.lora_down.weight": torch.zeros(3)}, p), p)[1],
+     "LoRA"),
+    ("vaeonly.safetensors", lambda p: (save_file({"encoder.conv_in.weight": torch.zeros(3)}, p), p)[1],
+     "standalone VAE"),
+    ("transformer.safetensors", lambda p: (save_file({"model.diffusion_model.joint_blocks.0.w": torch.zeros(3)}, p),
+                                           p)[1], "unknown architecture"),
+]
+
+
+@pytest.mark.parametrize("name,build,words", FORMAT_CASES, ids=[c[0] for c in FORMAT_CASES])
+def test_broken_file_gives_clear_error(tmp_path, name, build, words):
+    path = build(tmp_path / name)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert str(path) in message and words in message, message
+    assert not path.with_suffix(".marker").exists(), "the pickle payload ran"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="file not found"):
+        load_model(tmp_path / "nope.safetensors")
+
+
+# --- files that parse but do not hold a model we can use -------------------------------------------
+
+def rewrite(src: Path, dst: Path, change) -> Path:
+    from safetensors.torch import load_file
+    state = load_file(src)
+    change(state)
+    save_file(state, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def good_sd1(tmp_path_factory) -> Path:
+    return write_single_file("sd1", tmp_path_factory.mktemp("good") / "tiny_sd1.safetensors")
+
+
+def _set(state, key, value):
+    state[key] = value
+
+
+MODEL_CASES = [
+    ("missing", lambda s: s.pop("model.diffusion_model.out.2.weight"), "(model.diffusion_model.*): the UNet "
+                                                                       "has no tensor 'out.2.weight'"),
+    ("extra", lambda s: _set(s, "model.diffusion_model.extra_block.weight", torch.zeros(2)),
+     "(model.diffusion_model.*): the UNet has a tensor 'extra_block.weight'"),
+    ("misshaped", lambda s: _set(s, "first_stage_model.decoder.conv_out.weight",
+                                 torch.zeros(3, 5, 3, 3)), "first_stage_model.decoder.conv_out.weight"),
+    ("nan", lambda s: s["model.diffusion_model.out.2.bias"].fill_(float("nan")), "NaN"),
+    ("inf", lambda s: s["first_stage_model.quant_conv.weight"].view(-1)[0].fill_(float("inf")), "NaN or infinite"),
+    ("no_text_encoder", lambda s: [s.pop(k) for k in list(s) if k.startswith("cond_stage_model.")],
+     "text encoder"),
+    ("mixed_width", lambda s: [_set(s, k, torch.zeros(v.shape[0], v.shape[1] + 8)) for k, v in list(s.items())
+                               if k.endswith("attn2.to_k.weight")], "expects"),
+]
+
+
+@pytest.mark.parametrize("name,change,words", MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
+def test_broken_model_gives_clear_error(tmp_path, good_sd1, name, change, words):
+    path = rewrite(good_sd1, tmp_path / f"{name}.safetensors", change)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert str(path) in message and words in message, message
+
+
+def test_good_file_loads(good_sd1):
+    model = load_model(good_sd1)
+    assert model.family.name == "sd1"
+
+
+def test_nothing_half_loaded_survives_a_failure(tmp_path, good_sd1):
+    import gc
+    import weakref
+
+    from core.unet import UNet
+
+    created = []
+    original_init = UNet.__init__
+
+    def tracking_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        created.append(weakref.ref(self))
+
+    path = rewrite(good_sd1, tmp_path / "bad_vae.safetensors",
+                   lambda s: _set(s, "first_stage_model.decoder.conv_out.weight", torch.zeros(3, 5, 3, 3)))
+    UNet.__init__ = tracking_init
+    try:
+        with pytest.raises(ModelLoadError):
+            load_model(path)
+    finally:
+        UNet.__init__ = original_init
+    gc.collect()
+    assert created, "the UNet was built before the VAE failed"
+    assert all(ref() is None for ref in created), "a half-loaded UNet is still alive"
+
+
+def test_diffusers_folder_with_only_pickles_is_refused(tmp_path):
+    folder = write_diffusers_folder("sd1", tmp_path / "model")
+    for weights in (folder / "unet").glob("*.safetensors"):
+        weights.unlink()
+    torch.save({"w": torch.zeros(1)}, folder / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="pickle"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("breakage,words", [
+    (lambda f: (f / "model_index.json").write_text("{oops"), "not valid JSON"),
+    (lambda f: (f / "model_index.json").write_text('{"_class_name": "FluxPipeline"}'), "FluxPipeline"),
+    (lambda f: (f / "unet" / "config.json").unlink(), "unet/config.json is missing"),
+    (lambda f: (f / "unet" / "config.json").write_text(json.dumps({"x": "y" * 2_000_000})), "too large"),
+])
+def test_broken_diffusers_folder(tmp_path, breakage, words):
+    folder = write_diffusers_folder("sd1", tmp_path / "model")
+    breakage(folder)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(folder)
+    assert words in str(info.value), str(info.value)
+
+
+def test_shard_index_cannot_point_outside_the_folder(tmp_path):
+    folder = write_diffusers_folder("sd1", tmp_path / "model")
+    for weights in (folder / "vae").glob("*.safetensors"):
+        weights.unlink()
+    (folder / "vae" / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "../../secret.safetensors"}}))
+    with pytest.raises(ModelLoadError, match="outside the folder"):
+        load_model(folder)
+
+
+def test_vae_file_that_is_not_a_vae(tmp_path):
+    path = tmp_path / "vae.safetensors"
+    save_file({"something.weight": torch.zeros(2)}, path)
+    with pytest.raises(ModelLoadError, match="not a VAE"):
+        load_vae(path, scale_factor=0.18215)
