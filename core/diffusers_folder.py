@@ -41,7 +41,7 @@ def load(folder: Path, *, prediction: str | None, dtype: torch.dtype, device) ->
 
     text_states = [read_weights(folder / spec.diffusers_folder, dtype, device) for spec in family.text_encoders]
     text_encoder = load_text_encoder(family, text_states, folder,
-                                     [spec.diffusers_folder + "/" for spec in family.text_encoders])
+                                     [spec.diffusers_folder + "/" for spec in family.text_encoders], trimmed=True)
     unet_dir = folder / "unet"
     unet_config = _converted(unet_dir, lambda: unet_config_from_diffusers(read_json(unet_dir / "config.json", folder)))
     check_context_width(folder, family, unet_config.context_dim, text_encoder)

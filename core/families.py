@@ -23,6 +23,7 @@ class TextEncoderSpec:
     final_norm: bool            # apply final_layer_norm to the chosen hidden state
     pad_id: int                 # token that fills the 77 slots after the prompt
     pooled: bool = False        # also return the projected pooled embedding (SDXL's second encoder)
+    unused_final_layers: int = 0  # layers after the one used, dropped at load (diffusers folders lack them)
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,10 @@ SD1 = Family(
 SD2 = Family(
     name="sd2", title="Stable Diffusion 2.x", latent_scale=0.18215, default_size=768,
     heads_fixed=None, head_dim=64,
-    # SD2 conditions on OpenCLIP-H's penultimate layer, then the final LayerNorm.
+    # SD2 conditions on OpenCLIP-H's penultimate layer, then the final LayerNorm. Diffusers folders
+    # store the encoder without its last layer (23 of 24); single files are trimmed the same way at load.
     text_encoders=(TextEncoderSpec("cond_stage_model.model.", "openclip", "text_encoder",
-                                   hidden_layer=-2, final_norm=True, pad_id=BANG_ID),),
+                                   hidden_layer=-1, final_norm=True, pad_id=BANG_ID, unused_final_layers=1),),
 )
 SDXL = Family(
     name="sdxl", title="Stable Diffusion XL", latent_scale=0.13025, default_size=1024,

@@ -9,7 +9,6 @@ comes from each family's `TextEncoderSpec` (see `core.families`).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 
@@ -27,7 +26,6 @@ HEAD_DIM = 64            # every SD text encoder (CLIP-L, OpenCLIP-H, bigG) uses
 BOS_ID = 49406
 # Layers of the released encoders, by width: CLIP-L, OpenCLIP ViT-H, OpenCLIP bigG. diffusers stores SD2's
 # ViT-H cut after layer 23 (the one SD2 conditions on), so a shorter encoder had its last layers removed.
-FULL_DEPTH = {768: 12, 1024: 24, 1280: 32}
 
 # OpenCLIP text-tower names -> transformers names (under `text_model.`), one table for the whole model ...
 _OPENCLIP_TOP = {
@@ -195,15 +193,16 @@ def clip_from_state_dict(sd_hf: Mapping[str, Tensor], *, openclip: bool, with_pr
     return load_clip_weights(build_clip(config, with_projection), sd_hf, dtype, name_of)
 
 
-def _spec_for_depth(spec: TextEncoderSpec, config: CLIPTextConfig) -> TextEncoderSpec:
-    """`spec` counts layers from the end of the released encoder; shift it for one stored with layers cut off."""
-    depth = config.num_hidden_layers
-    removed = max(0, FULL_DEPTH.get(config.hidden_size, depth) - depth)
-    if spec.hidden_layer + removed >= 0 or (removed and spec.pooled):
-        full = depth + removed
-        raise LatentDeskError(f"The text encoder has only {depth} of its {full} layers; the model needs "
-                              f"layer {full if spec.pooled else full + spec.hidden_layer + 1}.")
-    return dataclasses.replace(spec, hidden_layer=spec.hidden_layer + removed) if removed else spec
+def drop_final_layers(sd: Mapping[str, Tensor], count: int) -> dict[str, Tensor]:
+    """The state dict without its last `count` transformer layers (either layout)."""
+    if count == 0:
+        return dict(sd)
+    pattern = re.compile(r"(?:transformer\.resblocks|encoder\.layers)\.(\d+)\.")
+    layers = {int(m.group(1)) for k in sd if (m := pattern.search(k))}
+    if len(layers) <= count:
+        raise LatentDeskError(f"The text encoder has {len(layers)} layers; the model needs more than {count}.")
+    keep = len(layers) - count
+    return {k: v for k, v in sd.items() if not ((m := pattern.search(k)) and int(m.group(1)) >= keep)}
 
 
 def _text_model(model: ClipModel) -> CLIPTextModel:
@@ -224,19 +223,21 @@ class TextEncoder(nn.Module):
 
     @classmethod
     def from_state_dicts(cls, specs: Sequence[TextEncoderSpec], state_dicts: Sequence[Mapping[str, Tensor]],
-                         dtype: torch.dtype | None = None) -> TextEncoder:
+                         dtype: torch.dtype | None = None, *, trimmed: bool = False) -> TextEncoder:
         """One state dict per spec, checkpoint prefix removed; OpenCLIP layout (single files) or
-        transformers layout (SD1 files, diffusers folders). Errors are `LatentDeskError`s naming the tensor."""
-        models, loaded_specs = [], []
+        transformers layout (SD1 files, diffusers folders). `trimmed`: the layers the family never uses
+        are already gone, as in diffusers folders. Errors are `LatentDeskError`s naming the tensor."""
+        models = []
         for spec, sd in zip(specs, state_dicts, strict=True):
+            if not trimmed:
+                sd = drop_final_layers(sd, spec.unused_final_layers)
             openclip_file = is_openclip_layout(sd)
             model = clip_from_state_dict(openclip_to_hf(sd) if openclip_file else sd,
                                          openclip=spec.layout == "openclip", with_projection=spec.pooled,
                                          dtype=dtype, pad_id=spec.pad_id,
                                          name_of=openclip_name if openclip_file else lambda key: key)
             models.append(model)
-            loaded_specs.append(_spec_for_depth(spec, model.config))
-        return cls(models, loaded_specs)
+        return cls(models, specs)
 
     @property
     def context_dim(self) -> int:

@@ -125,13 +125,16 @@ MODEL_CASES = [
     ("extra", lambda s: _set(s, "model.diffusion_model.extra_block.weight", torch.zeros(2)),
      "(model.diffusion_model.*): the UNet has a tensor 'extra_block.weight'"),
     ("misshaped", lambda s: _set(s, "first_stage_model.decoder.conv_out.weight",
-                                 torch.zeros(3, 5, 3, 3)), "first_stage_model.decoder.conv_out.weight"),
+                                 torch.zeros(3, 5, 3, 3)),
+     "VAE (first_stage_model.*): VAE weights do not fit a VAE with 2 levels of [32, 64] channels and 4 latent "
+     "channels — wrong shape: decoder.conv_out.weight (3, 5, 3, 3) (expected (3, 32, 3, 3))"),
     ("nan", lambda s: s["model.diffusion_model.out.2.bias"].fill_(float("nan")), "NaN"),
     ("inf", lambda s: s["first_stage_model.quant_conv.weight"].view(-1)[0].fill_(float("inf")), "NaN or infinite"),
     ("no_text_encoder", lambda s: [s.pop(k) for k in list(s) if k.startswith("cond_stage_model.")],
      "text encoder"),
     ("mixed_width", lambda s: [_set(s, k, torch.zeros(v.shape[0], v.shape[1] + 8)) for k, v in list(s.items())
-                               if k.endswith("attn2.to_k.weight")], "expects"),
+                               if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))],
+     "the text encoders give 64-wide tokens but the UNet's cross-attention expects 72"),
 ]
 
 

@@ -15,7 +15,6 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from core.errors import LatentDeskError
 from core.families import SD1, SD2, SDXL, Family
 from core.text_encoder import (
-    FULL_DEPTH,
     TextEncoder,
     build_clip,
     clip_config_from_state_dict,
@@ -191,21 +190,22 @@ def test_sd1_matches_diffusers(tmp_path):
     assert_matches_sd_pipeline(ours_for(SD1, checkpoint), pipe, clip_skips=(1, 2, 3))
 
 
-def test_sd2_matches_diffusers(tmp_path, monkeypatch):
+def test_sd2_matches_diffusers(tmp_path):
     checkpoint = prefixed(openclip_state_dict(64), SD2.text_encoders[0].prefix)
     config = tiny_config(64, openclip=True, layers=LAYERS - 1)
     pipe = sd_pipeline(diffusers_clip(CLIPTextModel, checkpoint, config, tmp_path), "!")
     assert_matches_sd_pipeline(ours_for(SD2, checkpoint), pipe, clip_skips=(1, 2))
 
-    # A diffusers SD2 folder holds that shortened encoder in transformers layout. Ours recognises the cut by
-    # the released depth (24 for ViT-H; here the tiny width stands in) and then uses the last stored layer.
-    monkeypatch.setitem(FULL_DEPTH, 64, LAYERS)
-    from_folder = TextEncoder.from_state_dicts(SD2.text_encoders, [pipe.text_encoder.state_dict()])
-    assert from_folder.specs[0].hidden_layer == -1
+    # A diffusers SD2 folder holds that shortened encoder in transformers layout, already trimmed.
+    from_folder = TextEncoder.from_state_dicts(SD2.text_encoders, [pipe.text_encoder.state_dict()], trimmed=True)
+    assert from_folder.models[0].config.num_hidden_layers == LAYERS - 1
     assert_matches_sd_pipeline(from_folder, pipe, clip_skips=(1, 2))
-    cut_more = {k: v for k, v in pipe.text_encoder.state_dict().items() if f"layers.{LAYERS - 2}." not in k}
-    with pytest.raises(LatentDeskError, match=f"only {LAYERS - 2} of its {LAYERS} layers"):
-        TextEncoder.from_state_dicts(SD2.text_encoders, [cut_more])
+
+
+def test_single_file_encoder_too_shallow_to_trim():
+    one_layer = {k: v for k, v in openclip_state_dict(64).items() if "resblocks.0." in k or "resblocks" not in k}
+    with pytest.raises(LatentDeskError, match="has 1 layers"):
+        TextEncoder.from_state_dicts(SD2.text_encoders, [one_layer])
 
 
 def test_sdxl_matches_diffusers(tmp_path):
