@@ -157,6 +157,8 @@ def _diffusers_vae_config(shapes: dict[str, tuple[int, ...]], scale_factor: floa
         "in_channels": shapes["encoder.conv_in.weight"][1],
         "out_channels": shapes["decoder.conv_out.weight"][0],
         "block_out_channels": channels,
+        "down_block_types": ["DownEncoderBlock2D"] * len(channels),
+        "up_block_types": ["UpDecoderBlock2D"] * len(channels),
         "layers_per_block": len(per_level),
         "latent_channels": shapes["decoder.conv_in.weight"][1],
         "scaling_factor": scale_factor,

@@ -1,0 +1,136 @@
+"""Loader behaviour beyond parity: replacing the VAE, prediction-type signals, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from core.checkpoint import load_model, load_vae
+from core.errors import LatentDeskError
+from core.families import SD1, SD2, SDXL, VAE_PREFIX
+from core.prediction import decide_prediction
+from tests.tiny_models import VAE, randomize, write_single_file
+
+
+@pytest.fixture(scope="module")
+def sd1_file(tmp_path_factory):
+    return write_single_file("sd1", tmp_path_factory.mktemp("sd1") / "tiny.safetensors", seed=11)
+
+
+def diffusers_vae():
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    return AutoencoderKL(**VAE).eval()
+
+
+@pytest.mark.parametrize("form", ["diffusers folder", "diffusers-layout file", "original keys",
+                                  "original keys with prefix"])
+def test_standalone_vae_replaces_the_models_own(tmp_path, sd1_file, form):
+    """The replacement decodes as diffusers does with the same weights (diffusers' converter for originals)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from core.convert_vae import vae_config_from_diffusers
+    from core.vae import AutoencoderKL
+
+    reference = diffusers_vae()
+    if form.startswith("diffusers"):
+        randomize(reference, seed=99)
+        path = tmp_path / ("vae" if form == "diffusers folder" else "vae.safetensors")
+        if form == "diffusers folder":
+            reference.save_pretrained(path, safe_serialization=True)
+        else:
+            save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
+    else:
+        original = randomize(AutoencoderKL(vae_config_from_diffusers(dict(reference.config))), seed=99).state_dict()
+        prefix = VAE_PREFIX if form.endswith("prefix") else ""
+        path = tmp_path / "vae.safetensors"
+        save_file({prefix + k: v.contiguous() for k, v in original.items()}, path)
+        converted = convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in original.items()},
+                                               dict(reference.config))
+        reference.load_state_dict(converted, strict=True)
+
+    model = load_model(sd1_file)
+    swapped = model.replace(vae=load_vae(path, scale_factor=model.family.latent_scale))
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = reference.decode(z).sample
+        diff = ((swapped.vae.decode(z) - ref).abs().max() / ref.abs().max()).item()
+    assert diff <= 1e-4
+    assert swapped.vae.config.scale_factor == SD1.latent_scale
+    assert model.vae is not swapped.vae and swapped.unet is model.unet  # the rest is shared, not reloaded
+
+
+def test_model_can_load_in_half_precision(sd1_file):
+    model = load_model(sd1_file, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    assert next(model.vae.parameters()).dtype == torch.bfloat16
+    assert next(model.text_encoder.parameters()).dtype == torch.bfloat16
+
+
+def test_bad_prediction_override_is_refused(sd1_file):
+    with pytest.raises(LatentDeskError, match="prediction type"):
+        load_model(sd1_file, prediction="x0")
+
+
+class FakeUNet(torch.nn.Module):
+    """Returns its input shifted by `offset`: the probe reads only that."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(in_channels=4, context_dim=8, adm_in_channels=None)
+
+    def forward(self, x, t, context, y=None):
+        return x + self.offset
+
+
+@pytest.mark.parametrize("metadata,keys,scheduler,family,offset,expected", [
+    ({"modelspec.prediction_type": "v"}, [], None, SD1, 0.0, ("v", "file metadata (modelspec.prediction_type)")),
+    ({"modelspec.prediction_type": "epsilon"}, [], "v_prediction", SD2, -5.0,
+     ("epsilon", "file metadata (modelspec.prediction_type)")),
+    ({"ss_v_parameterization": "True"}, [], None, SD2, 0.0, ("v", "file metadata (ss_v_parameterization)")),
+    ({}, ["v_pred"], None, SDXL, 0.0, ("v", "v_pred marker tensor")),
+    ({}, [], "v_prediction", SD2, 0.0, ("v", "scheduler config (prediction_type)")),
+    ({}, [], "epsilon", SD2, -5.0, ("epsilon", "scheduler config (prediction_type)")),
+    ({}, [], None, SD2, -5.0, ("v", "one-step probe")),
+    ({}, [], None, SD2, 0.0, ("epsilon", "one-step probe")),
+    ({}, [], None, SD1, -5.0, ("epsilon", "Stable Diffusion 1.x default")),
+])
+def test_prediction_signals_in_order_of_strength(metadata, keys, scheduler, family, offset, expected):
+    assert decide_prediction(None, metadata, keys, scheduler, family, FakeUNet(offset)) == expected
+
+
+def test_v_pred_marker_in_a_real_file(tmp_path, sd1_file):
+    state = load_file(sd1_file)
+    state["v_pred"] = torch.zeros(0)
+    path = tmp_path / "vmodel.safetensors"
+    save_file(state, path)
+    assert load_model(path).prediction == "v"
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_inspect_reports_the_model(sd1_file):
+    result = run_cli("inspect", str(sd1_file), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["family"], report["prediction"]) == ("sd1", "epsilon")
+    assert report["parameters"]["unet"] > 0
+
+
+def test_cli_bad_file_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "model.ckpt"
+    bad.write_bytes(b"\x80\x04junk")
+    result = run_cli("inspect", str(bad))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pickle" in lines[0] and str(bad) in lines[0]
