@@ -1,5 +1,9 @@
 """`latentdesk` on the command line.
 
+    latentdesk generate [--model builtin|PATH] (--prompt TEXT | --prompt-file FILE) [--negative TEXT]
+                        [--steps N] [--guidance G] [--sampler NAME] [--seed S] [--width W --height H]
+                        [--init-image PATH --strength S] [--batch N] [--clip-skip N]
+                        (--out FILE.png | --out-dir DIR)
     latentdesk inspect MODEL [--prediction epsilon|v] [--json]
 
 Exit status 0 on success, 2 with a one-line reason on bad input.
@@ -9,9 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
+from dataclasses import replace
+from pathlib import Path
 
+from core import __version__
 from core.errors import LatentDeskError
+from core.request import GenerationRequest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,18 +30,108 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("model", help="a .safetensors checkpoint or a diffusers model folder")
     inspect.add_argument("--prediction", choices=("epsilon", "v"), help="override the detected prediction type")
     inspect.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_generate_command(commands)
     args = parser.parse_args(argv)
     try:
-        return {"inspect": run_inspect}[args.command](args)
+        return {"inspect": run_inspect, "generate": run_generate}[args.command](args)
     except LatentDeskError as e:
         print(f"latentdesk: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("latentdesk: interrupted", file=sys.stderr)
+        return 130
+
+
+def add_generate_command(commands) -> None:
+    from core.samplers import SAMPLERS
+    defaults = GenerationRequest()
+    g = commands.add_parser("generate", help="make images from a prompt (txt2img) or an image (img2img)")
+    g.add_argument("--model", default="builtin", help="'builtin' or a .safetensors file / diffusers folder")
+    what = g.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="what to draw (A1111 emphasis syntax works: (word:1.3))")
+    what.add_argument("--prompt-file", help="one prompt per line; image i uses seed + i")
+    g.add_argument("--negative", default="", help="what to steer away from")
+    g.add_argument("--steps", type=int, default=defaults.steps)
+    g.add_argument("--guidance", type=float, default=defaults.guidance, help="classifier-free guidance scale")
+    g.add_argument("--sampler", default=defaults.sampler, help="one of: " + ", ".join(SAMPLERS))
+    g.add_argument("--seed", type=int, help="default: random (printed)")
+    g.add_argument("--width", type=int, help="default: the model's native size (img2img: the image's)")
+    g.add_argument("--height", type=int)
+    g.add_argument("--init-image", help="img2img: start from this image")
+    g.add_argument("--strength", type=float, default=defaults.strength, help="img2img: how much to change (0-1]")
+    g.add_argument("--batch", type=int, default=1, help="images per prompt")
+    g.add_argument("--clip-skip", type=int, default=1)
+    g.add_argument("--prediction", choices=("epsilon", "v"), help="override the detected prediction type")
+    out = g.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="the PNG to write (one image)")
+    out.add_argument("--out-dir", help="a folder; images are numbered 00000.png, 00001.png, ...")
+
+
+def run_generate(args) -> int:
+    from core.checkpoint import load_model
+    from core.generate import generate
+    from core.images import default_size_for, load_image
+    from core.metadata import model_hash, save_png, to_infotext
+    from core.progress import ProgressBar
+    from core.resources import resolve_model
+
+    prompts = read_prompts(args)
+    if args.out and len(prompts) * args.batch > 1:
+        raise LatentDeskError(f"--out names one file but {len(prompts) * args.batch} images were asked for; "
+                              "use --out-dir")
+    if (args.width is None) != (args.height is None):
+        raise LatentDeskError("give both --width and --height, or neither")
+    if args.out_dir:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    path = resolve_model(args.model)
+    model = load_model(path, prediction=args.prediction)
+    width, height = args.width, args.height
+    if width is None:
+        if args.init_image:
+            width, height = default_size_for(load_image(args.init_image), max_side=model.family.default_size)
+        else:
+            width = height = model.family.default_size
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    base = GenerationRequest(negative_prompt=args.negative, steps=args.steps, guidance=args.guidance,
+                             sampler=args.sampler, width=width, height=height, batch=args.batch,
+                             clip_skip=args.clip_skip, init_image=args.init_image, strength=args.strength,
+                             model=args.model)
+    name, digest = model.name, model_hash(path)
+    progress = ProgressBar(len(prompts) * args.batch)
+    print(f"seed {seed}", file=sys.stderr)
+    for p, prompt in enumerate(prompts):
+        request = replace(base, prompt=prompt, seed=seed + p * args.batch)
+
+        def on_step(step, first_image=p * args.batch):
+            progress.update(first_image, step.i, step.total)
+
+        result = generate(request, model, on_step=on_step)
+        for image, image_seed in zip(result.images, result.seeds, strict=True):
+            infotext = to_infotext(replace(request, seed=image_seed, batch=1), name, digest, f"Latent Desk {__version__}")
+            written = save_png(image, args.out or args.out_dir, infotext)
+            progress.close()
+            print(written)
+    return 0
+
+
+def read_prompts(args) -> list[str]:
+    if args.prompt is not None:
+        return [args.prompt]
+    try:
+        text = Path(args.prompt_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise LatentDeskError(f"{args.prompt_file}: cannot read the prompt file ({e})") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise LatentDeskError(f"{args.prompt_file}: no prompts in the file (one per line)")
+    return prompts
 
 
 def run_inspect(args) -> int:
     from core.checkpoint import load_model
+    from core.resources import resolve_model
 
-    model = load_model(args.model, prediction=args.prediction)
+    model = load_model(resolve_model(args.model), prediction=args.prediction)
     report = {
         "family": model.family.name,
         "title": model.family.title,

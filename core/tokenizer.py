@@ -18,6 +18,8 @@ from pathlib import Path
 import ftfy
 import regex
 
+from core.resources import resources_dir
+
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 CONTEXT_LENGTH = 77
@@ -32,7 +34,7 @@ _CACHE_LIMIT = 100_000   # words; a long session of prompts stays far below this
 
 def tokenizer_dir() -> Path:
     """Where vocab.json and merges.txt ship: `resources/tokenizer/` next to the `core` package."""
-    return Path(__file__).resolve().parent.parent / "resources" / "tokenizer"
+    return resources_dir() / "tokenizer"
 
 
 @cache

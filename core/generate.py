@@ -1,0 +1,168 @@
+"""The recipe: a GenerationRequest and a model in, images out.
+
+    generate(request, model, on_step=None, guidance=None, cancel=None) -> GenerationResult
+
+Reproducibility: image i of a batch starts from noise drawn on the CPU, in float32,
+by `torch.Generator("cpu").manual_seed(request.seed + i)` with shape (1, 4, H/8, W/8)
+(diffusers' `randn_tensor` draws the same for a batch of one),
+then moved to the model's device, so CPU and CUDA runs start from the same noise and
+image i does not depend on the batch size. For img2img the same generator first
+samples the VAE posterior, then the noise (diffusers' order). Stochastic samplers draw
+their per-step noise from the same per-image generators.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from PIL import Image
+
+from core.denoiser import Conditioning, Denoiser
+from core.errors import LatentDeskError
+from core.guidance import CFGDenoiser, GuidanceScale
+from core.images import check_size, fit_image, image_to_tensor, load_image, tensor_to_images
+from core.memory import check_fits
+from core.model import DiffusionModel
+from core.prompts import PromptEmbedding, encode_pair
+from core.request import GenerationRequest
+from core.samplers import Step, get_sampler
+from core.schedules import img2img_start
+from core.unet import sdxl_added_condition
+
+MAX_BATCH = 64
+
+
+class StepInfo(NamedTuple):
+    """What the caller hears after each step (the app's preview, the CLI's progress bar)."""
+
+    i: int                 # 0-based step index
+    total: int             # steps this run takes (fewer than request.steps for img2img)
+    x: torch.Tensor        # the current noisy latents (B, 4, h, w)
+    denoised: torch.Tensor  # the predicted clean latents x0 (B, 4, h, w)
+    sigma: float
+    guidance: float        # the guidance scale this step used
+
+
+class Cancelled(Exception):
+    """Raise from `on_step` (or set the `cancel` event) to stop; generate() returns the partial result."""
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest
+    images: list[Image.Image]      # decoded images; empty when cancelled
+    seeds: list[int]               # the seed each image was drawn from
+    cancelled: bool = False
+    latents: torch.Tensor | None = None  # final latents, or the last x0 prediction when cancelled
+    steps_done: int = 0
+
+
+def generate(request: GenerationRequest, model: DiffusionModel,
+             on_step: Callable[[StepInfo], None] | None = None,
+             guidance: GuidanceScale | None = None,
+             cancel: threading.Event | None = None) -> GenerationResult:
+    """Run one request. `guidance` may be changed by another thread while this runs."""
+    # 1. Check the request before anything large is allocated.
+    sampler = get_sampler(request.sampler)
+    check_request(request)
+    if model.unet.config.in_channels != model.vae.config.z_channels:
+        raise LatentDeskError(f"{model.name} is an inpainting model ({model.unet.config.in_channels} input channels); "
+                              "inpainting is not supported yet, use a regular model")
+    guidance = guidance if guidance is not None else GuidanceScale(request.guidance)
+    check_fits(model, request.width, request.height, request.batch, guided=guidance.value != 1)
+    seeds = [request.seed + i for i in range(request.batch)]
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+    with torch.no_grad():
+        # 2. Encode the prompt and the negative prompt (same chunk count, so CFG batches them).
+        cond, uncond = encode_pair(model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip)
+        denoiser = CFGDenoiser(Denoiser(model.unet, model.prediction, quantize=sampler.quantize),
+                               conditioning(model, cond, request), conditioning(model, uncond, request), guidance)
+
+        # 3. The noise levels to walk down, and the starting latent.
+        sigmas = sampler.sigmas(request.steps)
+        if request.is_img2img:
+            start = img2img_start(request.steps, request.strength)
+            sigmas = sigmas[start:]
+            init = init_latents(model, request, generators)
+            x = init + draw(generators, init.shape[1:], model) * sigmas[0]
+        else:
+            factor = model.vae.config.downsample_factor
+            shape = (model.vae.config.z_channels, request.height // factor, request.width // factor)
+            x = draw(generators, shape, model) * sampler.init_noise_sigma(sigmas)
+        x = x.to(model.dtype)
+
+        # 4. Sample, reporting every step; a cancel stops at the next step boundary.
+        total = len(sigmas) - 1
+        last = {"denoised": None, "steps": 0}
+
+        def report(step: Step) -> None:
+            last["denoised"], last["steps"] = step.denoised, step.i + 1
+            if on_step is not None:
+                on_step(StepInfo(step.i, total, step.x, step.denoised, float(step.sigma), denoiser.last_scale))
+            denoiser.end_step()  # the guidance slider's value is read afresh from the next step on
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+
+        def noise(sigma, sigma_next):
+            return draw(generators, x.shape[1:], model).to(x.dtype)
+
+        try:
+            latents = sampler(denoiser, x, sigmas.to(model.device), callback=report, noise=noise)
+        except Cancelled:
+            partial = last["denoised"]
+            del x, denoiser
+            gc.collect()
+            return GenerationResult(request, [], seeds, cancelled=True, latents=partial, steps_done=last["steps"])
+
+        # 5. Decode through the VAE, one image at a time to bound memory.
+        images = [image for i in range(latents.shape[0]) for image in decode(model, latents[i:i + 1])]
+    return GenerationResult(request, images, seeds, latents=latents, steps_done=total)
+
+
+def check_request(request: GenerationRequest) -> None:
+    """Refuse what cannot work, with a message a user understands."""
+    check_size(request.width, request.height)
+    if not isinstance(request.steps, int) or request.steps <= 0:
+        raise LatentDeskError(f"steps must be a whole number above 0, not {request.steps!r}")
+    if not isinstance(request.batch, int) or not 1 <= request.batch <= MAX_BATCH:
+        raise LatentDeskError(f"batch must be between 1 and {MAX_BATCH}, not {request.batch!r}")
+    if request.is_img2img and not 0 < request.strength <= 1:
+        raise LatentDeskError(f"strength must be above 0 and at most 1, not {request.strength}")
+    if not isinstance(request.seed, int) or request.seed < 0:
+        raise LatentDeskError(f"seed must be a whole number from 0, not {request.seed!r}")
+    if request.clip_skip < 1:
+        raise LatentDeskError(f"clip skip must be at least 1, not {request.clip_skip}")
+
+
+def conditioning(model: DiffusionModel, prompt: PromptEmbedding, request: GenerationRequest) -> Conditioning:
+    y = None
+    if model.unet.config.adm_in_channels:
+        # SDXL's micro-conditioning: original size = target size, no crop (what a user wants by default).
+        h, w = request.height, request.width
+        time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=prompt.pooled.device)
+        y = sdxl_added_condition(prompt.pooled, time_ids)
+    return Conditioning(prompt.context, y)
+
+
+def draw(generators: list[torch.Generator], shape, model: DiffusionModel) -> torch.Tensor:
+    """One standard-normal draw per image from its own CPU generator, then to the model's device."""
+    return torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in generators]).to(model.device)
+
+
+def init_latents(model: DiffusionModel, request: GenerationRequest, generators) -> torch.Tensor:
+    """img2img's starting point: the init image, cropped to size, through the VAE encoder."""
+    image = fit_image(load_image(request.init_image), request.width, request.height)
+    pixels = image_to_tensor(image).to(model.device, model.vae.dtype)
+    posterior = model.vae.encode(pixels)
+    latents = [posterior.sample(g) for g in generators]
+    return torch.cat(latents) * model.vae.config.scale_factor
+
+
+def decode(model: DiffusionModel, latents: torch.Tensor) -> list[Image.Image]:
+    return tensor_to_images(model.vae.decode_latents(latents).float().cpu())

@@ -1,0 +1,90 @@
+"""Classifier-free guidance (Ho & Salimans 2021, arXiv:2207.12598) as one more denoiser wrapper.
+
+One network was trained with and without the prompt; sampling pushes its prediction away from
+the unconditional one: D = D_uncond + s·(D_cond − D_uncond). The scale s is live: the GUI's slider
+may change it from another thread while the sampler runs, and the change takes effect from the
+next sampler step.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from core.denoiser import Conditioning
+from core.errors import LatentDeskError
+
+DenoiserFn = Callable[[Tensor, Tensor, Conditioning], Tensor]  # core.denoiser.Denoiser
+
+
+class GuidanceScale:
+    """A float the GUI thread sets and the sampler thread reads.
+
+    The lock makes the hand-over explicit rather than relying on the GIL (free-threaded Python
+    has none); reads and writes are whole floats either way.
+    """
+
+    def __init__(self, value: float):
+        self._lock = threading.Lock()
+        self._value = self._checked(value)
+
+    @property
+    def value(self) -> float:
+        with self._lock:
+            return self._value
+
+    @value.setter
+    def value(self, value: float) -> None:
+        value = self._checked(value)
+        with self._lock:
+            self._value = value
+
+    @staticmethod
+    def _checked(value: float) -> float:
+        if not math.isfinite(value):
+            raise LatentDeskError(f"The guidance scale must be a number, not {value!r}.")
+        return float(value)
+
+
+class CFGDenoiser:
+    """D(x, σ) with classifier-free guidance; what the samplers call.
+
+    The scale is read at the first call of each sampler step and held for the rest of that step
+    (Heun and the SDE solvers call D twice a step; mixing two scales inside one step would give
+    neither). `end_step()` marks the step boundary: call it from the sampler's per-step callback,
+    which every sampler here calls after all of a step's denoiser calls. `last_scale` is the scale
+    the latest call used, for the per-step report. Without `end_step()` the first scale holds for
+    the whole run.
+    """
+
+    def __init__(self, denoiser: DenoiserFn, cond: Conditioning, uncond: Conditioning,
+                 scale: GuidanceScale | float):
+        self.denoiser = denoiser
+        self.cond = cond
+        self.uncond = uncond
+        self.scale = scale if isinstance(scale, GuidanceScale) else GuidanceScale(scale)
+        self.last_scale: float | None = None
+        self._step_scale: float | None = None
+
+    def end_step(self) -> None:
+        """The current sampler step is over: the next denoiser call reads the scale afresh."""
+        self._step_scale = None
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if self._step_scale is None:
+            self._step_scale = self.scale.value
+        s = self.last_scale = self._step_scale
+        if s == 1:  # D_uncond + 1·(D_cond − D_uncond) = D_cond: skip the unconditional half
+            return self.denoiser(x, sigma, self.cond)
+        batch = x.shape[0]
+        both = self.uncond.expand(batch).cat(self.cond.expand(batch))
+        sigma = sigma.reshape(-1).expand(batch)
+        # One UNet call on 2B rows. Mixing x0 equals mixing ε (or v): for a fixed x and σ, x0 is an
+        # affine function of the network output (x − σ·ε, or c_skip·x + c_out·v), and affine maps
+        # commute with u + s·(c − u) because its weights (1 − s) and s sum to 1.
+        uncond, cond = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
+        return uncond + s * (cond - uncond)

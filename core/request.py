@@ -1,0 +1,26 @@
+"""What the user asked for: one frozen value, written into the PNG and read back from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    guidance: float = 7.0          # classifier-free guidance scale; 1 = no guidance
+    sampler: str = "DPM++ 2M Karras"  # A1111's names (core/samplers.py SAMPLERS)
+    seed: int = 0                  # image i of a batch uses seed + i
+    width: int = 512
+    height: int = 512
+    batch: int = 1
+    clip_skip: int = 1             # A1111's counting: 1 = the family's own layer
+    init_image: str | None = None  # img2img: path of the starting image
+    strength: float = 0.75         # img2img: 1 = start from pure noise, 0.1 = keep nearly all of it
+    model: str = "builtin"         # "builtin" or the model's path; the PNG records its name and hash
+
+    @property
+    def is_img2img(self) -> bool:
+        return self.init_image is not None

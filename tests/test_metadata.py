@@ -1,0 +1,380 @@
+"""Infotext writing/reading (A1111's format), PNG saving and reading back, model hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import struct
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from core import metadata
+from core.errors import LatentDeskError
+from core.metadata import (
+    join_sampler,
+    model_hash,
+    parameter_pairs,
+    parse_infotext,
+    read_parameters,
+    request_from_infotext,
+    save_png,
+    to_infotext,
+)
+from core.request import GenerationRequest
+
+A1111_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')   # as in REFERENCE.md
+VERSION = "Latent Desk 0.1.0"
+
+
+def image() -> Image.Image:
+    return Image.new("RGB", (8, 8), (200, 30, 90))
+
+
+def png_chunks(path: Path) -> list[tuple[bytes, bytes]]:
+    """(type, data) of every chunk, read straight from the bytes."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos = [], 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunks.append((kind, data[pos + 8:pos + 8 + length]))
+        pos += 12 + length
+    return chunks
+
+
+# -- writing infotext --------------------------------------------------------------------------------
+
+def test_infotext_is_a1111s_format():
+    request = GenerationRequest(prompt="a cat", negative_prompt="blurry", steps=20, guidance=7.0,
+                                sampler="DPM++ 2M Karras", seed=965400086, width=512, height=512)
+    assert to_infotext(request, "v1-5-pruned-emaonly", "6ce0161689", VERSION) == (
+        "a cat\nNegative prompt: blurry\n"
+        "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 965400086, Size: 512x512, "
+        "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: Latent Desk 0.1.0")
+
+
+def test_infotext_img2img_clip_skip_quoting_and_no_negative():
+    request = GenerationRequest(prompt="line one\nline two", steps=30, guidance=7.5, sampler="Euler a", seed=1,
+                                width=768, height=512, clip_skip=2, init_image="in.png", strength=0.6)
+    assert to_infotext(request, "my, model", None, "v:1") == (
+        "line one\nline two\n"
+        'Steps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 768x512, Model: "my, model", '
+        'Denoising strength: 0.6, Clip skip: 2, Version: "v:1"')
+
+
+def test_empty_prompt_starts_with_steps():
+    text = to_infotext(GenerationRequest(), "builtin", None, VERSION)
+    assert text.startswith("Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras,")
+
+
+# -- round trips -------------------------------------------------------------------------------------
+
+ROUND_TRIPS = [
+    GenerationRequest(prompt="a photo of a cat", negative_prompt="blurry, lowres"),
+    GenerationRequest(prompt="桜の木の下の猫, (ネオン:1.2), émoji 🐱", negative_prompt="ぼやけた", seed=4294967295),
+    GenerationRequest(prompt="line one,\nline two: with a colon\n\nline four", negative_prompt="bad,\nworse",
+                      sampler="Euler a", guidance=1.0),
+    GenerationRequest(prompt='commas, colons: "quotes" and (weights:1.3), [less]', negative_prompt=""),
+    GenerationRequest(prompt="img2img", init_image="start.png", strength=0.35, width=768, height=512),
+    GenerationRequest(prompt="clip skip", clip_skip=2, sampler="DPM++ 2M SDE Exponential", steps=7),
+    GenerationRequest(prompt="karras", sampler="DPM++ SDE Karras", guidance=7.5, model="/models/My Model.safetensors"),
+    GenerationRequest(prompt="", negative_prompt="only a negative"),
+]
+
+
+@pytest.mark.parametrize("request_", ROUND_TRIPS, ids=range(len(ROUND_TRIPS)))
+def test_request_survives_png_round_trip(tmp_path, request_):
+    name = "builtin" if request_.model == "builtin" else Path(request_.model).stem
+    path = save_png(image(), tmp_path / "out.png", to_infotext(request_, name, "0123456789", VERSION))
+    text = read_parameters(path)
+    base = GenerationRequest(init_image=request_.init_image, model=request_.model)
+    restored, warnings = request_from_infotext(text, base)
+    assert restored == request_
+    assert warnings == []
+
+
+def test_non_latin1_text_is_itxt_and_latin1_is_text(tmp_path):
+    latin = save_png(image(), tmp_path / "latin.png", "café crème\nSteps: 1, Seed: 2, Size: 8x8")
+    other = save_png(image(), tmp_path / "other.png", "猫 🐱\nSteps: 1, Seed: 2, Size: 8x8")
+    assert [k for k, _ in png_chunks(latin)].count(b"tEXt") == 1
+    assert (b"tEXt", b"parameters\0" + "café crème\nSteps: 1, Seed: 2, Size: 8x8".encode("latin-1")) \
+        in png_chunks(latin)
+    itxt = [d for k, d in png_chunks(other) if k == b"iTXt"]
+    assert len(itxt) == 1 and itxt[0].startswith(b"parameters\0")
+    assert "猫 🐱".encode() in itxt[0]
+    assert read_parameters(latin) == "café crème\nSteps: 1, Seed: 2, Size: 8x8"
+    assert read_parameters(other) == "猫 🐱\nSteps: 1, Seed: 2, Size: 8x8"
+
+
+# -- parsing real A1111 infotexts --------------------------------------------------------------------
+
+MODERN = """masterpiece, best quality, (1girl:1.2), solo,
+looking at viewer, <lora:detail_tweaker:0.5>
+Negative prompt: (worst quality, low quality:1.4), bad anatomy,
+extra fingers
+Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 3456789012, Size: 512x768, \
+Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.45, Clip skip: 2, Hires upscale: 2, \
+Hires steps: 15, Hires upscaler: "R-ESRGAN 4x+ Anime6B", Lora hashes: "detail_tweaker: e8f3d5a1b2c4", \
+Version: v1.10.1"""
+
+OLD_KARRAS = """a photograph of an astronaut riding a horse
+Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 1234, Size: 512x512, Model hash: 45dee52b, \
+Model: sd-v1-4"""
+
+ADETAILER = """portrait of a woman, detailed face
+Negative prompt: blurry
+Steps: 30, Sampler: Euler a, CFG scale: 6, Seed: 42, Size: 768x1024, Model hash: 31e35c80fc, \
+Model: sd_xl_base_1.0, Denoising strength: 0.6, ADetailer model: face_yolov8n.pt, ADetailer confidence: 0.3, \
+ADetailer dilate erode: 4, ADetailer mask blur: 4, ADetailer denoising strength: 0.4, \
+ADetailer inpaint only masked: True, ADetailer inpaint padding: 32, ADetailer version: 24.1.2, Version: v1.7.0"""
+
+QUOTED = """(masterpiece), 1cat
+Negative prompt: easynegative
+Steps: 24, Sampler: Euler, CFG scale: 5.5, Seed: 7, Size: 640x640, Template: "masterpiece, (best quality:1.1)", \
+TI hashes: "easynegative: c74b4e810b03", Comment: "he said \\"hi\\", then left", Version: v1.6.0"""
+
+FORGE_EXPONENTIAL = """cyberpunk city at night, neon lights
+Negative prompt: lowres
+Steps: 25, Sampler: DPM++ 2M SDE, Schedule type: Exponential, CFG scale: 5, Seed: 99, Size: 1024x1024, \
+Model: juggernautXL, Version: f0.0.17v1.8.0rc-latest-276-g29be1da7"""
+
+
+def test_parse_multiline_prompt_negative_and_quoted_values():
+    info = parse_infotext(MODERN)
+    assert info["Prompt"] == "masterpiece, best quality, (1girl:1.2), solo,\nlooking at viewer, <lora:detail_tweaker:0.5>"
+    assert info["Negative prompt"] == "(worst quality, low quality:1.4), bad anatomy,\nextra fingers"
+    assert info["Hires upscaler"] == "R-ESRGAN 4x+ Anime6B"
+    assert info["Lora hashes"] == "detail_tweaker: e8f3d5a1b2c4"
+    assert info["Size"] == "512x768"
+    assert info["Version"] == "v1.10.1"
+    assert list(info)[:4] == ["Prompt", "Negative prompt", "Steps", "Sampler"]
+
+
+def test_parse_quoted_lists_and_escaped_quotes():
+    info = parse_infotext(QUOTED)
+    assert info["Template"] == "masterpiece, (best quality:1.1)"
+    assert info["TI hashes"] == "easynegative: c74b4e810b03"
+    assert info["Comment"] == 'he said "hi", then left'
+    assert info["Version"] == "v1.6.0"
+
+
+def test_request_from_modern_infotext_with_hires_fix():
+    request, warnings = request_from_infotext(MODERN, GenerationRequest())
+    assert (request.steps, request.sampler, request.guidance, request.seed) == (28, "DPM++ 2M Karras", 7.0, 3456789012)
+    assert (request.width, request.height, request.clip_skip) == (512, 768, 2)
+    assert request.strength == GenerationRequest().strength        # 0.45 was the hires pass's, not img2img's
+    assert request.negative_prompt.endswith("bad anatomy,\nextra fingers")
+    assert any("Hires upscale, Hires steps, Hires upscaler" in w or "Hires fix" in w for w in warnings)
+    assert any("Lora hashes" in w for w in warnings)
+    assert any("v1-5-pruned-emaonly" in w and "6ce0161689" in w for w in warnings)
+
+
+def test_request_from_old_combined_karras_sampler_without_negative():
+    base = GenerationRequest(negative_prompt="left over", clip_skip=2)
+    request, warnings = request_from_infotext(OLD_KARRAS, base)
+    assert request.sampler == "DPM++ 2M Karras"
+    assert request.guidance == 7.5
+    assert request.negative_prompt == ""            # the image had none
+    assert request.clip_skip == 1                   # A1111 leaves out "Clip skip: 1"
+    assert request.prompt == "a photograph of an astronaut riding a horse"
+    assert warnings == ["The image was made with model 'sd-v1-4' (hash 45dee52b); the current model 'builtin' is kept."]
+
+
+def test_request_from_adetailer_infotext_takes_strength_and_reports_extras():
+    request, warnings = request_from_infotext(ADETAILER, GenerationRequest(model="/m/sd_xl_base_1.0.safetensors"))
+    assert (request.sampler, request.strength, request.width, request.height) == ("Euler a", 0.6, 768, 1024)
+    assert len(warnings) == 1 and warnings[0].startswith("Settings Latent Desk does not have were ignored: ADetailer model")
+    assert "ADetailer version" in warnings[0] and "Version" not in warnings[0].replace("ADetailer version", "")
+
+
+def test_request_from_new_sampler_and_schedule_pair():
+    request, warnings = request_from_infotext(FORGE_EXPONENTIAL, GenerationRequest(model="/m/juggernautXL.safetensors"))
+    assert request.sampler == "DPM++ 2M SDE Exponential"
+    assert (request.width, request.height, request.guidance) == (1024, 1024, 5.0)
+    assert warnings == []
+
+
+@pytest.mark.parametrize(("sampler", "schedule", "expected", "warns"), [
+    ("DPM++ 2M", "Karras", "DPM++ 2M Karras", False),
+    ("DPM++ 2M Karras", "", "DPM++ 2M Karras", False),
+    ("DPM++ 2M Karras", "Karras", "DPM++ 2M Karras", False),
+    ("Euler a", "Automatic", "Euler a", False),
+    ("euler A", "", "Euler a", False),                        # names match ignoring case
+    ("Euler", "SGM Uniform", "Euler", True),                  # a schedule we don't have
+    ("Kohaku_LoNyu_Yog", "", "Kohaku_LoNyu_Yog", True),       # unknown samplers are kept, with a warning
+])
+def test_join_sampler(sampler, schedule, expected, warns):
+    name, warning = join_sampler(sampler, schedule)
+    assert name == expected
+    assert (warning is not None) == warns
+
+
+def test_known_samplers_can_be_the_apps_own():
+    request, warnings = request_from_infotext(OLD_KARRAS.replace("DPM++ 2M Karras", "DDPM"), GenerationRequest(),
+                                              known_samplers={"DDPM", "Euler"})
+    assert request.sampler == "DDPM"
+    assert not any("Sampler" in w for w in warnings)
+
+
+# -- malformed text ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["", "   \n  ", "garbage \x00 ;;; ::: ,,, \"\"\" \\", "only a prompt, nothing else",
+                                  "a cat\nSteps: 20, Seed: 5", "\n\n\nNegative prompt:\n", '"unterminated: "quote, a: b'])
+def test_malformed_text_gives_base_and_a_warning(text):
+    base = GenerationRequest(prompt="kept", seed=3)
+    request, warnings = request_from_infotext(text, base)
+    assert request == base
+    assert len(warnings) == 1 and "nothing was read" in warnings[0]
+
+
+def test_last_line_with_two_pairs_is_part_of_the_prompt():
+    assert parse_infotext("a cat\nSteps: 20, Seed: 5") == {"Prompt": "a cat\nSteps: 20, Seed: 5", "Negative prompt": ""}
+    assert parse_infotext("") == {"Prompt": "", "Negative prompt": ""}
+
+
+def test_unusable_values_are_reported_and_the_rest_is_read():
+    text = "p\nSteps: many, Sampler: Euler, CFG scale: nan, Seed: -5, Size: 0x0, Clip skip: 0, Denoising strength: 2"
+    base = GenerationRequest()
+    request, warnings = request_from_infotext(text, base)
+    assert request == GenerationRequest(prompt="p", sampler="Euler")
+    for key in ("Steps", "CFG scale", "Seed", "Size", "Clip skip", "Denoising strength"):
+        assert sum(w.startswith(key + ":") for w in warnings) == 1, key
+
+
+def test_pair_scanner_equals_a1111_regex():
+    rng = random.Random(0)
+    alphabet = 'ab1 _-/:,"\\\t'
+    for _ in range(3000):
+        line = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        assert parameter_pairs(line) == A1111_PAIR.findall(line), line
+    for text in (MODERN, QUOTED, ADETAILER):
+        last = text.split("\n")[-1]
+        assert parameter_pairs(last) == A1111_PAIR.findall(last)
+
+
+def test_huge_garbage_line_parses_quickly():
+    start = time.perf_counter()
+    for line in ("a" * 300_000, "a b-c/d " * 40_000, 'k: "' + "x" * 300_000):
+        parse_infotext("prompt\n" + line)
+        request_from_infotext("prompt\n" + line, GenerationRequest())
+    assert time.perf_counter() - start < 2.0     # A1111's findall takes minutes on these
+
+
+# -- saving ------------------------------------------------------------------------------------------
+
+def test_save_never_overwrites(tmp_path):
+    first = save_png(image(), tmp_path / "cat.png", "first")
+    second = save_png(image(), tmp_path / "cat.png", "second")
+    assert (first, second) == (tmp_path / "cat.png", tmp_path / "cat-1.png")
+    assert (read_parameters(first), read_parameters(second)) == ("first", "second")
+    (tmp_path / "taken.png").write_bytes(b"someone else's file")
+    third = save_png(image(), tmp_path / "taken.png", "third")
+    assert third == tmp_path / "taken-1.png"
+    assert (tmp_path / "taken.png").read_bytes() == b"someone else's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat-1.png", "cat.png", "taken-1.png", "taken.png"]
+
+
+def test_save_to_folder_numbers_files_after_the_highest(tmp_path):
+    folder = tmp_path / "outputs"
+    assert save_png(image(), folder, "a") == folder / "00001.png"          # the folder is created
+    (folder / "00041-123456.png").write_bytes(b"A1111's")
+    assert save_png(image(), folder, "b") == folder / "00042.png"
+    assert sorted(p.name for p in folder.iterdir()) == ["00001.png", "00041-123456.png", "00042.png"]
+
+
+def test_save_without_hard_links_still_never_overwrites(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "link", no_links)
+    (tmp_path / "x.png").write_bytes(b"keep")
+    path = save_png(image(), tmp_path / "x.png", "fallback")
+    assert path == tmp_path / "x-1.png"
+    assert read_parameters(path) == "fallback"
+    assert (tmp_path / "x.png").read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-1.png", "x.png"]
+
+
+def test_failed_save_raises_and_leaves_nothing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(LatentDeskError, match="file"):
+        save_png(image(), blocker / "out.png", "x")
+
+    class Broken(Image.Image):
+        def save(self, *args, **kwargs):
+            raise OSError(28, "No space left on device")
+    with pytest.raises(LatentDeskError, match="No space left"):
+        save_png(Broken(), tmp_path, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]        # no temporary file left behind
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+def test_comfyui_and_plain_pngs_have_no_parameters(tmp_path):
+    comfy = PngInfo()
+    comfy.add_text("prompt", '{"3": {"class_type": "KSampler", "inputs": {"seed": 1}}}')
+    comfy.add_text("workflow", '{"nodes": []}')
+    image().save(tmp_path / "comfy.png", pnginfo=comfy)
+    image().save(tmp_path / "plain.png")
+    assert read_parameters(tmp_path / "comfy.png") is None
+    assert read_parameters(tmp_path / "plain.png") is None
+
+
+@pytest.mark.parametrize(("fmt", "encoding"), [("JPEG", "utf-16-be"), ("WEBP", "utf-16-be"), ("JPEG", "utf-16-le")])
+def test_a1111_exif_user_comment(tmp_path, fmt, encoding):
+    text = "猫, cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 8x8"
+    exif = Image.Exif()
+    exif.get_ifd(metadata.EXIF_IFD)[metadata.USER_COMMENT] = b"UNICODE\0" + text.encode(encoding)
+    path = tmp_path / f"image.{fmt.lower()}"
+    image().save(path, fmt, exif=exif)
+    assert read_parameters(path) == text
+
+
+def test_broken_files_give_none(tmp_path):
+    good = save_png(image(), tmp_path / "good.png", "a cat\nSteps: 1, Seed: 2, Size: 8x8")
+    data = bytearray(good.read_bytes())
+    data[data.index(b"a cat")] ^= 0xFF                       # the chunk's CRC no longer matches
+    (tmp_path / "crc.png").write_bytes(bytes(data))
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:20])
+    (tmp_path / "text.png").write_text("not an image at all")
+    (tmp_path / "empty.png").write_bytes(b"")
+    for name in ("crc.png", "cut.png", "text.png", "empty.png"):
+        assert read_parameters(tmp_path / name) is None, name
+
+
+def test_huge_parameters_chunk_gives_none(tmp_path):
+    path = save_png(image(), tmp_path / "huge.png", "x" * (metadata.MAX_PARAMETERS_CHARS + 1))
+    assert read_parameters(path) is None
+
+
+def test_unreadable_file_raises_with_its_path(tmp_path):
+    with pytest.raises(LatentDeskError, match="missing.png"):
+        read_parameters(tmp_path / "missing.png")
+    with pytest.raises(LatentDeskError, match=str(tmp_path)):
+        read_parameters(tmp_path)
+
+
+# -- model hash --------------------------------------------------------------------------------------
+
+def test_model_hash_is_sha256_prefix(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    data = os.urandom(3 * 1024 + 17)
+    path.write_bytes(data)
+    monkeypatch.setattr(metadata, "HASH_BLOCK", 1024)        # several blocks: the file is streamed
+    assert model_hash(path) == hashlib.sha256(data).hexdigest()[:10]
+
+
+def test_model_hash_of_diffusers_folder_is_its_unet_weights(tmp_path):
+    unet = tmp_path / "unet"
+    unet.mkdir()
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"unet weights")
+    (tmp_path / "model_index.json").write_text("{}")
+    assert model_hash(tmp_path) == hashlib.sha256(b"unet weights").hexdigest()[:10]
+    with pytest.raises(LatentDeskError, match="nothing"):
+        model_hash(tmp_path / "nothing")
