@@ -98,12 +98,11 @@ def run_generate(args) -> int:
                              model=args.model)
     name, digest = model.name, model_hash(path)
     progress = ProgressBar(len(prompts) * args.batch)
-    print(f"seed {seed}", file=sys.stderr)
     for p, prompt in enumerate(prompts):
         request = replace(base, prompt=prompt, seed=seed + p * args.batch)
 
-        def on_step(step, first_image=p * args.batch):
-            progress.update(first_image, step.i, step.total)
+        def on_step(step, first_image=p * args.batch, seed=request.seed):
+            progress.update(first_image, step.i, step.total, f"seed {seed}")
 
         result = generate(request, model, on_step=on_step)
         for image, image_seed in zip(result.images, result.seeds, strict=True):

@@ -100,7 +100,7 @@ def read_weights(component: Path, dtype: torch.dtype, device) -> dict[str, torch
     """All tensors of one component folder (single or sharded .safetensors), in `dtype`."""
     if not component.is_dir():
         raise ModelLoadError(component, "component folder is missing: not a complete diffusers model folder")
-    files = _weight_files(component)
+    files = weight_files(component)
     state: dict[str, torch.Tensor] = {}
     for file in (SafetensorsFile(f) for f in files):
         for key in file.keys():
@@ -110,7 +110,7 @@ def read_weights(component: Path, dtype: torch.dtype, device) -> dict[str, torch
     return state
 
 
-def _weight_files(component: Path) -> list[Path]:
+def weight_files(component: Path) -> list[Path]:
     for name in WEIGHT_NAMES:
         for variant in ("", ".fp16"):
             single = component / f"{name}{variant}.safetensors"

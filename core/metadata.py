@@ -18,7 +18,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import secrets
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
@@ -29,10 +29,12 @@ from PIL.PngImagePlugin import PngInfo
 
 from core.errors import LatentDeskError
 from core.request import GenerationRequest
+from core.samplers import SAMPLERS
 
 # A1111's pair pattern: "Key: value" or 'Key: "json string"', each ending at a comma or the line end.
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _KEY_RUN = re.compile(r"\s*[\w \-/]*")
+_WORD = re.compile(r"\w")
 _SIZE = re.compile(r"(\d+)x(\d+)")
 
 MIN_PARAMETER_PAIRS = 3              # A1111: a last line with fewer pairs is still part of the prompt
@@ -46,13 +48,6 @@ EXIF_IFD, USER_COMMENT = 0x8769, 0x9286   # where A1111 puts the infotext in JPE
 NAMED_SCHEDULES = ("Karras", "Exponential")
 # A1111's labels for "whatever the sampler uses by default".
 DEFAULT_SCHEDULES = ("", "Automatic", "Uniform")
-A1111_SAMPLERS = frozenset({
-    "Euler a", "Euler", "LMS", "LMS Karras", "Heun", "DPM2", "DPM2 Karras", "DPM2 a", "DPM2 a Karras",
-    "DPM fast", "DPM adaptive", "DPM++ 2S a", "DPM++ 2S a Karras", "DPM++ 2M", "DPM++ 2M Karras",
-    "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ 2M SDE Exponential",
-    "DPM++ 2M SDE Heun", "DPM++ 2M SDE Heun Karras", "DPM++ 2M SDE Heun Exponential", "DPM++ 3M SDE",
-    "DPM++ 3M SDE Karras", "DPM++ 3M SDE Exponential", "Restart", "DDIM", "PLMS", "UniPC", "LCM",
-})
 # Keys this module reads or that describe the file rather than a setting; any other key is reported.
 _READ_KEYS = {"Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size",
               "Clip skip", "Denoising strength", "Model", "Model hash", "Version"}
@@ -69,8 +64,8 @@ def model_hash(path: str | Path) -> str:
     """
     path = Path(path)
     if path.is_dir():
-        from core.diffusers_folder import _weight_files
-        files = _weight_files(path / "unet")
+        from core.diffusers_folder import weight_files
+        files = weight_files(path / "unet")
     else:
         files = [path]
     digest = hashlib.sha256()
@@ -136,20 +131,21 @@ def _unquote(text: str) -> str:
 
 
 def parameter_pairs(line: str) -> list[tuple[str, str]]:
-    """`re.findall` of A1111's pair pattern, without its quadratic time on long lines with no colon.
+    """`re.findall` of A1111's pair pattern, without its quadratic time on long lines.
 
-    A failed match at `pos` fails for every start up to the end of the key-like run
-    there, unless that run ends in ':' (then only this start was wrong), so those
-    starts are skipped instead of tried.
+    Where a match fails, every start up to the end of the key-like run there fails
+    too, unless the run ends in ':'; then the first word character inside it is the
+    next start that can match. The starts in between are skipped, not tried.
     """
     pairs, pos = [], 0
     while pos < len(line):
         if match := _PAIR.match(line, pos):
             pairs.append((match.group(1), match.group(2)))
             pos = match.end()
-        else:
-            end = _KEY_RUN.match(line, pos).end()
-            pos = pos + 1 if end >= len(line) or line[end] == ":" else max(pos + 1, end)
+            continue
+        end = _KEY_RUN.match(line, pos).end()
+        word = _WORD.search(line, pos + 1, end - 1) if line[end:end + 1] == ":" else None
+        pos = word.start() if word else max(pos + 1, end)
     return pairs
 
 
@@ -181,15 +177,16 @@ def parse_infotext(text: str) -> dict[str, str]:
     return result
 
 
-def request_from_infotext(text: str, base: GenerationRequest, *,
-                          known_samplers: Collection[str] = A1111_SAMPLERS) -> tuple[GenerationRequest, list[str]]:
+def request_from_infotext(text: str | None, base: GenerationRequest, *,
+                          known_samplers: Collection[str] = SAMPLERS) -> tuple[GenerationRequest, list[str]]:
     """The settings an infotext records, on top of `base`, and what could not be used.
 
-    Never raises: text without a parameter line gives `base` unchanged and a warning.
+    Never raises: text without a parameter line (or None, what `read_parameters` gives
+    for an image without one) gives `base` unchanged and a warning.
     A missing "Clip skip" means 1, as in A1111. `init_image` and `model` always come
     from `base`; a different model name is reported.
     """
-    info = parse_infotext(text)
+    info = parse_infotext(text or "")
     if "Steps" not in info:
         return base, ["No generation settings found (no 'Steps: …' line); nothing was read."]
     warnings_: list[str] = []
@@ -205,34 +202,37 @@ def request_from_infotext(text: str, base: GenerationRequest, *,
         except ValueError as e:
             warnings_.append(f"{key}: {info[key]!r} is not usable ({e}); kept {getattr(base, field)!r}.")
 
-    read("Steps", "steps", lambda v: _bounded(int(v), 1))
+    read("Steps", "steps", lambda v: _whole(v, 1))
     read("CFG scale", "guidance", _finite)
-    read("Seed", "seed", lambda v: _bounded(int(v), 0))
-    read("Clip skip", "clip_skip", lambda v: _bounded(int(v), 1))
+    read("Seed", "seed", lambda v: _whole(v, 0))
+    read("Clip skip", "clip_skip", lambda v: _whole(v, 1))
     if "Size" in info:
         if size := _SIZE.fullmatch(info["Size"].strip()):
             width, height = int(size.group(1)), int(size.group(2))
             if width > 0 and height > 0:
                 changes["width"], changes["height"] = width, height
         if "width" not in changes:
-            warnings_.append(f"Size: {info['Size']!r} is not WIDTHxHEIGHT; kept {base.width}x{base.height}.")
+            warnings_.append(f"Size: {info['Size']!r} is not a size like 512x768; kept {base.width}x{base.height}.")
 
     hires = sorted(k for k in info if k.startswith("Hires"))
     if hires:
         warnings_.append("Hires fix is not available; its settings were ignored: " + ", ".join(hires) + ".")
     else:   # with hires fix, "Denoising strength" is the upscale pass's, not img2img's
         read("Denoising strength", "strength", lambda v: _between(_finite(v), 0.0, 1.0))
+        if "strength" in changes and not base.is_img2img:
+            warnings_.append(f"The image was made from a starting image (Denoising strength {changes['strength']}); "
+                             "add one to make it again.")
 
-    if "Sampler" in info:
+    if info.get("Sampler", "").strip():
         sampler, note = join_sampler(info["Sampler"], info.get("Schedule type", ""), known_samplers)
         changes["sampler"] = sampler
         warnings_ += [note] if note else []
 
     recorded = info.get("Model")
-    current = "builtin" if base.model == "builtin" else Path(base.model).stem
-    if recorded and recorded != current:
+    current = Path(base.model)
+    if recorded and recorded not in (current.stem, current.name):
         made_with = f"'{recorded}'" + (f" (hash {info['Model hash']})" if info.get("Model hash") else "")
-        warnings_.append(f"The image was made with model {made_with}; the current model '{current}' is kept.")
+        warnings_.append(f"The image was made with model {made_with}; the current model '{current.stem}' is kept.")
 
     ignored = [k for k in info if k not in _READ_KEYS and k not in hires]
     if ignored:
@@ -240,7 +240,7 @@ def request_from_infotext(text: str, base: GenerationRequest, *,
     return replace(base, **changes), warnings_
 
 
-def join_sampler(sampler: str, schedule: str, known: Collection[str] = A1111_SAMPLERS) -> tuple[str, str | None]:
+def join_sampler(sampler: str, schedule: str, known: Collection[str] = SAMPLERS) -> tuple[str, str | None]:
     """A1111's "Sampler" (+ "Schedule type") -> a GenerationRequest sampler name and a warning or None.
 
     Reads both the old combined form ("DPM++ 2M Karras") and the 1.9+ pair
@@ -259,14 +259,21 @@ def join_sampler(sampler: str, schedule: str, known: Collection[str] = A1111_SAM
     return sampler, f"{note} {unknown}" if note else unknown
 
 
-def _bounded(value: int, low: int) -> int:
+def _whole(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("not a whole number") from None
     if value < low:
         raise ValueError(f"below {low}")
     return value
 
 
 def _finite(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
     if not math.isfinite(value):
         raise ValueError("not a finite number")
     return value
@@ -284,7 +291,8 @@ def save_png(image: Image.Image, folder_or_path: str | Path, infotext: str) -> P
     """Write `image` as a PNG with `infotext` in its `parameters` chunk; returns the path written.
 
     Never overwrites: a folder gets the next "00042.png" (one more than the highest
-    number there, as A1111 counts), a taken file name gets "-1", "-2", … appended.
+    number there, from 00000, as A1111 counts), a taken file name gets "-1", "-2", …
+    appended; a path not ending in ".png" is a folder.
     The PNG is written to a hidden temporary file first and then hard-linked to the
     free name, so the name appears only complete, and a name taken meanwhile by
     another writer is skipped, not replaced.
@@ -302,14 +310,14 @@ def save_png(image: Image.Image, folder_or_path: str | Path, infotext: str) -> P
     tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".latentdesk-", suffix=".png.tmp", dir=folder)
+        fd, tmp = _temporary_file(folder)
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
             f.flush()
             os.fsync(f.fileno())
         for _, name in zip(range(MAX_NAME_TRIES), names, strict=False):
             try:
-                _publish(Path(tmp), name)
+                _publish(tmp, name)
                 return name
             except FileExistsError:
                 continue
@@ -318,7 +326,17 @@ def save_png(image: Image.Image, folder_or_path: str | Path, infotext: str) -> P
         raise LatentDeskError(f"Could not save the image in {folder}: {e.strerror or e}") from e
     finally:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+
+
+def _temporary_file(folder: Path) -> tuple[int, Path]:
+    """A new hidden file in `folder`, created with the user's umask (mkstemp's would be private, 0600)."""
+    while True:
+        path = folder / f".latentdesk-{secrets.token_hex(6)}.png.tmp"
+        try:
+            return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666), path
+        except FileExistsError:
+            continue
 
 
 def _publish(tmp: Path, name: Path) -> None:
@@ -330,14 +348,18 @@ def _publish(tmp: Path, name: Path) -> None:
         raise
     except OSError:
         pass      # no hard links here (FAT, some network drives): claim the name, then move onto it
-    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    os.replace(tmp, name)
+    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    try:
+        os.replace(tmp, name)
+    except OSError:
+        name.unlink(missing_ok=True)      # our own empty placeholder
+        raise
 
 
 def _numbered_names(folder: Path) -> Iterator[Path]:
     numbers = [int(m.group()) for p in (folder.iterdir() if folder.is_dir() else ())
                if (m := re.match(r"\d+", p.name))]
-    n = max(numbers, default=0) + 1
+    n = max(numbers, default=-1) + 1      # A1111's first image is 00000
     while True:
         yield folder / f"{n:05d}.png"
         n += 1

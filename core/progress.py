@@ -16,7 +16,7 @@ class ProgressBar:
         self.started = time.perf_counter()
         self.steps_done = 0
 
-    def update(self, image: int, step: int, total_steps: int) -> None:
+    def update(self, image: int, step: int, total_steps: int, note: str = "") -> None:
         """`image` and `step` count from 0; call after each step."""
         self.steps_done += 1
         if self.stream is None:
@@ -27,6 +27,7 @@ class ProgressBar:
         filled = round(self.width * (step + 1) / total_steps)
         bar = "#" * filled + "." * (self.width - filled)
         label = f"image {image + 1}/{self.total_images} " if self.total_images > 1 else ""
+        label += f"{note} " if note else ""
         self.stream.write(f"\r{label}[{bar}] {step + 1}/{total_steps} {rate:.2f} it/s "
                           f"ETA {int(remaining) // 60}:{int(remaining) % 60:02d} ")
         self.stream.flush()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from core.text_encoder import TextEncoder
 from core.tokenizer import ClipTokenizer
 
 ROUND = 1.1                # "(...)": A1111's attention multiplier
@@ -170,16 +171,15 @@ class PromptEmbedding:
         return self.context.shape[1] // (CHUNK_TOKENS + 2)
 
 
-def encode_prompt(text_encoder, prompt: str, clip_skip: int = 1) -> PromptEmbedding:
+def encode_prompt(text_encoder: TextEncoder, prompt: str, clip_skip: int = 1) -> PromptEmbedding:
     """One prompt -> its weighted context (any length) and pooled vector.
 
-    `text_encoder` is a `core.text_encoder.TextEncoder`. Without emphasis and within
-    75 tokens this equals `text_encoder.encode(prompt)` exactly.
+    Without emphasis and within 75 tokens this equals `text_encoder.encode(prompt)` exactly.
     """
     return encode_chunks(text_encoder, prompt_chunks(text_encoder.tokenizer, prompt), clip_skip)
 
 
-def encode_pair(text_encoder, prompt: str, negative: str,
+def encode_pair(text_encoder: TextEncoder, prompt: str, negative: str,
                 clip_skip: int = 1) -> tuple[PromptEmbedding, PromptEmbedding]:
     """(cond, uncond) with the same number of chunks, so classifier-free guidance can batch them.
 
@@ -194,7 +194,7 @@ def encode_pair(text_encoder, prompt: str, negative: str,
     return encode_chunks(text_encoder, cond, clip_skip), encode_chunks(text_encoder, uncond, clip_skip)
 
 
-def encode_chunks(text_encoder, chunks: Sequence[PromptChunk], clip_skip: int = 1) -> PromptEmbedding:
+def encode_chunks(text_encoder: TextEncoder, chunks: Sequence[PromptChunk], clip_skip: int = 1) -> PromptEmbedding:
     """Encode each chunk on its own (one batch), weight it, and lay the chunks side by side."""
     tokenizer = text_encoder.tokenizer
     device = text_encoder.models[0].device

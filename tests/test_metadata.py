@@ -8,6 +8,7 @@ import random
 import re
 import struct
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -82,8 +83,8 @@ ROUND_TRIPS = [
                       sampler="Euler a", guidance=1.0),
     GenerationRequest(prompt='commas, colons: "quotes" and (weights:1.3), [less]', negative_prompt=""),
     GenerationRequest(prompt="img2img", init_image="start.png", strength=0.35, width=768, height=512),
-    GenerationRequest(prompt="clip skip", clip_skip=2, sampler="DPM++ 2M SDE Exponential", steps=7),
-    GenerationRequest(prompt="karras", sampler="DPM++ SDE Karras", guidance=7.5, model="/models/My Model.safetensors"),
+    GenerationRequest(prompt="clip skip", clip_skip=2, sampler="DPM++ 2M SDE Karras", steps=7),
+    GenerationRequest(prompt="ddim", sampler="DDIM", guidance=7.5, model="/models/My Model.safetensors"),
     GenerationRequest(prompt="", negative_prompt="only a negative"),
 ]
 
@@ -170,9 +171,10 @@ def test_request_from_modern_infotext_with_hires_fix():
     assert (request.width, request.height, request.clip_skip) == (512, 768, 2)
     assert request.strength == GenerationRequest().strength        # 0.45 was the hires pass's, not img2img's
     assert request.negative_prompt.endswith("bad anatomy,\nextra fingers")
-    assert any("Hires upscale, Hires steps, Hires upscaler" in w or "Hires fix" in w for w in warnings)
-    assert any("Lora hashes" in w for w in warnings)
-    assert any("v1-5-pruned-emaonly" in w and "6ce0161689" in w for w in warnings)
+    assert warnings == [
+        "Hires fix is not available; its settings were ignored: Hires steps, Hires upscale, Hires upscaler.",
+        "The image was made with model 'v1-5-pruned-emaonly' (hash 6ce0161689); the current model 'builtin' is kept.",
+        "Settings Latent Desk does not have were ignored: Lora hashes."]
 
 
 def test_request_from_old_combined_karras_sampler_without_negative():
@@ -187,17 +189,26 @@ def test_request_from_old_combined_karras_sampler_without_negative():
 
 
 def test_request_from_adetailer_infotext_takes_strength_and_reports_extras():
-    request, warnings = request_from_infotext(ADETAILER, GenerationRequest(model="/m/sd_xl_base_1.0.safetensors"))
+    base = GenerationRequest(model="/m/sd_xl_base_1.0.safetensors", init_image="start.png")
+    request, warnings = request_from_infotext(ADETAILER, base)
     assert (request.sampler, request.strength, request.width, request.height) == ("Euler a", 0.6, 768, 1024)
-    assert len(warnings) == 1 and warnings[0].startswith("Settings Latent Desk does not have were ignored: ADetailer model")
-    assert "ADetailer version" in warnings[0] and "Version" not in warnings[0].replace("ADetailer version", "")
+    assert request.init_image == "start.png"
+    assert warnings == ["Settings Latent Desk does not have were ignored: ADetailer model, ADetailer confidence, "
+                        "ADetailer dilate erode, ADetailer mask blur, ADetailer denoising strength, "
+                        "ADetailer inpaint only masked, ADetailer inpaint padding, ADetailer version."]
+    _, warnings = request_from_infotext(ADETAILER, replace(base, init_image=None))
+    assert warnings[0] == "The image was made from a starting image (Denoising strength 0.6); add one to make it again."
 
 
 def test_request_from_new_sampler_and_schedule_pair():
     request, warnings = request_from_infotext(FORGE_EXPONENTIAL, GenerationRequest(model="/m/juggernautXL.safetensors"))
-    assert request.sampler == "DPM++ 2M SDE Exponential"
+    assert request.sampler == "DPM++ 2M SDE Exponential"       # kept, though Latent Desk has no such sampler
     assert (request.width, request.height, request.guidance) == (1024, 1024, 5.0)
-    assert warnings == []
+    assert warnings == ["Sampler 'DPM++ 2M SDE Exponential' is not one Latent Desk has; choose another before "
+                        "generating."]
+    request, warnings = request_from_infotext(FORGE_EXPONENTIAL.replace(" SDE, Schedule type: Exponential",
+                                                                        ", Schedule type: Karras"), request)
+    assert (request.sampler, warnings) == ("DPM++ 2M Karras", [])
 
 
 @pytest.mark.parametrize(("sampler", "schedule", "expected", "warns"), [
@@ -215,10 +226,11 @@ def test_join_sampler(sampler, schedule, expected, warns):
     assert (warning is not None) == warns
 
 
-def test_known_samplers_can_be_the_apps_own():
-    request, warnings = request_from_infotext(OLD_KARRAS.replace("DPM++ 2M Karras", "DDPM"), GenerationRequest(),
-                                              known_samplers={"DDPM", "Euler"})
-    assert request.sampler == "DDPM"
+def test_known_samplers_are_latent_desks_unless_given():
+    text = OLD_KARRAS.replace("DPM++ 2M Karras", "restart")
+    assert request_from_infotext(text, GenerationRequest())[0].sampler == "restart"
+    request, warnings = request_from_infotext(text, GenerationRequest(), known_samplers={"Restart", "Euler"})
+    assert request.sampler == "Restart"
     assert not any("Sampler" in w for w in warnings)
 
 
@@ -243,13 +255,20 @@ def test_unusable_values_are_reported_and_the_rest_is_read():
     base = GenerationRequest()
     request, warnings = request_from_infotext(text, base)
     assert request == GenerationRequest(prompt="p", sampler="Euler")
-    for key in ("Steps", "CFG scale", "Seed", "Size", "Clip skip", "Denoising strength"):
-        assert sum(w.startswith(key + ":") for w in warnings) == 1, key
+    assert request_from_infotext(None, base) == (base, ["No generation settings found (no 'Steps: …' line); "
+                                                        "nothing was read."])
+    assert warnings == [
+        "Steps: 'many' is not usable (not a whole number); kept 20.",
+        "CFG scale: 'nan' is not usable (not a finite number); kept 7.0.",
+        "Seed: '-5' is not usable (below 0); kept 0.",
+        "Clip skip: '0' is not usable (below 1); kept 1.",
+        "Size: '0x0' is not a size like 512x768; kept 512x512.",
+        "Denoising strength: '2' is not usable (outside 0.0–1.0); kept 0.75."]
 
 
 def test_pair_scanner_equals_a1111_regex():
     rng = random.Random(0)
-    alphabet = 'ab1 _-/:,"\\\t'
+    alphabet = 'ab1é _-/:,"\\\t'
     for _ in range(3000):
         line = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
         assert parameter_pairs(line) == A1111_PAIR.findall(line), line
@@ -260,7 +279,7 @@ def test_pair_scanner_equals_a1111_regex():
 
 def test_huge_garbage_line_parses_quickly():
     start = time.perf_counter()
-    for line in ("a" * 300_000, "a b-c/d " * 40_000, 'k: "' + "x" * 300_000):
+    for line in ("a" * 300_000, "a b-c/d " * 40_000, 'k: "' + "x" * 300_000, " " + "-" * 300_000 + ":"):
         parse_infotext("prompt\n" + line)
         request_from_infotext("prompt\n" + line, GenerationRequest())
     assert time.perf_counter() - start < 2.0     # A1111's findall takes minutes on these
@@ -280,12 +299,23 @@ def test_save_never_overwrites(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat-1.png", "cat.png", "taken-1.png", "taken.png"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_saved_file_has_the_users_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = save_png(image(), tmp_path / "a.png", "x")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644            # not a temporary file's private 0600
+
+
 def test_save_to_folder_numbers_files_after_the_highest(tmp_path):
     folder = tmp_path / "outputs"
-    assert save_png(image(), folder, "a") == folder / "00001.png"          # the folder is created
+    assert save_png(image(), folder, "a") == folder / "00000.png"          # the folder is created
+    assert save_png(image(), folder, "b") == folder / "00001.png"
     (folder / "00041-123456.png").write_bytes(b"A1111's")
-    assert save_png(image(), folder, "b") == folder / "00042.png"
-    assert sorted(p.name for p in folder.iterdir()) == ["00001.png", "00041-123456.png", "00042.png"]
+    assert save_png(image(), folder, "c") == folder / "00042.png"
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png", "00041-123456.png", "00042.png"]
 
 
 def test_save_without_hard_links_still_never_overwrites(tmp_path, monkeypatch):
