@@ -24,13 +24,13 @@ def blame(path: Path, what: str):
 
 
 def load_text_encoder(family: Family, states: list[dict[str, torch.Tensor]], path: Path, where: list[str],
-                      trimmed: bool = False):
+                      trimmed: bool = False, stated: list[dict] | None = None):
     """The family's text encoder(s) from one state dict each; `where` names each part's place in the file."""
     for spec_where, state in zip(where, states, strict=True):
         if not state:
             raise ModelLoadError(path, f"text encoder missing: no tensors under {spec_where}")
     with blame(path, f"text encoder ({', '.join(where)})"):
-        return TextEncoder.from_state_dicts(family.text_encoders, states, dtype=None, trimmed=trimmed)
+        return TextEncoder.from_state_dicts(family.text_encoders, states, dtype=None, trimmed=trimmed, stated=stated)
 
 
 def check_context_width(path: Path, family: Family, context_dim: int, text_encoder: TextEncoder) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from core import diffusers_folder
+from core import diffusers_folder, embedded_config
 from core.assemble import blame, check_context_width, load_text_encoder
 from core.convert_unet import unet_config_from_shapes
 from core.convert_vae import (
@@ -58,6 +58,12 @@ def load_model(path: str | Path, *, prediction: str | None = None, dtype: torch.
 def _load_single_file(path: Path, prediction: str | None, dtype: torch.dtype, device) -> DiffusionModel:
     file = SafetensorsFile(path)
     family = detect_family(file)
+    embedded = embedded_config.read(path, file.metadata)
+    if embedded is not None:
+        if embedded.family.name != family.name:
+            raise ModelLoadError(path, f"metadata says {embedded.family.name} but the tensors are laid out as "
+                                       f"{family.name}")
+        family = embedded.family
 
     def read_component(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: file.read(k, dtype).to(device) for k in file.keys() if k.startswith(prefix)}
@@ -65,11 +71,17 @@ def _load_single_file(path: Path, prediction: str | None, dtype: torch.dtype, de
     def shapes(prefix: str) -> dict[str, tuple[int, ...]]:
         return {k[len(prefix):]: s for k, s in file.shapes.items() if k.startswith(prefix)}
 
-    unet_config = _derived(path, f"UNet ({UNET_PREFIX}*)", lambda: unet_config_from_shapes(shapes(UNET_PREFIX), family.heads_for))
-    vae_config = _derived(path, f"VAE ({VAE_PREFIX}*)", lambda: vae_config_from_shapes(shapes(VAE_PREFIX), family.latent_scale))
+    if embedded is not None:
+        unet_config, vae_config = embedded.unet, embedded.vae
+    else:
+        unet_config = _derived(path, f"UNet ({UNET_PREFIX}*)",
+                               lambda: unet_config_from_shapes(shapes(UNET_PREFIX), family.heads_for))
+        vae_config = _derived(path, f"VAE ({VAE_PREFIX}*)",
+                              lambda: vae_config_from_shapes(shapes(VAE_PREFIX), family.latent_scale))
     # 1. Text encoders first: they tell us the context width the UNet must have.
     text_encoder = load_text_encoder(family, [read_component(s.prefix) for s in family.text_encoders], path,
-                                     [s.prefix + "*" for s in family.text_encoders])
+                                     [s.prefix + "*" for s in family.text_encoders],
+                                     stated=[embedded.text_encoder] if embedded is not None else None)
     check_context_width(path, family, unet_config.context_dim, text_encoder)
     # 2. UNet and VAE.
     unet = fill(build_on_meta(lambda: UNet(unet_config)), read_component(UNET_PREFIX), path,

@@ -51,9 +51,9 @@ def add_generate_command(commands) -> None:
     what.add_argument("--prompt", help="what to draw (A1111 emphasis syntax works: (word:1.3))")
     what.add_argument("--prompt-file", help="one prompt per line; image i uses seed + i")
     g.add_argument("--negative", default="", help="what to steer away from")
-    g.add_argument("--steps", type=int, default=defaults.steps)
-    g.add_argument("--guidance", type=float, default=defaults.guidance, help="classifier-free guidance scale")
-    g.add_argument("--sampler", default=defaults.sampler, help="one of: " + ", ".join(SAMPLERS))
+    g.add_argument("--steps", type=int, help="default: the model's (20)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale; default: the model's")
+    g.add_argument("--sampler", help="default: the model's; one of: " + ", ".join(SAMPLERS))
     g.add_argument("--seed", type=int, help="default: random (printed)")
     g.add_argument("--width", type=int, help="default: the model's native size (img2img: the image's)")
     g.add_argument("--height", type=int)
@@ -92,8 +92,11 @@ def run_generate(args) -> int:
         else:
             width = height = model.family.default_size
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
-    base = GenerationRequest(negative_prompt=args.negative, steps=args.steps, guidance=args.guidance,
-                             sampler=args.sampler, width=width, height=height, batch=args.batch,
+    family = model.family
+    base = GenerationRequest(negative_prompt=args.negative, steps=pick(args.steps, family.default_steps),
+                             guidance=pick(args.guidance, family.default_guidance),
+                             sampler=pick(args.sampler, family.default_sampler), width=width, height=height,
+                             batch=args.batch,
                              clip_skip=args.clip_skip, init_image=args.init_image, strength=args.strength,
                              model=args.model)
     name, digest = model.name, model_hash(path)
@@ -111,6 +114,10 @@ def run_generate(args) -> int:
             progress.close()
             print(written)
     return 0
+
+
+def pick(given, default):
+    return default if given is None else given
 
 
 def read_prompts(args) -> list[str]:

@@ -36,6 +36,10 @@ class Family:
     head_dim: int | None        # ... SD2/SDXL: 64 channels per head
     text_encoders: tuple[TextEncoderSpec, ...]
     size_embed_dim: int = 0     # SDXL: each of the 6 size/crop numbers gets a 256-wide embedding
+    # What a request uses unless the user says otherwise (a model file may state its own).
+    default_steps: int = 20
+    default_guidance: float = 7.0
+    default_sampler: str = "DPM++ 2M Karras"
 
     def heads_for(self, channels: int) -> int:
         if self.heads_fixed is not None:

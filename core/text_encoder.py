@@ -185,11 +185,23 @@ def load_clip_weights(model: ClipModel, sd_hf: Mapping[str, Tensor], dtype: torc
     return model.eval().requires_grad_(False)
 
 
+# What the tensor shapes cannot tell; a model may state them (core.checkpoint's embedded config).
+STATED_SETTINGS = ("num_attention_heads", "hidden_act")
+
+
 def clip_from_state_dict(sd_hf: Mapping[str, Tensor], *, openclip: bool, with_projection: bool,
                          dtype: torch.dtype | None = None, pad_id: int | None = None,
-                         name_of: Callable[[str], str] = lambda key: key) -> ClipModel:
-    """Config from the shapes, model on the meta device, then the tensors assigned into it."""
+                         name_of: Callable[[str], str] = lambda key: key,
+                         stated: Mapping[str, object] | None = None) -> ClipModel:
+    """Config from the shapes (plus `stated` settings), model on the meta device, then the tensors assigned."""
     config = clip_config_from_state_dict(sd_hf, openclip=openclip, pad_id=pad_id)
+    for key, value in (stated or {}).items():
+        if key not in STATED_SETTINGS:
+            raise LatentDeskError(f"text encoder setting {key!r} cannot be stated (only {', '.join(STATED_SETTINGS)})")
+        setattr(config, key, value)
+    if config.hidden_size % config.num_attention_heads:
+        raise LatentDeskError(f"text encoder width {config.hidden_size} does not split into "
+                              f"{config.num_attention_heads} heads")
     return load_clip_weights(build_clip(config, with_projection), sd_hf, dtype, name_of)
 
 
@@ -223,19 +235,21 @@ class TextEncoder(nn.Module):
 
     @classmethod
     def from_state_dicts(cls, specs: Sequence[TextEncoderSpec], state_dicts: Sequence[Mapping[str, Tensor]],
-                         dtype: torch.dtype | None = None, *, trimmed: bool = False) -> TextEncoder:
+                         dtype: torch.dtype | None = None, *, trimmed: bool = False,
+                         stated: Sequence[Mapping[str, object]] | None = None) -> TextEncoder:
         """One state dict per spec, checkpoint prefix removed; OpenCLIP layout (single files) or
         transformers layout (SD1 files, diffusers folders). `trimmed`: the layers the family never uses
         are already gone, as in diffusers folders. Errors are `LatentDeskError`s naming the tensor."""
         models = []
-        for spec, sd in zip(specs, state_dicts, strict=True):
+        for index, (spec, sd) in enumerate(zip(specs, state_dicts, strict=True)):
             if not trimmed:
                 sd = drop_final_layers(sd, spec.unused_final_layers)
             openclip_file = is_openclip_layout(sd)
             model = clip_from_state_dict(openclip_to_hf(sd) if openclip_file else sd,
                                          openclip=spec.layout == "openclip", with_projection=spec.pooled,
                                          dtype=dtype, pad_id=spec.pad_id,
-                                         name_of=openclip_name if openclip_file else lambda key: key)
+                                         name_of=openclip_name if openclip_file else lambda key: key,
+                                         stated=stated[index] if stated else None)
             models.append(model)
         return cls(models, specs)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core.checkpoint import load_model, load_vae
-from core.errors import LatentDeskError
+from core.errors import LatentDeskError, ModelLoadError
 from core.families import SD1, SD2, SDXL, VAE_PREFIX
 from core.prediction import decide_prediction
 from tests.tiny_models import VAE, randomize, write_single_file
@@ -134,3 +135,54 @@ def test_cli_bad_file_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "pickle" in lines[0] and str(bad) in lines[0]
+
+
+def embedded_model(tmp_path, heads: int = 2, text_heads: int = 4, **changes):
+    """A tiny SD1-layout file that states its own config (as `latentdesk train` exports)."""
+    from core import embedded_config
+    from core.convert_unet import unet_config_from_shapes
+    from core.convert_vae import vae_config_from_shapes
+    from core.families import UNET_PREFIX
+
+    path = write_single_file("sd1", tmp_path / "base.safetensors", seed=3)
+    state = load_file(path)
+    shapes = {k[len(UNET_PREFIX):]: tuple(v.shape) for k, v in state.items() if k.startswith(UNET_PREFIX)}
+    unet = replace(unet_config_from_shapes(shapes, SD1.heads_for), num_heads=(heads, heads))
+    vae_shapes = {k[len(VAE_PREFIX):]: tuple(v.shape) for k, v in state.items() if k.startswith(VAE_PREFIX)}
+    vae = vae_config_from_shapes(vae_shapes, 0.5)
+    text = json.loads(embedded_config.to_metadata("sd1", unet, vae, {"num_attention_heads": text_heads},
+                                                  default_size=128, default_guidance=4.5))
+    text.update(changes)
+    out = tmp_path / "stated.safetensors"
+    save_file(state, out, metadata={embedded_config.KEY: json.dumps(text)})
+    return out
+
+
+def test_a_model_that_states_its_config_is_built_as_stated(tmp_path):
+    model = load_model(embedded_model(tmp_path))
+    assert model.unet.config.num_heads == (2, 2)  # shapes alone would give SD1's 8 heads
+    assert model.text_encoder.models[0].config.num_attention_heads == 4
+    assert (model.family.default_size, model.family.default_guidance, model.family.latent_scale) == (128, 4.5, 0.5)
+    assert model.vae.config.scale_factor == 0.5
+
+
+@pytest.mark.parametrize("changes,words", [
+    ({"format": 9}, "format 1"),
+    ({"family": "sd9"}, "unknown family"),
+    ({"family": "sdxl"}, "laid out as sd1"),
+    ({"unet": {"model_channels": 32, "wings": 2}}, "unknown settings ['wings']"),
+    ({"vae": None}, "vae is missing"),
+    ({"text_encoder": {"num_attention_heads": 5}}, "does not split into 5 heads"),
+])
+def test_bad_stated_config_is_refused(tmp_path, changes, words):
+    path = embedded_model(tmp_path, **changes)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(path)
+    assert words in str(info.value) and str(path) in str(info.value)
+
+
+def test_unparseable_stated_config(tmp_path, sd1_file):
+    path = tmp_path / "bad.safetensors"
+    save_file(load_file(sd1_file), path, metadata={"latentdesk.config": "{not json"})
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        load_model(path)
