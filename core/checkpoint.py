@@ -1,7 +1,8 @@
 """Loading the checkpoints people have: single `.safetensors` files and diffusers folders.
 
-    load_model(path)  ->  DiffusionModel (UNet + VAE + text encoder, family, prediction type)
-    load_vae(path)    ->  AutoencoderKL, to replace a model's own VAE
+    load_model(path)                   ->  DiffusionModel (UNet + VAE + text encoder, family, prediction)
+    replace_parts(model, path, parts)  ->  the model with e.g. the UNet or text encoder of another checkpoint
+    load_vae(path)                     ->  AutoencoderKL from a standalone VAE file or folder
 
 A single file uses the original LDM key layout; the family (SD1.x / SD2.x / SDXL)
 is read off which text encoders it carries, and every network's config off the
@@ -28,7 +29,7 @@ from core.convert_vae import (
 )
 from core.errors import LatentDeskError, ModelLoadError
 from core.families import FAMILIES, UNET_PREFIX, VAE_PREFIX, Family
-from core.model import DiffusionModel
+from core.model import DiffusionModel, Loaded
 from core.prediction import PREDICTIONS, decide_prediction
 from core.safetensors_io import SafetensorsFile
 from core.unet import UNet
@@ -40,22 +41,51 @@ DETECTION_ORDER = ("sdxl", "sd2", "sd1")
 VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 
 
+PARTS = ("text_encoder", "unet", "vae")
+
+
 def load_model(path: str | Path, *, prediction: str | None = None, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> DiffusionModel:
     """Load a Stable Diffusion model; `prediction` ("epsilon" / "v") overrides detection."""
     path = Path(path)
     if prediction is not None and prediction not in PREDICTIONS:
         raise LatentDeskError(f"prediction type must be one of {PREDICTIONS}, not {prediction!r}")
+    loaded = load_parts(path, PARTS, dtype=dtype, device=device)
+    unet = loaded.parts["unet"]
+    chosen, source = decide_prediction(prediction, loaded.metadata, loaded.keys, loaded.scheduler_prediction,
+                                       loaded.family, unet)
+    return DiffusionModel(loaded.family, unet, loaded.parts["vae"], loaded.parts["text_encoder"], chosen, source,
+                          path)
+
+
+def replace_parts(model: DiffusionModel, path: str | Path, parts: tuple[str, ...]) -> DiffusionModel:
+    """`model` with some networks taken from another checkpoint of the same family (only those are read)."""
+    path = Path(path)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise LatentDeskError(f"unknown model parts {sorted(unknown)}; choose from {PARTS}")
+    loaded = load_parts(path, parts, dtype=model.dtype, device=model.device)
+    if loaded.family.name != model.family.name:
+        raise ModelLoadError(path, f"is {loaded.family.title}, the model is {model.family.title}")
+    swapped = model.replace(**loaded.parts)
+    check_context_width(path, swapped.family, swapped.unet.config.context_dim, swapped.text_encoder)
+    if swapped.unet.config.out_channels != swapped.vae.config.z_channels:
+        raise ModelLoadError(path, f"the UNet makes {swapped.unet.config.out_channels}-channel latents, the VAE "
+                                   f"reads {swapped.vae.config.z_channels}")
+    return swapped
+
+
+def load_parts(path: Path, parts, *, dtype: torch.dtype, device) -> Loaded:
     try:
         if path.is_dir():
-            return diffusers_folder.load(path, prediction=prediction, dtype=dtype, device=device)
-        return _load_single_file(path, prediction, dtype, device)
+            return diffusers_folder.load_parts(path, parts, dtype=dtype, device=device)
+        return _single_file_parts(path, parts, dtype, device)
     except torch.OutOfMemoryError:
         gc.collect()
         raise ModelLoadError(path, "not enough memory to load this model") from None
 
 
-def _load_single_file(path: Path, prediction: str | None, dtype: torch.dtype, device) -> DiffusionModel:
+def _single_file_parts(path: Path, parts, dtype: torch.dtype, device) -> Loaded:
     file = SafetensorsFile(path)
     family = detect_family(file)
     embedded = embedded_config.read(path, file.metadata)
@@ -78,20 +108,23 @@ def _load_single_file(path: Path, prediction: str | None, dtype: torch.dtype, de
                                lambda: unet_config_from_shapes(shapes(UNET_PREFIX), family.heads_for))
         vae_config = _derived(path, f"VAE ({VAE_PREFIX}*)",
                               lambda: vae_config_from_shapes(shapes(VAE_PREFIX), family.latent_scale))
+    loaded = Loaded(family, {}, file.metadata, file.keys())
     # 1. Text encoders first: they tell us the context width the UNet must have.
-    text_encoder = load_text_encoder(family, [read_component(s.prefix) for s in family.text_encoders], path,
-                                     [s.prefix + "*" for s in family.text_encoders],
-                                     stated=[embedded.text_encoder] if embedded is not None else None)
-    check_context_width(path, family, unet_config.context_dim, text_encoder)
+    if "text_encoder" in parts:
+        text_encoder = load_text_encoder(family, [read_component(s.prefix) for s in family.text_encoders], path,
+                                         [s.prefix + "*" for s in family.text_encoders],
+                                         stated=[embedded.text_encoder] if embedded is not None else None)
+        check_context_width(path, family, unet_config.context_dim, text_encoder)
+        loaded.parts["text_encoder"] = text_encoder
     # 2. UNet and VAE.
-    unet = fill(build_on_meta(lambda: UNet(unet_config)), read_component(UNET_PREFIX), path,
-                lambda k: UNET_PREFIX + k)
-    vae_state = {k: v for k, v in read_component(VAE_PREFIX).items() if k.startswith(VAE_PARTS)}
-    vae = fill(build_on_meta(lambda: AutoencoderKL(vae_config)), fix_attention_shapes(vae_state),
-               path, lambda k: VAE_PREFIX + k)
-    # 3. What the UNet predicts.
-    chosen, source = decide_prediction(prediction, file.metadata, file.keys(), None, family, unet)
-    return DiffusionModel(family, unet, vae, text_encoder, chosen, source, path)
+    if "unet" in parts:
+        loaded.parts["unet"] = fill(build_on_meta(lambda: UNet(unet_config)), read_component(UNET_PREFIX), path,
+                                    lambda k: UNET_PREFIX + k)
+    if "vae" in parts:
+        vae_state = {k: v for k, v in read_component(VAE_PREFIX).items() if k.startswith(VAE_PARTS)}
+        loaded.parts["vae"] = fill(build_on_meta(lambda: AutoencoderKL(vae_config)), fix_attention_shapes(vae_state),
+                                   path, lambda k: VAE_PREFIX + k)
+    return loaded
 
 
 def detect_family(file: SafetensorsFile) -> Family:

@@ -16,8 +16,7 @@ from core.convert_unet import unet_config_from_diffusers, unet_state_from_diffus
 from core.convert_vae import vae_config_from_diffusers, vae_state_from_diffusers
 from core.errors import ModelLoadError
 from core.families import SD1, SD2, SDXL, Family
-from core.model import DiffusionModel
-from core.prediction import decide_prediction
+from core.model import Loaded
 from core.safetensors_io import PICKLE_SUFFIXES, SafetensorsFile, refuse_pickle
 from core.unet import UNet
 from core.vae import AutoencoderKL
@@ -31,29 +30,32 @@ PIPELINES = {
 }
 
 
-def load(folder: Path, *, prediction: str | None, dtype: torch.dtype, device) -> DiffusionModel:
+def load_parts(folder: Path, parts, *, dtype: torch.dtype, device):
     index = read_json(folder / "model_index.json", folder)
     pipeline = index.get("_class_name")
     if pipeline not in PIPELINES:
         raise ModelLoadError(folder, f"model_index.json names pipeline {pipeline!r}, which is not a Stable "
                                      "Diffusion 1.x/2.x/XL pipeline")
     family = _family(folder, index)
+    scheduler = _optional_json(folder / "scheduler" / "scheduler_config.json", folder)
+    loaded = Loaded(family, {}, scheduler_prediction=scheduler.get("prediction_type"))
 
-    text_states = [read_weights(folder / spec.diffusers_folder, dtype, device) for spec in family.text_encoders]
-    text_encoder = load_text_encoder(family, text_states, folder,
-                                     [spec.diffusers_folder + "/" for spec in family.text_encoders], trimmed=True)
     unet_dir = folder / "unet"
     unet_config = _converted(unet_dir, lambda: unet_config_from_diffusers(read_json(unet_dir / "config.json", folder)))
-    check_context_width(folder, family, unet_config.context_dim, text_encoder)
-    unet_state = read_weights(unet_dir, dtype, device)
-    unet = fill(build_on_meta(lambda: UNet(unet_config)),
-                _converted(unet_dir, lambda: unet_state_from_diffusers(unet_state, unet_config)),
-                unet_dir, lambda k: f"(original name) {k}")
-    vae = load_vae_folder(folder / "vae", dtype=dtype, device=device, scale_factor=None)
-
-    scheduler = _optional_json(folder / "scheduler" / "scheduler_config.json", folder)
-    chosen, source = decide_prediction(prediction, {}, [], scheduler.get("prediction_type"), family, unet)
-    return DiffusionModel(family, unet, vae, text_encoder, chosen, source, folder)
+    if "text_encoder" in parts:
+        text_states = [read_weights(folder / spec.diffusers_folder, dtype, device) for spec in family.text_encoders]
+        text_encoder = load_text_encoder(family, text_states, folder,
+                                         [spec.diffusers_folder + "/" for spec in family.text_encoders], trimmed=True)
+        check_context_width(folder, family, unet_config.context_dim, text_encoder)
+        loaded.parts["text_encoder"] = text_encoder
+    if "unet" in parts:
+        unet_state = read_weights(unet_dir, dtype, device)
+        loaded.parts["unet"] = fill(build_on_meta(lambda: UNet(unet_config)),
+                                    _converted(unet_dir, lambda: unet_state_from_diffusers(unet_state, unet_config)),
+                                    unet_dir, lambda k: f"(original name) {k}")
+    if "vae" in parts:
+        loaded.parts["vae"] = load_vae_folder(folder / "vae", dtype=dtype, device=device, scale_factor=None)
+    return loaded
 
 
 def load_vae_folder(folder: Path, *, dtype: torch.dtype, device, scale_factor: float | None) -> AutoencoderKL:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,3 +37,14 @@ class DiffusionModel:
     def replace(self, **components) -> DiffusionModel:
         """The same model with some parts swapped, e.g. `model.replace(vae=load_vae(path))`."""
         return dataclasses.replace(self, **components)
+
+
+@dataclass
+class Loaded:
+    """What a file or folder gave: the requested networks and the signals about them."""
+
+    family: Family
+    parts: dict[str, torch.nn.Module]
+    metadata: dict[str, str] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)
+    scheduler_prediction: str | None = None

@@ -186,3 +186,32 @@ def test_unparseable_stated_config(tmp_path, sd1_file):
     save_file(load_file(sd1_file), path, metadata={"latentdesk.config": "{not json"})
     with pytest.raises(ModelLoadError, match="not valid JSON"):
         load_model(path)
+
+
+def test_unet_or_text_encoder_can_come_from_another_checkpoint(tmp_path, sd1_file):
+    from core.checkpoint import replace_parts
+    from tests.tiny_models import write_diffusers_folder
+
+    model = load_model(sd1_file)
+    donor_file = write_single_file("sd1", tmp_path / "donor.safetensors", seed=12)
+    donor = load_model(donor_file)
+    swapped = replace_parts(model, donor_file, ("unet",))
+    assert swapped.vae is model.vae and swapped.text_encoder is model.text_encoder
+    x, t, context = torch.randn(1, 4, 8, 8), torch.tensor([300.0]), torch.randn(1, 77, 64)
+    with torch.no_grad():
+        assert torch.equal(swapped.unet(x, t, context), donor.unet(x, t, context))
+        assert not torch.equal(swapped.unet(x, t, context), model.unet(x, t, context))
+
+    folder = write_diffusers_folder("sd1", tmp_path / "donor-folder", seed=13)
+    with_text = replace_parts(model, folder, ("text_encoder",))
+    assert with_text.unet is model.unet
+    assert not torch.equal(with_text.text_encoder.encode("a cat")[0], model.text_encoder.encode("a cat")[0])
+
+
+def test_parts_from_another_family_are_refused(tmp_path, sd1_file):
+    from core.checkpoint import replace_parts
+    other = write_single_file("sdxl", tmp_path / "xl.safetensors", seed=1)
+    with pytest.raises(ModelLoadError, match="Stable Diffusion XL"):
+        replace_parts(load_model(sd1_file), other, ("unet",))
+    with pytest.raises(LatentDeskError, match="unknown model parts"):
+        replace_parts(load_model(sd1_file), other, ("lora",))
