@@ -1,0 +1,42 @@
+"""img2img's starting picture, outside the widgets: checking a dropped file the way the engine
+will read it, the size to generate at, and writing a pasted picture to a file. All blocking;
+the window runs them in worker threads."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from PySide6.QtGui import QImage
+
+from app.preview import pil_to_qimage
+from core.images import default_size_for, load_image
+from core.metadata import read_parameters
+
+THUMB = 256
+KEEP_PASTED = 50
+
+
+def read_init_image(path: Path) -> tuple[QImage, tuple[int, int], str | None]:
+    """A thumbnail, the image's size and its generation settings (if any); LatentDeskError if
+    the engine could not read it either."""
+    image = load_image(path)
+    size = image.size
+    image.thumbnail((THUMB, THUMB))
+    return pil_to_qimage(image), size, read_parameters(path)
+
+
+def size_for(image_size: tuple[int, int], native: int) -> tuple[int, int]:
+    """The image's aspect, no side above the family's native size, multiples of 8."""
+    return default_size_for(SimpleNamespace(size=image_size), max_side=native)
+
+
+def write_pasted(image: QImage, folder: Path, serial: int) -> Path | None:
+    """Save a pasted picture as a PNG in `folder` (keeping the newest KEEP_PASTED); None on failure."""
+    folder.mkdir(parents=True, exist_ok=True)
+    old = sorted(folder.glob("paste-*.png"), key=lambda p: p.stat().st_mtime)
+    for stale in old[:max(0, len(old) - KEEP_PASTED + 1)]:
+        stale.unlink(missing_ok=True)
+    path = folder / f"paste-{time.strftime('%Y%m%d-%H%M%S')}-{serial}.png"
+    return path if image.save(str(path), "PNG") else None

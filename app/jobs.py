@@ -1,0 +1,116 @@
+"""What the window asks the worker to do, and what the worker answers: plain values.
+
+The window builds a `Job` (a frozen value: the request plus the live handles the user may
+turn while it runs) and hands it to `app/worker.py`. The worker answers with immutable
+messages (krita-ai-diffusion's pattern): `StepPreview` after every step, then exactly one of
+`Finished`, `Stopped` or `Failed`. Nothing here knows about widgets.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from PySide6.QtGui import QImage
+
+from core.guidance import GuidanceScale
+from core.model import DiffusionModel
+from core.request import GenerationRequest
+
+
+class PreviewMode(enum.Enum):
+    """How a step's preview is made. `Fast` (a linear latent→RGB map fitted to the VAE) and
+    `Auto` come next; `app/preview.py` `make_previewer` is the one place that maps a mode
+    to a previewer."""
+
+    VAE = "vae"      # the predicted clean latent through the model's own VAE decoder, every step
+    OFF = "off"      # progress only
+
+    @property
+    def label(self) -> str:
+        return {"vae": "VAE every step", "off": "Off"}[self.value]
+
+
+class PreviewOptions:
+    """Preview settings the user may change while a job runs; read by the worker every step."""
+
+    def __init__(self, mode: PreviewMode = PreviewMode.VAE, noisy: bool = False):
+        self._lock = threading.Lock()
+        self._mode, self._noisy = mode, noisy
+
+    def get(self) -> tuple[PreviewMode, bool]:
+        with self._lock:
+            return self._mode, self._noisy
+
+    def set(self, mode: PreviewMode, noisy: bool) -> None:
+        with self._lock:
+            self._mode, self._noisy = mode, noisy
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model as the app holds it: the engine's model plus what the PNG metadata records."""
+
+    model: DiffusionModel
+    spec: str                 # "builtin" or the path, as GenerationRequest.model stores it
+    hash: str | None          # A1111's "Model hash"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    request: GenerationRequest
+    model: LoadedModel
+    output_dir: Path
+    guidance: GuidanceScale                       # live: the slider sets it while the job runs
+    preview: PreviewOptions                       # live: the preview menu sets it
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class StepRecord(NamedTuple):
+    """One sampler step as it happened: kept for every step, never dropped."""
+
+    i: int
+    guidance: float
+    sigma: float
+
+
+class StepPreview(NamedTuple):
+    """After step i of total. Only the newest waiting one is shown; older ones are dropped."""
+
+    job: int
+    i: int
+    total: int
+    image: QImage | None      # None when previews are off
+    guidance: float           # the guidance scale this step used
+    rate: float | None        # steps per second so far (None after the first step)
+
+
+class Finished(NamedTuple):
+    job: int
+    request: GenerationRequest
+    images: tuple[QImage, ...]    # kept in memory too, so a failed save loses nothing
+    paths: tuple[Path, ...]       # where each image was saved (fewer than images if saving failed)
+    steps: tuple[StepRecord, ...]
+    seconds: float
+    previews_sent: int
+    save_error: str | None = None
+
+
+class Stopped(NamedTuple):
+    """Cancelled by the user (or by a newer Generate); nothing was saved."""
+
+    job: int
+    steps_done: int
+    steps: tuple[StepRecord, ...]
+
+
+class Failed(NamedTuple):
+    job: int
+    message: str              # for the user, as it is
+
+
+Message = StepPreview | Finished | Stopped | Failed

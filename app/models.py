@@ -1,0 +1,56 @@
+"""Which models the user can pick, and loading one (a blocking call the window runs off-thread).
+
+    scan_models(folder) -> [Path]       .safetensors files and diffusers folders in the models folder
+    load(path, spec, known_hash) -> LoadedModel
+    describe(model) -> "tiny · Stable Diffusion 1.x · CPU"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from app.jobs import LoadedModel
+from core.checkpoint import load_model
+from core.metadata import model_hash
+from core.model import DiffusionModel
+
+MODEL_SUFFIXES = (".safetensors",)
+REFUSED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")   # pickles: core refuses them with a reason
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "model_index.json").is_file()
+
+
+def is_model_path(path: Path) -> bool:
+    """Something a user may mean as a model (the loader still decides whether it is one)."""
+    return path.suffix.lower() in MODEL_SUFFIXES + REFUSED_SUFFIXES or is_diffusers_folder(path)
+
+
+def scan_models(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir()
+             if (p.is_file() and p.suffix.lower() in MODEL_SUFFIXES) or is_diffusers_folder(p)]
+    return sorted(found, key=lambda p: p.name.lower())
+
+
+def load(path: Path, spec: str, known_hash: str | None = None) -> LoadedModel:
+    """Load and hash a model. Blocking: the window awaits it in a worker thread."""
+    model = load_model(path)
+    digest = known_hash or model_hash(path)
+    return LoadedModel(model, spec, digest)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"GPU · {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "GPU · Apple"
+    return "CPU"
+
+
+def describe(model: DiffusionModel) -> str:
+    return f"{model.name} · {model.family.title}"

@@ -1,0 +1,1 @@
+"""The window's parts, each a small widget that knows nothing about the engine."""

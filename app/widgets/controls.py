@@ -1,0 +1,295 @@
+"""The left-hand panel: everything a request is made of, top to bottom in the order people
+decide it (model, prompt, guidance, steps, size, seed, init image), Generate/Cancel pinned at
+the bottom. It reads and writes `GenerationRequest` fields; it never touches the engine."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.jobs import PreviewMode
+from app.settings import read
+from app.widgets.guidance import GuidanceControl
+from app.widgets.init_image import InitImageWell
+from app.widgets.model_picker import ModelPicker
+from app.widgets.prompt_edit import PromptEdit
+from app.widgets.seed import SeedControl
+from core.families import Family
+from core.request import GenerationRequest
+from core.samplers import SAMPLERS
+
+SIZE_STEP = 8              # the VAE downsamples by 8
+MIN_SIDE, MAX_SIDE = 64, 4096
+RATIOS = ((1, 1), (3, 4), (4, 3), (2, 3), (3, 2), (9, 16), (16, 9))
+
+
+def size_presets(native: int) -> list[tuple[int, int]]:
+    """Sizes with about the area the family was trained at (native²), one per common aspect
+    ratio, sides rounded to multiples of 8; then a half-size square for quick drafts."""
+    sizes = []
+    for w, h in RATIOS:
+        width = math.sqrt(native * native * w / h)
+        sizes.append((_round8(width), _round8(width * h / w)))
+    sizes.append((_round8(native / 2),) * 2)
+    return sizes
+
+
+def _round8(value: float) -> int:
+    return max(MIN_SIDE, int(round(value / SIZE_STEP)) * SIZE_STEP)
+
+
+@dataclass(frozen=True)
+class FormValues:
+    """What the panel holds, minus the seed (drawn per run) and the model (the window's)."""
+
+    prompt: str
+    negative_prompt: str
+    guidance: float
+    steps: int
+    sampler: str
+    width: int
+    height: int
+    batch: int
+    strength: float
+
+
+def section(title: str) -> QLabel:
+    return QLabel(title.upper(), objectName="SectionTitle")
+
+
+class ControlsPanel(QFrame):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setObjectName("Controls")
+        self.model_picker = ModelPicker()
+        self.model_info = QLabel(objectName="Muted")
+        self.prompt = PromptEdit("Describe the image…  (Ctrl+Enter to generate)", lines=3)
+        self.prompt.setAccessibleName("Prompt")
+        self.negative = PromptEdit("What to avoid (optional)", lines=2)
+        self.negative.setAccessibleName("Negative prompt")
+        self.guidance = GuidanceControl()
+        self.steps = QSpinBox(minimum=1, maximum=150, value=20, accessibleName="Steps")
+        self.sampler = QComboBox(accessibleName="Sampler")
+        self.sampler.addItems(list(SAMPLERS))
+        self.sampler.setCurrentText(GenerationRequest().sampler)
+        self.size_preset = QComboBox(accessibleName="Size preset")
+        self.width = QSpinBox(minimum=MIN_SIDE, maximum=MAX_SIDE, singleStep=SIZE_STEP, value=512,
+                              accessibleName="Width", suffix=" px")
+        self.height = QSpinBox(minimum=MIN_SIDE, maximum=MAX_SIDE, singleStep=SIZE_STEP, value=512,
+                               accessibleName="Height", suffix=" px")
+        self.batch = QSpinBox(minimum=1, maximum=16, value=1, accessibleName="Images per run")
+        self.seed = SeedControl()
+        self.init_well = InitImageWell()
+        self.preview_mode = QComboBox(accessibleName="Preview")
+        for mode in PreviewMode:
+            self.preview_mode.addItem(mode.label, mode.value)
+        self.preview_noisy = QCheckBox("Show noisy latent")
+        self.preview_noisy.setToolTip("Show the noisy image the sampler holds instead of its clean prediction")
+        self.generate_button = QPushButton("Generate", objectName="Generate", toolTip="Generate (Ctrl+Enter)")
+        self.cancel_button = QPushButton("Cancel", objectName="Cancel", toolTip="Cancel (Esc)", enabled=False)
+        self._presets: list[tuple[int, int]] = []
+
+        self.size_preset.activated.connect(self._preset_chosen)
+        self.width.valueChanged.connect(self._size_edited)
+        self.height.valueChanged.connect(self._size_edited)
+        self.width.editingFinished.connect(lambda: self._snap(self.width))
+        self.height.editingFinished.connect(lambda: self._snap(self.height))
+        self._build()
+        self.set_family(512, 7.0)
+
+    def _build(self) -> None:
+        form = QWidget()
+        column = QVBoxLayout(form)
+        column.setContentsMargins(14, 6, 12, 8)
+        column.setSpacing(5)
+        column.addWidget(section("Prompt"))
+        column.addWidget(self.prompt)
+        column.addWidget(self.negative)
+        column.addWidget(section("Guidance"))
+        column.addWidget(self.guidance)
+
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(8)
+        grid.setVerticalSpacing(6)
+        grid.addWidget(QLabel("Steps"), 0, 0)
+        grid.addWidget(self.steps, 0, 1)
+        grid.addWidget(QLabel("Images"), 0, 2, Qt.AlignmentFlag.AlignRight)
+        grid.addWidget(self.batch, 0, 3)
+        grid.addWidget(QLabel("Sampler"), 1, 0)
+        grid.addWidget(self.sampler, 1, 1, 1, 3)
+        grid.addWidget(QLabel("Size"), 2, 0)
+        grid.addWidget(self.size_preset, 2, 1, 1, 3)
+        sides = QHBoxLayout()
+        sides.addWidget(self.width, 1)
+        sides.addWidget(QLabel("×"))
+        sides.addWidget(self.height, 1)
+        grid.addLayout(sides, 3, 1, 1, 3)
+        grid.addWidget(QLabel("Seed"), 4, 0)
+        grid.addWidget(self.seed, 4, 1, 1, 3)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        column.addWidget(section("Settings"))
+        column.addLayout(grid)
+        column.addWidget(section("Start from an image"))
+        column.addWidget(self.init_well)
+        column.addStretch(1)
+
+        scroll = QScrollArea(objectName="ControlsScroll")
+        scroll.setWidget(form)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        buttons = QHBoxLayout()
+        buttons.setContentsMargins(14, 8, 14, 12)
+        buttons.addWidget(self.generate_button, 3)
+        buttons.addWidget(self.cancel_button, 1)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(0)
+        outer.addWidget(scroll, 1)
+        outer.addLayout(buttons)
+        self.setMinimumWidth(400)
+        self.setMaximumWidth(560)
+        self.toolbar = self._build_toolbar()
+
+    def _build_toolbar(self) -> QWidget:
+        """The strip above everything: the model (what every setting depends on) and the preview.
+        Laid out by the window; owned here so that saving and restoring stay in one place."""
+        bar = QWidget(objectName="TopBar")
+        row = QHBoxLayout(bar)
+        row.setContentsMargins(14, 8, 14, 8)
+        row.setSpacing(8)
+        title = QLabel("Latent Desk", objectName="AppTitle")
+        row.addWidget(title)
+        row.addSpacing(18)
+        row.addWidget(QLabel("Model"))
+        self.model_picker.setMinimumWidth(220)
+        row.addWidget(self.model_picker)
+        # The description gives way first when the window is narrow.
+        self.model_info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        row.addWidget(self.model_info, 1)
+        row.addWidget(QLabel("Preview"))
+        row.addWidget(self.preview_mode)
+        row.addWidget(self.preview_noisy)
+        return bar
+
+    # -- model defaults ----------------------------------------------------------------------
+
+    def set_family(self, native_size: int, default_guidance: float) -> None:
+        """Size presets and the guidance reset value for the loaded model's family."""
+        self._presets = size_presets(native_size)
+        self.size_preset.blockSignals(True)
+        self.size_preset.clear()
+        for i, (w, h) in enumerate(self._presets):
+            ratio = "draft" if i == len(self._presets) - 1 else f"{RATIOS[i][0]}:{RATIOS[i][1]}"
+            self.size_preset.addItem(f"{w} × {h}  ·  {ratio}", f"{w}x{h}")
+        self.size_preset.addItem("Custom", None)
+        self.size_preset.blockSignals(False)
+        self.guidance.setDefault(default_guidance)
+        self._size_edited()
+
+    def apply_family_defaults(self, family: Family) -> None:
+        """The model's own steps, guidance, sampler and size: for a first start or a new family."""
+        self.steps.setValue(family.default_steps)
+        self.guidance.setValue(family.default_guidance)
+        if family.default_sampler in SAMPLERS:
+            self.sampler.setCurrentText(family.default_sampler)
+        self.width.setValue(family.default_size)
+        self.height.setValue(family.default_size)
+
+    # -- values in and out -------------------------------------------------------------------
+
+    def values(self) -> FormValues:
+        return FormValues(self.prompt.toPlainText().strip(), self.negative.toPlainText().strip(),
+                          self.guidance.value(), self.steps.value(), self.sampler.currentText(),
+                          self.width.value(), self.height.value(), self.batch.value(),
+                          self.init_well.strength_value())
+
+    def apply_request(self, request: GenerationRequest) -> None:
+        """Show a request's settings (restored from a PNG or the history). The seed is fixed to it."""
+        self.prompt.setPlainText(request.prompt)
+        self.negative.setPlainText(request.negative_prompt)
+        self.guidance.setValue(request.guidance)
+        self.steps.setValue(min(request.steps, self.steps.maximum()))
+        if self.sampler.findText(request.sampler) >= 0:
+            self.sampler.setCurrentText(request.sampler)
+        self.width.setValue(request.width)
+        self.height.setValue(request.height)
+        self.seed.set_seed(request.seed)
+        self.init_well.set_strength(request.strength)
+
+    def preview_choice(self) -> tuple[PreviewMode, bool]:
+        return PreviewMode(self.preview_mode.currentData()), self.preview_noisy.isChecked()
+
+    def set_busy(self, busy: bool) -> None:
+        self.cancel_button.setEnabled(busy)
+
+    # -- settings ----------------------------------------------------------------------------
+
+    def save(self, settings: QSettings) -> None:
+        v = self.values()
+        for key, value in (("prompt", v.prompt), ("negative", v.negative_prompt), ("guidance", v.guidance),
+                           ("steps", v.steps), ("sampler", v.sampler), ("width", v.width),
+                           ("height", v.height), ("batch", v.batch), ("strength", v.strength),
+                           ("seed", self.seed.edit.text()), ("seed_random", self.seed.random.isChecked()),
+                           ("preview_mode", self.preview_mode.currentData()),
+                           ("preview_noisy", self.preview_noisy.isChecked())):
+            settings.setValue(f"form/{key}", value)
+
+    def restore(self, settings: QSettings) -> bool:
+        """Put back what `save` stored; False when nothing was stored (a first start)."""
+        if settings.value("form/steps") is None:
+            return False
+        self.prompt.setPlainText(read(settings, "form/prompt", ""))
+        self.negative.setPlainText(read(settings, "form/negative", ""))
+        self.guidance.setValue(read(settings, "form/guidance", 7.0))
+        self.steps.setValue(read(settings, "form/steps", 20))
+        sampler = read(settings, "form/sampler", "")
+        if sampler in SAMPLERS:
+            self.sampler.setCurrentText(sampler)
+        self.width.setValue(read(settings, "form/width", 512))
+        self.height.setValue(read(settings, "form/height", 512))
+        self.batch.setValue(read(settings, "form/batch", 1))
+        self.init_well.set_strength(read(settings, "form/strength", 0.75))
+        seed = read(settings, "form/seed", "")
+        if seed.isdigit():
+            self.seed.set_seed(int(seed))
+        self.seed.random.setChecked(read(settings, "form/seed_random", True))
+        mode = read(settings, "form/preview_mode", PreviewMode.VAE.value)
+        index = self.preview_mode.findData(mode)
+        self.preview_mode.setCurrentIndex(max(index, 0))
+        self.preview_noisy.setChecked(read(settings, "form/preview_noisy", False))
+        return True
+
+    # -- size --------------------------------------------------------------------------------
+
+    def _preset_chosen(self, index: int) -> None:
+        size = self.size_preset.itemData(index)
+        if size is not None:
+            width, height = map(int, size.split("x"))
+            self.width.setValue(width)
+            self.height.setValue(height)
+
+    def _size_edited(self, *_) -> None:
+        index = self.size_preset.findData(f"{self.width.value()}x{self.height.value()}")
+        self.size_preset.setCurrentIndex(index if index >= 0 else self.size_preset.count() - 1)
+
+    def _snap(self, box: QSpinBox) -> None:
+        if box.value() % SIZE_STEP:
+            box.setValue(_round8(box.value()))

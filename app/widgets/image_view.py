@@ -1,0 +1,66 @@
+"""The large preview: an image scaled smoothly to fit, centred, with a caption underneath;
+and a dialog that shows one image large ("View large" in the history)."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QRect, QRectF, QSize, Qt
+from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
+from PySide6.QtWidgets import QDialog, QSizePolicy, QVBoxLayout, QWidget
+
+from app import theme
+
+
+class ImageView(QWidget):
+    def __init__(self, placeholder: str = "", parent=None):
+        super().__init__(parent)
+        self._pixmap: QPixmap | None = None
+        self._placeholder = placeholder
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMinimumSize(200, 200)
+
+    def set_image(self, image: QImage | None) -> None:
+        self._pixmap = QPixmap.fromImage(image) if image is not None and not image.isNull() else None
+        self.update()
+
+    def set_placeholder(self, text: str) -> None:
+        self._placeholder = text
+        self.update()
+
+    def has_image(self) -> bool:
+        return self._pixmap is not None
+
+    def image(self) -> QImage | None:
+        return self._pixmap.toImage() if self._pixmap is not None else None
+
+    def sizeHint(self) -> QSize:
+        return QSize(640, 640)
+
+    def paintEvent(self, event) -> None:
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor(theme.BACKGROUND))
+        area = self.rect().adjusted(16, 16, -16, -16)
+        if self._pixmap is None:
+            p.setPen(QColor(theme.MUTED))
+            p.drawText(area, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self._placeholder)
+            return
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        size = self._pixmap.size().scaled(area.size(), Qt.AspectRatioMode.KeepAspectRatio)
+        target = QRect(0, 0, size.width(), size.height())
+        target.moveCenter(area.center())
+        p.setPen(Qt.PenStyle.NoPen)
+        p.setBrush(QColor(0, 0, 0, 90))   # a soft shadow lifts the image off the background
+        p.drawRoundedRect(QRectF(target).adjusted(-2, 2, 4, 6), 6, 6)
+        p.drawPixmap(target, self._pixmap)
+
+
+class ImageDialog(QDialog):
+    def __init__(self, image: QImage, title: str, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle(title)
+        self.view = ImageView()
+        self.view.set_image(image)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.view)
+        self.resize(min(max(image.width(), 512), 1400), min(max(image.height(), 512), 1000))

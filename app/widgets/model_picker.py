@@ -1,0 +1,80 @@
+"""The model picker: the built-in model, the models folder, models opened before, and the
+"Open model file…" / "Open diffusers folder…" actions, in one combo box."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QComboBox
+
+BUILTIN = "builtin"
+OPEN_FILE, OPEN_FOLDER = "open-file", "open-folder"
+
+
+def spec_label(spec: str) -> str:
+    if spec == BUILTIN:
+        return "Built-in model"
+    path = Path(spec)
+    return path.stem if path.suffix else path.name
+
+
+class ModelPicker(QComboBox):
+    modelChosen = Signal(str)          # "builtin" or a path
+    openFileRequested = Signal()
+    openFolderRequested = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setAccessibleName("Model")
+        self.setToolTip("The model that makes the images. Drop a .safetensors file on the window to open it.")
+        self._current: str | None = None
+        self.activated.connect(self._activated)
+
+    def set_models(self, builtin_present: bool, specs: list[str]) -> None:
+        """Fill the list: built-in first, then `specs` (paths), then the open actions."""
+        self.blockSignals(True)
+        self.clear()
+        self.addItem("Built-in model" if builtin_present else "Built-in model (not installed)", BUILTIN)
+        if not builtin_present:
+            self.model().item(0).setEnabled(False)
+        seen = set()
+        for spec in specs:
+            if spec not in seen:
+                seen.add(spec)
+                self.addItem(spec_label(spec), spec)
+                self.setItemData(self.count() - 1, spec, Qt.ItemDataRole.ToolTipRole)
+        self.insertSeparator(self.count())
+        self.addItem("Open model file…", OPEN_FILE)
+        self.addItem("Open diffusers folder…", OPEN_FOLDER)
+        self.blockSignals(False)
+        self._select(self._current)
+
+    def specs(self) -> list[str]:
+        return [self.itemData(i) for i in range(self.count())
+                if self.itemData(i) not in (None, BUILTIN, OPEN_FILE, OPEN_FOLDER)]
+
+    def set_current(self, spec: str | None) -> None:
+        """Show `spec` as the chosen model (adding it if new) without asking to load it."""
+        if spec is not None and spec != BUILTIN and self.findData(spec) < 0:
+            self.blockSignals(True)
+            self.insertItem(self.findData(OPEN_FILE) - 1, spec_label(spec), spec)
+            self.blockSignals(False)
+        self._current = spec
+        self._select(spec)
+
+    def _select(self, spec: str | None) -> None:
+        self.blockSignals(True)
+        index = self.findData(spec) if spec is not None else -1
+        self.setCurrentIndex(index)
+        if index < 0:
+            self.setPlaceholderText("No model — open one")
+        self.blockSignals(False)
+
+    def _activated(self, index: int) -> None:
+        data = self.itemData(index)
+        if data in (OPEN_FILE, OPEN_FOLDER):
+            self._select(self._current)     # an action, not a choice: keep showing the current model
+            (self.openFileRequested if data == OPEN_FILE else self.openFolderRequested).emit()
+        elif data is not None and data != self._current:
+            self.modelChosen.emit(data)

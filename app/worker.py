@@ -1,0 +1,212 @@
+"""The diffusion loop off the GUI thread: one job at a time, in one long-lived QThread.
+
+    worker = GenerationWorker()
+    worker.message.connect(...)        # Finished | Stopped | Failed, one per job, never dropped
+    worker.preview_ready.connect(...)  # a StepPreview waits in worker.mailbox
+    worker.submit(job)                 # a job already running is cancelled; the new one runs next
+    worker.cancel()
+    worker.shutdown()                  # cancel, stop the thread and wait for it (before the app exits)
+
+A new Generate while a job runs *cancels* the running job and starts the new one as soon as
+the old one stops at its next step boundary: the user wants what they asked for last, and a
+queue of stale requests would only delay it. Only the newest pending job is kept.
+
+Previews go through a one-slot `Mailbox`: the worker replaces whatever frame the window has not
+taken yet, so a slow window shows the newest frame and never works through a backlog.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+
+import torch
+from PySide6.QtCore import QObject, QThread, Signal
+
+from app.jobs import Failed, Finished, Job, Message, PreviewMode, StepPreview, StepRecord, Stopped
+from app.preview import make_previewer, pil_to_qimage
+from core import __version__
+from core.errors import LatentDeskError
+from core.generate import Cancelled, StepInfo, generate
+from core.metadata import save_png, to_infotext
+
+log = logging.getLogger(__name__)
+
+
+class Mailbox:
+    """Holds the newest StepPreview the window has not shown yet."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._item: StepPreview | None = None
+        self.dropped = 0          # frames replaced before the window took them
+
+    def put(self, item: StepPreview) -> bool:
+        """Store `item`; True when the box was empty, i.e. the window needs telling."""
+        with self._lock:
+            was_empty = self._item is None
+            self.dropped += not was_empty
+            self._item = item
+            return was_empty
+
+    def take(self) -> StepPreview | None:
+        with self._lock:
+            item, self._item = self._item, None
+            return item
+
+
+def run_job(job: Job, post_preview) -> Message:
+    """Generate, preview every step, save every image. Runs in the worker thread; never raises."""
+    started = time.perf_counter()
+    records: list[StepRecord] = []
+    previewers: dict[PreviewMode, object] = {}
+    state = {"first_step_at": None, "sent": 0, "preview_broken": False}
+
+    def on_step(step: StepInfo) -> None:
+        if job.cancel.is_set():
+            raise Cancelled
+        now = time.perf_counter()
+        if step.i == 0:
+            state["first_step_at"] = now
+        first = state["first_step_at"]
+        rate = step.i / (now - first) if first is not None and now > first and step.i else None
+        records.append(StepRecord(step.i, step.guidance, step.sigma))
+        post_preview(StepPreview(job.id, step.i, step.total, preview_image(step), step.guidance, rate))
+        state["sent"] += 1
+
+    def preview_image(step: StepInfo):
+        mode, noisy = job.preview.get()
+        if state["preview_broken"]:
+            return None
+        if mode not in previewers:
+            previewers[mode] = make_previewer(mode, job.model.model)
+        previewer = previewers[mode]
+        if previewer is None:
+            return None
+        try:
+            return previewer(step, noisy)
+        except Exception:   # a preview must never cost the image: stop previewing, keep sampling
+            log.exception("preview failed; previews are off for the rest of this run")
+            state["preview_broken"] = True
+            return None
+
+    try:
+        result = generate(job.request, job.model.model, on_step=on_step, guidance=job.guidance, cancel=job.cancel)
+    except LatentDeskError as e:
+        return Failed(job.id, str(e))
+    except (torch.OutOfMemoryError, MemoryError):
+        return Failed(job.id, "Out of memory. Try a smaller size, fewer images at once, or close other programs.")
+    except Exception as e:
+        log.exception("generation failed")
+        return Failed(job.id, f"Generation failed unexpectedly ({type(e).__name__}: {e}).")
+    if result.cancelled:
+        return Stopped(job.id, result.steps_done, tuple(records))
+
+    images = tuple(pil_to_qimage(image) for image in result.images)
+    paths, save_error = [], None
+    loaded = job.model
+    for image, seed in zip(result.images, result.seeds, strict=True):
+        request = replace(job.request, seed=seed, batch=1)
+        infotext = to_infotext(request, loaded.model.name, loaded.hash, f"Latent Desk {__version__}")
+        try:
+            paths.append(save_png(image, job.output_dir, infotext))
+        except LatentDeskError as e:
+            save_error = str(e)
+            break
+    return Finished(job.id, job.request, images, tuple(paths), tuple(records),
+                    time.perf_counter() - started, state["sent"], save_error)
+
+
+class _Runner(QThread):
+    """The thread: waits for a job, runs it, reports, repeats until stopped."""
+
+    def __init__(self, worker: GenerationWorker):
+        super().__init__()
+        self.setObjectName("generation")
+        self._worker = worker
+        self._cond = threading.Condition()
+        self._pending: Job | None = None
+        self._current: Job | None = None
+        self._stopping = False
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            dropped, self._pending = self._pending, job
+            if self._current is not None:
+                self._current.cancel.set()
+            self._cond.notify()
+        self._never_started(dropped)
+
+    def cancel(self) -> None:
+        with self._cond:
+            dropped, self._pending = self._pending, None
+            if self._current is not None:
+                self._current.cancel.set()
+        self._never_started(dropped)
+
+    def _never_started(self, job: Job | None) -> None:
+        """Every job gets exactly one final message, even one replaced before it began."""
+        if job is not None:
+            self._worker.message.emit(Stopped(job.id, 0, ()))
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._pending = None
+            if self._current is not None:
+                self._current.cancel.set()
+            self._cond.notify()
+
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return self._current is not None or self._pending is not None
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job, self._pending = self._pending, None
+                self._current = job
+            message = run_job(job, self._post_preview)
+            with self._cond:
+                self._current = None
+            self._worker.message.emit(message)
+
+    def _post_preview(self, preview: StepPreview) -> None:
+        if self._worker.mailbox.put(preview):
+            self._worker.preview_ready.emit()
+
+
+class GenerationWorker(QObject):
+    """The window's only handle on the engine's sampling loop."""
+
+    message = Signal(object)      # Finished | Stopped | Failed
+    preview_ready = Signal()      # take the newest StepPreview from `mailbox`
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.mailbox = Mailbox()
+        self._runner = _Runner(self)
+        self._runner.start()
+
+    def submit(self, job: Job) -> None:
+        self._runner.submit(job)
+
+    def cancel(self) -> None:
+        self._runner.cancel()
+
+    @property
+    def busy(self) -> bool:
+        return self._runner.busy
+
+    def shutdown(self) -> None:
+        """Cancel what runs, end the thread and wait for it: a QThread destroyed while running aborts."""
+        self._runner.stop()
+        self._runner.quit()
+        self._runner.wait()

@@ -1,0 +1,188 @@
+"""Stage 1: the autoencoder, latent diffusion's perceptual compression (Rombach et al. 2022, sec. 3.1).
+
+    AutoencoderStage(config, dataset, ...)   what `core.train.loop.train` needs to train an AutoencoderKL
+    latent_scale_factor(vae, dataset, n)      1 / std of the latents, as SD's 0.18215 was measured
+    psnr(vae, dataset, n)                     reconstruction quality in dB (encode to the mean, decode)
+    train_autoencoder(...)                    train, measure, write `autoencoder.safetensors` + a report
+    load_autoencoder(path)                    read that file back
+
+The loss is LDM's without its perceptual (LPIPS) and adversarial terms, which need
+pretrained networks we cannot download: L1 + MSE per pixel, plus a small KL pull toward
+N(0, 1) weighted as LDM weights it (KL summed over the latent against the reconstruction
+loss summed over the pixels, factor ~1e-6). The KL keeps the latent space smooth
+without costing detail; it leaves the latents' scale free, which the scale factor fixes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from torch import Tensor, nn
+
+from core.errors import LatentDeskError
+from core.train.data import BatchRandom, image_and_caption
+from core.train.loop import Distributed, TrainSettings, save_tensors, train, write_json
+from core.vae import AutoencoderKL, VAEConfig
+
+AUTOENCODER_FILE = "autoencoder.safetensors"
+REPORT_FILE = "autoencoder.json"
+CONFIG_KEY = "latentdesk.vae"
+
+
+@dataclass(frozen=True)
+class AutoencoderLoss:
+    kl_weight: float = 1e-6     # LDM's weighting (see the module docstring)
+    mse_weight: float = 1.0     # next to L1, which alone leaves flat colours slightly off
+    crop: int = 0               # train on random crops this size (0 = whole images); it is fully convolutional
+
+
+def build_autoencoder(config: VAEConfig, seed: int) -> AutoencoderKL:
+    """A freshly initialised AutoencoderKL; the same seed gives the same weights whatever ran before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(config)
+
+
+class AutoencoderObjective(nn.Module):
+    def __init__(self, vae: AutoencoderKL, loss: AutoencoderLoss):
+        super().__init__()
+        self.vae = vae
+        self.weights = loss
+
+    def forward(self, images: Tensor, noise: Tensor) -> dict[str, Tensor]:
+        """images (B, 3, H, W) in [-1, 1]; noise (B, z, H/f, W/f) for the posterior sample."""
+        posterior = self.vae.encode(images)
+        z = posterior.mean + posterior.std * noise            # reparameterised sample of q(z|x)
+        recon = self.vae.decode(z)
+        l1 = F.l1_loss(recon, images)
+        mse = F.mse_loss(recon, images)
+        kl = 0.5 * (posterior.mean.square() + posterior.std.square() - 1 - posterior.logvar).sum(dim=(1, 2, 3)).mean()
+        # Per pixel, LDM's "KL sum x weight next to the reconstruction sum" becomes this.
+        loss = l1 + self.weights.mse_weight * mse + self.weights.kl_weight * kl / images[0].numel()
+        return {"loss": loss, "l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
+
+
+class AutoencoderStage:
+    """Stage 1 for `core.train.loop.train`: items are (image, caption) pairs; captions are ignored."""
+
+    kind = "autoencoder"
+
+    def __init__(self, config: VAEConfig, dataset, data_name: str, loss: AutoencoderLoss = AutoencoderLoss(),
+                 seed: int = 0):
+        if config.z_channels != 4 or config.downsample_factor != 8:
+            raise LatentDeskError("the autoencoder must make SD-shaped latents: 4 channels, 1/8 the image size "
+                                  f"(this config: {config.z_channels} channels, 1/{config.downsample_factor})")
+        self.config, self.dataset, self.data_name, self.loss = config, dataset, data_name, loss
+        self.objective = AutoencoderObjective(build_autoencoder(config, seed), loss)
+        self.length = len(dataset)
+        self.seed = seed
+
+    def inputs(self, indices: list[int], random: BatchRandom) -> dict[str, Tensor]:
+        images = torch.stack([image_and_caption(self.dataset, i)[0] for i in indices])  # (B, 3, H, W)
+        size = images.shape[-1]
+        crop = self.loss.crop
+        if crop and crop < size:
+            corners = random.randint(size - crop + 1, 2)        # (B, 2): top, left
+            images = torch.stack([image[:, top:top + crop, left:left + crop]
+                                  for image, (top, left) in zip(images, corners.tolist(), strict=True)])
+        f = self.config.downsample_factor
+        noise = random.randn(self.config.z_channels, images.shape[-2] // f, images.shape[-1] // f)
+        return {"images": images, "noise": noise}
+
+    def description(self) -> dict:
+        return {"vae": asdict(self.config), "loss": asdict(self.loss), "data": self.data_name, "init_seed": self.seed}
+
+
+# --- measuring ------------------------------------------------------------------------------------
+
+def _batches(dataset, n: int, batch_size: int):
+    n = min(n, len(dataset))
+    for start in range(0, n, batch_size):
+        yield torch.stack([image_and_caption(dataset, i)[0] for i in range(start, min(start + batch_size, n))])
+
+
+@torch.no_grad()
+def latent_scale_factor(vae: AutoencoderKL, dataset, n: int = 512, seed: int = 0, batch_size: int = 16) -> float:
+    """1 / std of posterior samples over the first n items: diffusion then sees unit-variance latents.
+
+    This is how SD's 0.18215 was found (LDM, sec. G: "rescale the latent ... by the component-wise
+    standard deviation"), on the first batch there; a few hundred images give a steadier number.
+    """
+    device = next(vae.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.cat([vae.encode(x.to(device)).sample(generator).cpu() for x in _batches(dataset, n, batch_size)])
+    return 1.0 / z.std().item()
+
+
+@torch.no_grad()
+def psnr(vae: AutoencoderKL, dataset, n: int = 256, batch_size: int = 16) -> float:
+    """Mean PSNR in dB over the first n items, pixels in [0, 1], reconstruction = decode(posterior mean)."""
+    device = next(vae.parameters()).device
+    values = []
+    for x in _batches(dataset, n, batch_size):
+        x = x.to(device)
+        recon = vae.decode(vae.encode(x).mean).clamp(-1, 1)
+        mse = ((recon - x) / 2).square().mean(dim=(1, 2, 3))   # (B,), on the [0, 1] scale
+        values += (10 * torch.log10(1 / mse.clamp_min(1e-10))).tolist()
+    return sum(values) / len(values)
+
+
+# --- the stage's files ----------------------------------------------------------------------------
+
+def write_autoencoder(path: Path, vae: AutoencoderKL) -> None:
+    """The VAE's weights with its config (scale factor included) in the metadata.
+
+    Keys are the original LDM ones without prefix, so `core.checkpoint.load_vae` reads it too.
+    """
+    save_tensors(path, vae.state_dict(), {CONFIG_KEY: json.dumps(asdict(vae.config))})
+
+
+def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> AutoencoderKL:
+    """An autoencoder written by stage 1 (a file, or the folder holding `autoencoder.safetensors`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / AUTOENCODER_FILE
+    if not path.is_file():
+        raise LatentDeskError(f"{path}: no trained autoencoder here (run `latentdesk train autoencoder` first)")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        values = json.loads(metadata[CONFIG_KEY])
+        config = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
+        raise LatentDeskError(f"{path}: not an autoencoder written by `latentdesk train autoencoder` ({e})") from None
+    vae = AutoencoderKL(config)
+    vae.load_state_dict(state, strict=True)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def train_autoencoder(stage: AutoencoderStage, settings: TrainSettings, folder: str | Path, eval_dataset,
+                      *, scale_images: int = 512, eval_images: int = 256,
+                      processes: Distributed | None = None, stream=None) -> dict:
+    """Train (or resume), then set the scale factor, measure PSNR and write the stage's files.
+
+    Returns the report also written to `autoencoder.json`.
+    """
+    processes = processes or Distributed.from_env()
+    folder = Path(folder)
+    trained = train(stage, settings, folder, processes, stream)
+    report = {}
+    if processes.is_main:
+        vae = trained.final().vae.requires_grad_(False)
+        vae.config = replace(vae.config, scale_factor=latent_scale_factor(vae, stage.dataset, scale_images, settings.seed))
+        report = {"steps": trained.step, "train_seconds": round(trained.seconds, 1),
+                  "scale_factor": vae.config.scale_factor, "psnr_db": psnr(vae, eval_dataset, eval_images),
+                  "eval_images": min(eval_images, len(eval_dataset)), "data": stage.data_name}
+        if not math.isfinite(report["psnr_db"]):
+            raise LatentDeskError(f"the trained autoencoder gives PSNR {report['psnr_db']}; training failed")
+        write_autoencoder(folder / AUTOENCODER_FILE, vae)
+        write_json(folder / REPORT_FILE, report)
+    processes.barrier()
+    return report

@@ -1,0 +1,210 @@
+"""`latentdesk train ...`: the two training stages on the command line.
+
+    latentdesk train autoencoder (--data DIR | --shapes) --out DIR [--steps N] [--batch-size B] [--lr LR] [--seed S] ...
+    latentdesk train diffusion --autoencoder FILE|DIR (--data DIR | --shapes) --out DIR [...]
+    latentdesk train builtin --out DIR          # both stages with BUILTIN_RECIPE, then DIR/builtin.safetensors
+
+Every command resumes from the checkpoint in its --out folder when there is one: run
+the same command again after an interruption. Defaults are the built-in recipe's.
+Several processes: `torchrun --nproc-per-node N -m core.train.cli train ...` (DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from core.errors import LatentDeskError
+from core.train.recipe import BUILTIN_RECIPE, BuiltinRecipe
+
+R = BUILTIN_RECIPE
+BUILTIN_FILE = "builtin.safetensors"
+
+
+def add_train_commands(subparsers) -> None:
+    """Add `train autoencoder|diffusion|builtin` to a `latentdesk` sub-command parser; each sets `handler`."""
+    train = subparsers.add_parser("train", help="train a latent diffusion model (autoencoder, then diffusion)")
+    stages = train.add_subparsers(dest="stage", required=True)
+
+    ae = stages.add_parser("autoencoder", help="stage 1: the autoencoder (perceptual compression)")
+    _data_args(ae)
+    _run_args(ae, R.vae_train)
+    ae.add_argument("--channels", type=int, default=R.vae.base_channels, help="width of the first level")
+    ae.add_argument("--channel-mult", type=_ints, default=R.vae.channel_mult,
+                    help="width multiple per level, e.g. 1,2,4,4 (4 levels = 1/8 size latents)")
+    ae.add_argument("--res-blocks", type=int, default=R.vae.num_res_blocks)
+    ae.add_argument("--kl-weight", type=float, default=R.vae_loss.kl_weight)
+    ae.add_argument("--crop", type=int, default=R.vae_loss.crop, help="train on random crops this size (0 = whole)")
+    ae.set_defaults(handler=run_train_autoencoder)
+
+    df = stages.add_parser("diffusion", help="stage 2: UNet + text encoder on the autoencoder's latents")
+    df.add_argument("--autoencoder", required=True, help="autoencoder.safetensors from stage 1 (or its folder)")
+    _data_args(df)
+    _run_args(df, R.diffusion_train)
+    df.add_argument("--model-channels", type=int, default=R.unet.model_channels)
+    df.add_argument("--channel-mult", type=_ints, default=R.unet.channel_mult)
+    df.add_argument("--res-blocks", type=int, default=R.unet.num_res_blocks)
+    df.add_argument("--attention", type=_ints, default=R.unet.transformer_depth,
+                    help="transformer blocks per level, 0 = none, e.g. 0,1,1")
+    df.add_argument("--heads", type=int, default=R.unet.num_heads[0], help="attention heads in the UNet")
+    df.add_argument("--text-width", type=int, default=R.text.hidden_size)
+    df.add_argument("--text-layers", type=int, default=R.text.num_hidden_layers)
+    df.add_argument("--text-heads", type=int, default=R.text.num_attention_heads)
+    df.add_argument("--caption-dropout", type=float, default=R.caption_dropout,
+                    help="share of samples trained with the empty caption (for classifier-free guidance)")
+    df.add_argument("--guidance", type=float, default=R.defaults.guidance, help="the model's default guidance")
+    df.add_argument("--sampler", default=R.defaults.sampler, help="the model's default sampler")
+    df.add_argument("--export-dtype", choices=("fp16", "fp32"), default=R.export_dtype)
+    df.set_defaults(handler=run_train_diffusion)
+
+    builtin = stages.add_parser("builtin", help="reproduce the shipped built-in model (both stages, fixed recipe)")
+    builtin.add_argument("--out", required=True, help="working folder; rerun the same command to resume")
+    builtin.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    builtin.set_defaults(handler=run_train_builtin)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, like 1,2,4; got {text!r}") from None
+
+
+def _data_args(parser) -> None:
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help="a folder of images with same-name .txt captions")
+    data.add_argument("--shapes", action="store_true", help="the synthetic captioned-shapes world")
+    parser.add_argument("--shapes-items", type=int, help="how many shapes scenes to draw from (default: recipe's)")
+    parser.add_argument("--size", type=int, default=128, help="--data images are scaled and cropped to this square")
+
+
+def _run_args(parser, settings) -> None:
+    parser.add_argument("--out", required=True, help="output folder (checkpoints, loss.jsonl, results)")
+    parser.add_argument("--steps", type=int, default=settings.steps)
+    parser.add_argument("--batch-size", type=int, default=settings.batch_size, help="global batch (all processes)")
+    parser.add_argument("--lr", type=float, default=settings.lr)
+    parser.add_argument("--seed", type=int, default=R.seed)
+    parser.add_argument("--warmup-steps", type=int, default=settings.warmup_steps)
+    parser.add_argument("--ema-decay", type=float, default=settings.ema_decay, help="0 = no EMA")
+    parser.add_argument("--checkpoint-every", type=int, default=settings.checkpoint_every)
+    parser.add_argument("--log-every", type=int, default=settings.log_every)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def _settings(args, base):
+    from core.train.loop import TrainSettings
+    return TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         warmup_steps=args.warmup_steps, weight_decay=base.weight_decay, grad_clip=base.grad_clip,
+                         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+
+
+def _dataset(args, default_items: int, split: str = "train"):
+    """(dataset, name for checkpoints) of --data / --shapes."""
+    from core.train.data import CaptionedFolder, shapes
+    if args.data:
+        folder = CaptionedFolder(args.data, args.size)
+        return folder, f"folder {folder.path.resolve()} at {args.size}px ({len(folder)} images)"
+    items = args.shapes_items or default_items
+    return shapes(args.seed, items, split), f"shapes seed {args.seed}, {items} items"
+
+
+def run_train_autoencoder(args) -> int:
+    from core.train.autoencoder import AutoencoderLoss, AutoencoderStage, train_autoencoder
+    from core.train.data import shapes
+    from core.train.loop import Distributed
+    from core.vae import VAEConfig
+
+    processes = Distributed.from_env(args.device)
+    dataset, name = _dataset(args, R.vae_items)
+    config = VAEConfig(base_channels=args.channels, channel_mult=args.channel_mult, num_res_blocks=args.res_blocks,
+                       norm_groups=min(32, args.channels), scale_factor=1.0)
+    stage = AutoencoderStage(config, dataset, name, AutoencoderLoss(args.kl_weight, R.vae_loss.mse_weight, args.crop),
+                             args.seed)
+    # Shapes: PSNR on held-out renders. A user's folder has no held-out part: PSNR on its first images.
+    eval_dataset = shapes(args.seed, R.eval_images, "heldout") if args.shapes else dataset
+    report = train_autoencoder(stage, _settings(args, R.vae_train), args.out, eval_dataset,
+                               scale_images=R.scale_images, eval_images=R.eval_images, processes=processes)
+    if processes.is_main:
+        print(f"autoencoder: PSNR {report['psnr_db']:.2f} dB, scale factor {report['scale_factor']:.5f} -> "
+              f"{Path(args.out) / 'autoencoder.safetensors'}")
+    return 0
+
+
+def run_train_diffusion(args) -> int:
+    from core.train.autoencoder import load_autoencoder
+    from core.train.diffusion import TextEncoderConfig, train_diffusion
+    from core.train.export import ModelDefaults
+    from core.train.loop import Distributed
+    from core.unet import UNetConfig
+
+    processes = Distributed.from_env(args.device)
+    vae = load_autoencoder(args.autoencoder)
+    dataset, name = _dataset(args, R.diffusion_items)
+    levels = len(args.channel_mult)
+    if len(args.attention) != levels:
+        raise LatentDeskError(f"--attention needs one number per level ({levels}, as --channel-mult), "
+                              f"not {','.join(map(str, args.attention))}")
+    unet = UNetConfig(model_channels=args.model_channels, channel_mult=args.channel_mult, num_res_blocks=args.res_blocks,
+                      transformer_depth=args.attention, transformer_depth_middle=1, num_heads=(args.heads,) * levels,
+                      context_dim=args.text_width, norm_groups=min(32, args.model_channels))
+    text = TextEncoderConfig(hidden_size=args.text_width, intermediate_size=4 * args.text_width,
+                             num_hidden_layers=args.text_layers, num_attention_heads=args.text_heads)
+    defaults = ModelDefaults(size=args.size, guidance=args.guidance, sampler=args.sampler)
+    path = train_diffusion(vae, str(Path(args.autoencoder).resolve()), dataset, name, args.out, unet, text,
+                           _settings(args, R.diffusion_train), caption_dropout=args.caption_dropout,
+                           defaults=defaults, export_dtype=args.export_dtype, processes=processes)
+    if path is not None:
+        print(f"diffusion: model written to {path}")
+    return 0
+
+
+def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
+    """Stage 1 into OUT/autoencoder, stage 2 into OUT/diffusion, the model to OUT/builtin.safetensors."""
+    from core.train.autoencoder import AUTOENCODER_FILE, AutoencoderStage, load_autoencoder, train_autoencoder
+    from core.train.data import shapes
+    from core.train.diffusion import train_diffusion
+    from core.train.loop import Distributed, write_json
+
+    processes = Distributed.from_env(args.device)
+    out = Path(args.out)
+    started = time.perf_counter()
+    first, second = out / "autoencoder", out / "diffusion"
+    seed = recipe.seed
+    if not (first / AUTOENCODER_FILE).is_file():
+        stage = AutoencoderStage(recipe.vae, shapes(seed, recipe.vae_items), f"shapes seed {seed}, "
+                                 f"{recipe.vae_items} items", recipe.vae_loss, seed)
+        train_autoencoder(stage, recipe.vae_train, first, shapes(seed, recipe.eval_images, "heldout"),
+                          scale_images=recipe.scale_images, eval_images=recipe.eval_images, processes=processes)
+    vae = load_autoencoder(first)
+    path = train_diffusion(vae, "builtin stage 1", shapes(seed, recipe.diffusion_items),
+                           f"shapes seed {seed}, {recipe.diffusion_items} items", second, recipe.unet, recipe.text,
+                           recipe.diffusion_train, caption_dropout=recipe.caption_dropout, defaults=recipe.defaults,
+                           export_dtype=recipe.export_dtype, export_path=out / BUILTIN_FILE, processes=processes)
+    if processes.is_main:
+        write_json(out / "builtin.json", {"recipe": asdict(recipe), "this_run_seconds": round(time.perf_counter() - started),
+                                          "model": str(path)})
+        print(f"built-in model written to {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m core.train.cli train ...` (and under torchrun) until `latentdesk train` is wired in."""
+    parser = argparse.ArgumentParser(prog="latentdesk", description="Train latent diffusion models.")
+    add_train_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except LatentDeskError as e:
+        print(f"latentdesk: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("latentdesk: interrupted; run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Stage 2: latent diffusion on the frozen autoencoder's latents (Rombach et al. 2022, sec. 3.2-3.3).
+
+    TextEncoderConfig                 a small transformers CLIPTextModel, trained from scratch with the UNet
+    build_latent_cache(vae, data)     every training image encoded once: posterior mean, log-variance, token ids
+    DiffusionStage(cache, ...)        what `core.train.loop.train` needs: UNet + text encoder, epsilon objective
+    train_diffusion(...)              train (or resume), then export the whole model as one .safetensors
+
+Each step draws, per sample: a latent from the cached posterior (so the UNet still sees
+the VAE's sampling noise), t uniform in [0, 999], noise eps, and with probability
+`caption_dropout` the empty caption instead of the real one, so the one network learns
+the conditional and the unconditional model that classifier-free guidance mixes
+(Ho & Salimans 2021). The loss is DDPM's "simple" one, ||eps - eps_theta(x_t, t, c)||^2,
+with x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps on SD's own schedule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from torch import Tensor, nn
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from core.errors import LatentDeskError
+from core.families import EOS_ID, SD1
+from core.schedules import SD_SCHEDULE, NoiseSchedule
+from core.text_encoder import BOS_ID, TextEncoder
+from core.tokenizer import ClipTokenizer
+from core.train.data import BatchRandom, image_and_caption
+from core.train.export import ModelDefaults, export_model
+from core.train.loop import Distributed, Progress, TrainSettings, save_tensors, train, write_json
+from core.unet import UNet, UNetConfig
+from core.vae import AutoencoderKL
+
+CACHE_FILE = "latents.safetensors"
+MODEL_FILE = "model.safetensors"
+REPORT_FILE = "diffusion.json"
+TEXT_SPEC = SD1.text_encoders[0]   # the key layout and conditioning (last layer + final norm, EOS padding)
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """The CLIP text transformer; vocabulary and positions are fixed by the shipped tokenizer."""
+
+    hidden_size: int = 64              # = the UNet's context_dim
+    intermediate_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 2
+    hidden_act: str = "quick_gelu"     # OpenAI CLIP's, as in SD1's text encoder
+    max_position_embeddings: int = 77
+    vocab_size: int = 49408
+
+    def clip_config(self) -> CLIPTextConfig:
+        return CLIPTextConfig(**asdict(self), bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
+
+
+def build_networks(unet_config: UNetConfig, text_config: TextEncoderConfig, seed: int) -> tuple[UNet, CLIPTextModel]:
+    """Fresh UNet and text encoder; the same seed gives the same weights whatever ran before."""
+    if unet_config.context_dim != text_config.hidden_size:
+        raise LatentDeskError(f"the UNet's context width {unet_config.context_dim} must equal the text encoder's "
+                              f"width {text_config.hidden_size}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet(unet_config)
+        text_model = CLIPTextModel(text_config.clip_config())
+    # LDM's zero_module: each residual branch and the output start at zero, so the untrained
+    # UNet is the identity plus nothing and every block starts by learning a small correction.
+    for name, module in unet.named_modules():
+        if name == "out.2" or name.endswith(("out_layers.3", ".proj_out")):
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+    return unet, text_model.train().requires_grad_(True)
+
+
+# --- the latent cache -------------------------------------------------------------------------------
+
+@dataclass
+class LatentCache:
+    """The training set seen through the frozen encoder: encode once, sample a latent every step."""
+
+    mean: Tensor          # (N, z, h, w) posterior means, unscaled
+    logvar: Tensor        # (N, z, h, w) posterior log-variances
+    ids: Tensor           # (N, 77) token ids of the captions, EOS-padded
+    scale_factor: float   # the autoencoder's: diffusion runs on z * scale_factor
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    def save(self, path: Path, fingerprint: str) -> None:
+        save_tensors(path, {"mean": self.mean, "logvar": self.logvar, "ids": self.ids},
+                     {"fingerprint": fingerprint, "scale_factor": repr(self.scale_factor)})
+
+    @classmethod
+    def load(cls, path: Path, fingerprint: str) -> LatentCache | None:
+        """The cache at `path` if it was made from the same autoencoder and data, else None."""
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(path, framework="pt") as f:
+                metadata = f.metadata() or {}
+                if metadata.get("fingerprint") != fingerprint:
+                    return None
+                return cls(f.get_tensor("mean"), f.get_tensor("logvar"), f.get_tensor("ids"),
+                           float(metadata["scale_factor"]))
+        except (SafetensorError, OSError, KeyError, ValueError):
+            return None
+
+
+def token_ids(tokenizer: ClipTokenizer, caption: str) -> list[int]:
+    return tokenizer(caption, TEXT_SPEC.pad_id)
+
+
+@torch.no_grad()
+def build_latent_cache(vae: AutoencoderKL, dataset, batch_size: int = 32, stream=None) -> LatentCache:
+    """Encode every (image, caption) item once; progress on `stream` (stderr by default)."""
+    device = next(vae.parameters()).device
+    tokenizer = ClipTokenizer()
+    means, logvars, ids = [], [], []
+    progress = Progress("encoding latents", len(dataset), 0, stream)
+    for start in range(0, len(dataset), batch_size):
+        items = [image_and_caption(dataset, i) for i in range(start, min(start + batch_size, len(dataset)))]
+        posterior = vae.encode(torch.stack([image for image, _ in items]).to(device))
+        means.append(posterior.mean.cpu())
+        logvars.append(posterior.logvar.cpu())
+        ids += [token_ids(tokenizer, caption) for _, caption in items]
+        done = start + len(items)
+        if done % (batch_size * 20) == 0 or done == len(dataset):
+            progress.update(done, {})
+    return LatentCache(torch.cat(means), torch.cat(logvars), torch.tensor(ids, dtype=torch.int64),
+                       vae.config.scale_factor)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+# --- the objective and the stage --------------------------------------------------------------------
+
+class DiffusionObjective(nn.Module):
+    """eps-prediction loss of a UNet conditioned on a jointly trained text encoder."""
+
+    def __init__(self, unet: UNet, text_model: CLIPTextModel, schedule: NoiseSchedule = SD_SCHEDULE):
+        super().__init__()
+        self.unet = unet
+        # The same wrapper inference uses, so training conditions exactly as sampling will.
+        self.text_encoder = TextEncoder([text_model], [TEXT_SPEC])
+        self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.clone(), persistent=False)
+
+    @property
+    def text_model(self) -> CLIPTextModel:
+        return self.text_encoder.models[0]
+
+    def forward(self, latents: Tensor, timesteps: Tensor, noise: Tensor, ids: Tensor) -> dict[str, Tensor]:
+        """latents x_0 (B, 4, h, w), already scaled; timesteps (B,) int; noise like latents; ids (B, 77)."""
+        abar = self.alphas_cumprod[timesteps][:, None, None, None]      # (B, 1, 1, 1)
+        noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise        # q(x_t | x_0), DDPM eq. 4
+        context, _ = self.text_encoder([ids])                            # (B, 77, width)
+        prediction = self.unet(noisy, timesteps.float(), context)
+        return {"loss": F.mse_loss(prediction, noise)}
+
+
+class DiffusionStage:
+    """Stage 2 for `core.train.loop.train`, on a latent cache."""
+
+    kind = "diffusion"
+
+    def __init__(self, cache: LatentCache, unet_config: UNetConfig, text_config: TextEncoderConfig,
+                 data_name: str, autoencoder: str, caption_dropout: float = 0.1, seed: int = 0):
+        if not 0 <= caption_dropout < 1:
+            raise LatentDeskError(f"caption dropout must be in [0, 1), not {caption_dropout!r}")
+        if unet_config.in_channels != cache.mean.shape[1]:
+            raise LatentDeskError(f"the UNet takes {unet_config.in_channels} channels, the autoencoder makes "
+                                  f"{cache.mean.shape[1]}")
+        self.cache, self.unet_config, self.text_config = cache, unet_config, text_config
+        self.data_name, self.autoencoder, self.caption_dropout, self.seed = data_name, autoencoder, caption_dropout, seed
+        self.objective = DiffusionObjective(*build_networks(unet_config, text_config, seed))
+        self.length = len(cache)
+        self.empty_ids = torch.tensor(token_ids(ClipTokenizer(), ""), dtype=torch.int64)
+
+    def inputs(self, indices: list[int], random: BatchRandom) -> dict[str, Tensor]:
+        rows = torch.tensor(indices)
+        mean, logvar = self.cache.mean[rows], self.cache.logvar[rows]
+        shape = mean.shape[1:]
+        latents = (mean + torch.exp(0.5 * logvar) * random.randn(*shape)) * self.cache.scale_factor
+        timesteps = random.randint(SD_SCHEDULE.num_timesteps)
+        noise = random.randn(*shape)
+        dropped = random.rand() < self.caption_dropout                    # (B,)
+        ids = torch.where(dropped[:, None], self.empty_ids, self.cache.ids[rows])
+        return {"latents": latents, "timesteps": timesteps, "noise": noise, "ids": ids}
+
+    def description(self) -> dict:
+        return {"unet": asdict(self.unet_config), "text_encoder": asdict(self.text_config), "data": self.data_name,
+                "autoencoder": self.autoencoder, "caption_dropout": self.caption_dropout, "init_seed": self.seed}
+
+
+def prepare_cache(vae: AutoencoderKL, dataset, folder: Path, fingerprint: str, processes: Distributed,
+                  stream=None) -> LatentCache:
+    """The latent cache in `folder`, encoded by the main process if missing or stale."""
+    path = folder / CACHE_FILE
+    if processes.is_main and LatentCache.load(path, fingerprint) is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        build_latent_cache(vae.to(processes.device), dataset, stream=stream).save(path, fingerprint)
+    processes.barrier()
+    # Every run trains on the tensors as read back from the file, so a resumed run sees the same bits.
+    cache = LatentCache.load(path, fingerprint)
+    if cache is None:
+        raise LatentDeskError(f"{path}: the latent cache could not be read back")
+    return cache
+
+
+def train_diffusion(vae: AutoencoderKL, autoencoder_name: str, dataset, data_name: str, folder: str | Path,
+                    unet_config: UNetConfig, text_config: TextEncoderConfig, settings: TrainSettings, *,
+                    caption_dropout: float, defaults: ModelDefaults, export_dtype: str = "fp16",
+                    export_path: str | Path | None = None, processes: Distributed | None = None,
+                    stream=None) -> Path | None:
+    """Cache latents, train (or resume), export the final (EMA) weights with the VAE (default `folder/model.safetensors`).
+
+    Returns the exported path (None in processes other than the main one).
+    """
+    processes = processes or Distributed.from_env()
+    folder = Path(folder)
+    fingerprint = json.dumps({"autoencoder": autoencoder_name, "data": data_name, "items": len(dataset)})
+    cache = prepare_cache(vae, dataset, folder, fingerprint, processes, stream)
+    stage = DiffusionStage(cache, unet_config, text_config, data_name, autoencoder_name, caption_dropout,
+                           settings.seed)
+    trained = train(stage, settings, folder, processes, stream)
+    path = None
+    if processes.is_main:
+        objective = trained.final()
+        path = export_model(export_path or folder / MODEL_FILE, objective.unet, vae, objective.text_model, defaults,
+                            export_dtype)
+        write_json(folder / REPORT_FILE, {"steps": trained.step, "train_seconds": round(trained.seconds, 1),
+                                          "items": len(cache), "data": data_name, "model": path.name})
+        (stream or sys.stderr).write(f"wrote {path}\n")
+    processes.barrier()
+    return path

@@ -1,0 +1,460 @@
+"""The desktop window, driven as a user drives it (pytest-qt, offscreen) with a real model.
+
+The model is tiny and random (tests/tiny_models.py): its images are noise, but every stage of
+the pipeline (text encoder, UNet, sampler, VAE, previews, saving) is the real one. Every window
+gets its own data folder, settings file and output folder under tmp_path, and no built-in
+model, so nothing here reads or writes the user's real files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import qasync
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPointF, Qt, QTimer, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage
+from PySide6.QtWidgets import QApplication
+
+from app.jobs import Failed, Finished, PreviewMode, Stopped
+from app.main import main
+from app.settings import AppPaths, open_settings
+from app.window import MainWindow
+from core.metadata import read_parameters, save_png, to_infotext
+from core.request import GenerationRequest
+from tests.tiny_models import write_single_file
+
+# Read when pytest-qt creates the QApplication (the first test), not at import: no display needed.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_single_file("sd1", tmp_path_factory.mktemp("models") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def event_loop_on_qt(qapp):
+    """qasync's loop on the QApplication pytest-qt made: the window's asyncio tasks advance
+    whenever qtbot spins Qt's event loop, as they do under `app/main.py`."""
+    loop = qasync.QEventLoop(qapp, already_running=True)
+    asyncio.set_event_loop(loop)
+    yield loop
+    loop.stop()
+    asyncio.events._set_running_loop(None)
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+@pytest.fixture
+def folders(tmp_path) -> AppPaths:
+    return AppPaths(tmp_path / "data", tmp_path / "out", tmp_path / "settings.ini")
+
+
+@pytest.fixture
+def open_window(qtbot, event_loop_on_qt, folders, tiny_model):
+    """open_window(model=tiny, paths=folders, small=True) -> a shown MainWindow, model loaded."""
+
+    def make(model: Path | None = tiny_model, paths: AppPaths = folders, small: bool = True) -> MainWindow:
+        settings = open_settings(paths)
+        if model is not None:
+            settings.setValue("model", str(model))
+        window = MainWindow(paths, settings, builtin=None)
+        qtbot.addWidget(window)
+        window.show()
+        if model is not None:
+            qtbot.waitUntil(lambda: window.model is not None, timeout=60_000)
+        if small:
+            p = window.panel
+            p.width.setValue(64)
+            p.height.setValue(64)
+            p.steps.setValue(6)
+            p.sampler.setCurrentText("Euler")
+            p.seed.set_seed(1234)
+        return window
+
+    return make
+
+
+def run(qtbot, window: MainWindow, start=None):
+    """Start a run (by `start`, default the Generate button) and return the window's final message."""
+    with qtbot.waitSignal(window.jobDone, timeout=RUN_TIMEOUT_MS) as done:
+        (start or window.panel.generate_button.click)()
+    return done.args[0]
+
+
+def pngs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.png") if not p.name.startswith(".")) if folder.exists() else []
+
+
+def drop(window: MainWindow, path: Path) -> None:
+    """A real drag-and-drop as Qt delivers it: enter, then drop, with the file's URL."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    point = QPointF(window.width() / 2, window.height() / 2)
+    enter = QDragEnterEvent(point.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                            Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(window, enter)
+    assert enter.isAccepted()
+    event = QDropEvent(point, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(window, event)
+
+
+def wait_first_preview(qtbot, window: MainWindow) -> None:
+    qtbot.waitUntil(lambda: len(window.shown_steps) >= 1, timeout=RUN_TIMEOUT_MS)
+
+
+# -- generating -----------------------------------------------------------------------------------
+
+def test_prompt_ctrl_enter_previews_every_step_and_saves_png_with_metadata(open_window, qtbot, folders):
+    window = open_window()
+    qtbot.keyClicks(window.panel.prompt, "a red star on blue")
+    shown = []
+    window.previewShown.connect(shown.append)
+
+    message = run(qtbot, window, lambda: qtbot.keyClick(window.panel.prompt, Qt.Key.Key_Return,
+                                                        Qt.KeyboardModifier.ControlModifier))
+
+    assert isinstance(message, Finished), message
+    assert message.previews_sent == 6 and [s.i for s in message.steps] == list(range(6))
+    # Every step's preview was either shown or replaced by a newer one (stale frames are dropped).
+    assert len(shown) + window.worker.mailbox.dropped == 6
+    assert [p.i for p in shown] == sorted({p.i for p in shown}) and shown[-1].i == 5
+    assert all(p.image.width() == 64 and p.image.height() == 64 for p in shown)
+    [saved] = pngs(folders.output_dir)
+    assert message.paths == (saved,)
+    text = read_parameters(saved)
+    assert text.startswith("a red star on blue\n")
+    assert "Steps: 6, Sampler: Euler" in text and "Seed: 1234" in text and "Size: 64x64" in text
+    assert "Model: tiny" in text and "Model hash: " in text
+    assert window.history.paths() == [saved]
+    assert window.preview.has_image() and "6 steps" in window.progress_label.text()
+    assert not window.panel.cancel_button.isEnabled()
+
+
+def test_escape_cancels_mid_run_saves_nothing_and_the_app_stays_usable(open_window, qtbot, folders):
+    window = open_window()
+    window.panel.steps.setValue(60)
+    window.generate()
+    wait_first_preview(qtbot, window)
+    assert window.panel.cancel_button.isEnabled()
+
+    with qtbot.waitSignal(window.jobDone, timeout=RUN_TIMEOUT_MS) as done:
+        qtbot.keyClick(window.panel.prompt, Qt.Key.Key_Escape)
+    assert isinstance(done.args[0], Stopped)
+    assert 1 <= done.args[0].steps_done < 60
+    assert pngs(folders.output_dir) == [] and window.history.count() == 0
+    assert not window.panel.cancel_button.isEnabled()
+
+    window.panel.steps.setValue(3)
+    assert isinstance(run(qtbot, window), Finished)
+    assert len(pngs(folders.output_dir)) == 1
+
+
+def test_a_new_generate_while_running_cancels_the_old_run_and_starts_the_new(open_window, qtbot, folders):
+    window = open_window()
+    messages = []
+    window.worker.message.connect(messages.append)
+    window.panel.steps.setValue(60)
+    window.generate()
+    wait_first_preview(qtbot, window)
+    window.panel.steps.setValue(3)
+    message = run(qtbot, window)
+
+    assert isinstance(message, Finished) and len(message.steps) == 3
+    assert isinstance(messages[0], Stopped) and messages[0].steps_done < 60
+    assert len(pngs(folders.output_dir)) == 1
+
+
+def test_every_job_gets_exactly_one_final_message_even_if_it_never_started(qtbot, tiny_model, tmp_path):
+    from app import models
+    from app.jobs import Job, PreviewOptions
+    from app.worker import GenerationWorker
+    from core.guidance import GuidanceScale
+
+    loaded = models.load(tiny_model, str(tiny_model))
+    worker = GenerationWorker()
+    finals = []
+    worker.message.connect(finals.append)
+    request = GenerationRequest(prompt="x", steps=60, width=64, height=64, sampler="Euler", model=str(tiny_model))
+    try:
+        for job_id in (1, 2, 3):    # 2 is replaced by 3 before it can start; 1 and 3 are cancelled
+            worker.submit(Job(job_id, request, loaded, tmp_path, GuidanceScale(7), PreviewOptions()))
+        worker.cancel()
+        qtbot.waitUntil(lambda: len(finals) == 3, timeout=RUN_TIMEOUT_MS)
+    finally:
+        worker.shutdown()           # a QThread destroyed while running aborts the process
+    assert sorted(m.job for m in finals) == [1, 2, 3]
+    assert all(isinstance(m, Stopped) for m in finals) and not list(tmp_path.glob("*.png"))
+
+
+def test_guidance_slider_moved_mid_run_changes_the_following_steps(open_window, qtbot):
+    window = open_window()
+    window.panel.guidance.setValue(7)
+    window.panel.steps.setValue(12)
+    window.generate()
+    wait_first_preview(qtbot, window)
+    with qtbot.waitSignal(window.jobDone, timeout=RUN_TIMEOUT_MS) as done:
+        window.panel.guidance.slider.setValue(24)      # 24 ticks of 0.5: guidance 12
+    message = done.args[0]
+
+    assert isinstance(message, Finished)
+    used = [step.guidance for step in message.steps]
+    assert used[0] == 7.0 and used[-1] == 12.0
+    switch = used.index(12.0)
+    assert switch >= 1 and set(used[:switch]) == {7.0} and set(used[switch:]) == {12.0}
+    assert "guidance 12" in window.progress_label.text() or window.progress_label.text().startswith("done")
+
+
+def test_gui_thread_never_stalls_during_generation(open_window, qtbot):
+    window = open_window()
+    window.panel.steps.setValue(12)
+    gaps, last = [], [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    probe = QTimer()
+    probe.setInterval(10)
+    probe.timeout.connect(tick)
+    probe.start()
+    message = run(qtbot, window)
+    probe.stop()
+
+    assert isinstance(message, Finished)
+    assert len(gaps) > 20
+    print(f"\nGUI thread: {len(gaps)} probe ticks over {message.seconds:.2f} s, max gap {max(gaps) * 1000:.1f} ms")
+    assert max(gaps) < 0.100
+
+
+def test_preview_off_still_reports_every_step(open_window, qtbot):
+    window = open_window()
+    window.panel.preview_mode.setCurrentIndex(window.panel.preview_mode.findData(PreviewMode.OFF.value))
+    shown = []
+    window.previewShown.connect(shown.append)
+    message = run(qtbot, window)
+
+    assert isinstance(message, Finished) and len(message.steps) == 6
+    assert shown and all(p.image is None for p in shown)
+    assert window.preview.has_image()       # the finished image is still shown
+
+
+def test_noisy_preview_shows_other_frames_but_never_changes_the_image(open_window, qtbot):
+    window = open_window()
+    frames = {}
+    window.previewShown.connect(lambda p: frames.setdefault(window.panel.preview_noisy.isChecked(), []).append(p))
+    window.panel.preview_noisy.setChecked(True)
+    noisy = run(qtbot, window)
+    window.panel.preview_noisy.setChecked(False)
+    clean = run(qtbot, window)
+
+    assert noisy.images[0] == clean.images[0]             # same seed, same image: previews are only views
+    first_noisy, first_clean = frames[True][0], frames[False][0]
+    assert first_noisy.i == first_clean.i == 0 and first_noisy.image != first_clean.image
+
+
+def test_closing_mid_run_cancels_waits_for_the_worker_and_saves_nothing(open_window, qtbot, folders):
+    window = open_window()
+    window.panel.steps.setValue(120)
+    window.generate()
+    wait_first_preview(qtbot, window)
+    started = time.perf_counter()
+    window.close()
+
+    assert window.worker._runner.isFinished()             # the thread ended before close() returned
+    assert time.perf_counter() - started < 10
+    assert pngs(folders.output_dir) == []
+    assert open_settings(folders).value("form/steps") in (120, "120")
+
+
+# -- img2img --------------------------------------------------------------------------------------
+
+def test_a_dropped_image_file_becomes_the_init_image(open_window, qtbot, tmp_path, folders):
+    window = open_window()
+    picture = tmp_path / "photo.png"
+    Image.new("RGB", (96, 80), (200, 40, 40)).save(picture)
+    with qtbot.waitSignal(window.initImageChanged, timeout=30_000):
+        drop(window, picture)
+
+    well = window.panel.init_well
+    assert well.path == picture and not well.thumb.pixmap().isNull()
+    assert (window.panel.width.value(), window.panel.height.value()) == (96, 80)
+    well.set_strength(0.5)
+    message = run(qtbot, window)
+    assert isinstance(message, Finished)
+    assert message.request.init_image == str(picture)
+    assert len(message.steps) == 3          # strength 0.5 of 6 steps
+    assert "Denoising strength: 0.5" in read_parameters(message.paths[0])
+    assert window.message_bar.text() == ""  # no metadata, so no offer to restore
+
+
+def test_a_dropped_png_with_metadata_offers_to_restore_its_settings(open_window, qtbot, tmp_path):
+    window = open_window()
+    made = GenerationRequest(prompt="a castle on a hill", negative_prompt="fog", steps=13, guidance=9.5,
+                             sampler="Euler a", seed=4242, width=64, height=64)
+    png = save_png(Image.new("RGB", (64, 64), "gray"), tmp_path / "castle.png", to_infotext(made, "tiny", None, None))
+    with qtbot.waitSignal(window.initImageChanged, timeout=30_000):
+        drop(window, png)
+    qtbot.waitUntil(lambda: window.message_bar.button("Restore") is not None, timeout=5_000)
+    assert "a castle on a hill" in window.message_bar.text()
+    assert window.panel.prompt.toPlainText() == ""          # an offer, not done yet
+
+    window.message_bar.button("Restore").click()
+    p = window.panel
+    assert p.prompt.toPlainText() == "a castle on a hill" and p.negative.toPlainText() == "fog"
+    assert p.steps.value() == 13 and p.guidance.value() == 9.5 and p.sampler.currentText() == "Euler a"
+    assert p.seed.edit.text() == "4242" and not p.seed.random.isChecked()
+    assert window.panel.init_well.path == png
+
+
+def test_pasting_an_image_saves_it_in_the_data_folder_as_the_init_image(open_window, qtbot, folders):
+    window = open_window()
+    image = QImage(72, 64, QImage.Format.Format_RGB32)
+    image.fill(Qt.GlobalColor.darkCyan)
+    QApplication.clipboard().setImage(image)
+    with qtbot.waitSignal(window.initImageChanged, timeout=30_000) as changed:
+        window.paste()
+    path = changed.args[0]
+    assert path.parent == folders.pasted_dir and path.is_file()
+    assert Image.open(path).size == (72, 64)
+    assert window.panel.init_well.path == path
+
+
+def test_an_init_image_that_vanished_is_reported_and_nothing_breaks(open_window, qtbot, tmp_path):
+    window = open_window()
+    picture = tmp_path / "gone.png"
+    Image.new("RGB", (64, 64), "white").save(picture)
+    with qtbot.waitSignal(window.initImageChanged, timeout=30_000):
+        drop(window, picture)
+    picture.unlink()
+    message = run(qtbot, window)
+    assert isinstance(message, Failed) and "gone.png" in message.message
+    assert window.message_bar.kind == "error" and "gone.png" in window.message_bar.text()
+
+    window.panel.init_well.clear_button.click()
+    assert isinstance(run(qtbot, window), Finished)
+
+
+def test_an_unreadable_image_drop_shows_a_message(open_window, qtbot, tmp_path):
+    window = open_window()
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    drop(window, bad)
+    qtbot.waitUntil(lambda: window.message_bar.kind == "error" and "broken.png" in window.message_bar.text(),
+                    timeout=10_000)
+    assert window.panel.init_well.path is None
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+def test_no_model_then_a_bad_model_then_a_good_one(open_window, qtbot, tmp_path, tiny_model, folders):
+    window = open_window(model=None, small=False)
+    qtbot.waitUntil(lambda: "not installed" in window.message_bar.text(), timeout=10_000)
+    assert window.model is None and window.message_bar.button("Open model file…") is not None
+    window.generate()          # without a model: a message, not a crash
+    assert "No model is loaded" in window.message_bar.text()
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(os.urandom(256))
+    with qtbot.waitSignal(window.modelFailed, timeout=30_000):
+        drop(window, broken)
+    assert window.message_bar.kind == "error" and "broken" in window.message_bar.text()
+    assert window.model is None
+
+    with qtbot.waitSignal(window.modelLoaded, timeout=60_000):
+        drop(window, tiny_model)
+    assert window.model.model.name == "tiny" and "tiny" in window.model_label.text()
+    assert window.device_label.text() == "CPU"
+    window.panel.width.setValue(64)
+    window.panel.height.setValue(64)
+    window.panel.steps.setValue(2)
+    assert isinstance(run(qtbot, window), Finished)
+
+
+def test_models_folder_is_scanned_on_start(open_window, folders, tiny_model):
+    folders.models_dir.mkdir(parents=True)
+    (folders.models_dir / "mine.safetensors").write_bytes(tiny_model.read_bytes())
+    window = open_window(model=None, small=False)
+    assert str(folders.models_dir / "mine.safetensors") in window.panel.model_picker.specs()
+
+
+# -- history and settings -------------------------------------------------------------------------
+
+def test_restart_restores_settings_and_history(open_window, qtbot, folders, tiny_model):
+    first = open_window()
+    p = first.panel
+    p.prompt.setPlainText("lighthouse at dusk")
+    p.negative.setPlainText("blurry")
+    p.guidance.setValue(9)
+    p.steps.setValue(3)
+    p.preview_mode.setCurrentIndex(p.preview_mode.findData(PreviewMode.OFF.value))
+    first.resize(760, 560)       # inside the offscreen screen (800×600)
+    message = run(qtbot, first)
+    first.close()
+
+    second = open_window(small=False)
+    qtbot.waitUntil(lambda: second.history.count() == 1, timeout=10_000)
+    q = second.panel
+    assert q.prompt.toPlainText() == "lighthouse at dusk" and q.negative.toPlainText() == "blurry"
+    assert q.guidance.value() == 9 and q.steps.value() == 3 and q.sampler.currentText() == "Euler"
+    assert (q.width.value(), q.height.value()) == (64, 64)
+    assert q.preview_choice() == (PreviewMode.OFF, False)
+    assert q.seed.edit.text() == "1234" and not q.seed.random.isChecked()
+    assert second.model.spec == str(tiny_model)
+    assert second.history.paths() == list(message.paths)
+    assert (second.width(), second.height()) == (760, 560)
+
+
+def test_history_menu_reuses_parameters_uses_as_init_and_deletes_to_trash(open_window, qtbot, folders,
+                                                                        tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))     # the trash, away from the real home
+    window = open_window()
+    window.panel.prompt.setPlainText("a blue whale")
+    [saved] = run(qtbot, window).paths
+    window.panel.prompt.setPlainText("something else")
+    window.panel.steps.setValue(40)
+
+    actions = {a.text(): a for a in window.history.menu_for(saved).actions()}
+    assert {"View large", "Use as init image", "Reuse parameters", "Copy image", "Copy parameters",
+            "Show in folder", "Delete"} <= set(actions)
+    actions["Reuse parameters"].trigger()
+    assert window.panel.prompt.toPlainText() == "a blue whale" and window.panel.steps.value() == 6
+    actions["Copy parameters"].trigger()
+    assert QApplication.clipboard().text() == read_parameters(saved)
+    with qtbot.waitSignal(window.initImageChanged, timeout=30_000):
+        actions["Use as init image"].trigger()
+    assert window.panel.init_well.path == saved
+
+    window.history.confirm_delete = lambda path: True
+    actions["Delete"].trigger()
+    assert not saved.exists() and window.history.count() == 0
+
+
+# -- the entry point ------------------------------------------------------------------------------
+
+def test_command_line_arguments_go_to_the_cli(tiny_model, capsys):
+    assert main(["inspect", str(tiny_model), "--json"]) == 0
+    assert '"family": "sd1"' in capsys.readouterr().out
+
+
+def test_latentdesk_without_arguments_opens_the_window_and_exits_cleanly(tmp_path):
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", LATENTDESK_DATA_DIR=str(tmp_path / "data"),
+               LATENTDESK_OUTPUT_DIR=str(tmp_path / "out"))
+    result = subprocess.run([sys.executable, "-c", "import sys; from app.main import main; "
+                             "sys.exit(main(['app', '--smoke-test']))"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Latent Desk window opened" in result.stdout
+    assert (tmp_path / "data" / "settings.ini").is_file()     # settings went to the data folder given

@@ -1,0 +1,368 @@
+"""Two-stage training (core/train): tiny networks, a handful of steps each.
+
+Losses fall on a fixed batch, the scale factor is 1/std, caption dropout happens at its
+rate, EMA follows its formula, a resumed run is bit-identical to an uninterrupted one,
+checkpoints hold no pickle, the export loads through the ordinary loader, DDP on two
+CPU processes matches one process, and captioned folders read as documented.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from core.errors import LatentDeskError
+from core.families import EOS_ID, UNET_PREFIX, VAE_PREFIX
+from core.train.autoencoder import (
+    AutoencoderLoss,
+    AutoencoderStage,
+    build_autoencoder,
+    latent_scale_factor,
+    load_autoencoder,
+    psnr,
+    write_autoencoder,
+)
+from core.train.data import BatchOrder, BatchRandom, CaptionedFolder
+from core.train.diffusion import DiffusionStage, LatentCache, TextEncoderConfig, build_latent_cache
+from core.train.export import TEXT_PREFIX, ModelDefaults, export_model
+from core.train.loop import EMA, Distributed, TrainSettings, train
+from core.unet import UNetConfig
+from core.vae import VAEConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+VAE = VAEConfig(base_channels=8, channel_mult=(1, 1, 1, 1), num_res_blocks=1, norm_groups=4, scale_factor=1.0)
+UNET = UNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, transformer_depth=(0, 1),
+                  num_heads=(2, 2), context_dim=32, norm_groups=8)
+TEXT = TextEncoderConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+ONE = Distributed()   # a single process, CPU, without touching the thread count
+
+
+class Pictures(torch.utils.data.Dataset):
+    """n fixed 64x64 images (a bright square on a dark ground) with captions."""
+
+    def __init__(self, n: int = 4, size: int = 64):
+        g = torch.Generator().manual_seed(1)
+        self.items = []
+        for i in range(n):
+            image = torch.full((3, size, size), -0.8)
+            top, left = (int(v) for v in torch.randint(0, size // 2, (2,), generator=g))
+            image[i % 3, top:top + size // 3, left:left + size // 3] = 0.9
+            self.items.append((image, f"a square number {i}"))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def losses(folder: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (folder / "loss.jsonl").read_text().splitlines()]
+
+
+def settings(**changes) -> TrainSettings:
+    return replace(TrainSettings(steps=4, batch_size=2, lr=1e-3, seed=3, log_every=1, checkpoint_every=100), **changes)
+
+
+def tiny_cache(n: int = 4, side: int = 4) -> LatentCache:
+    """n cached posteriors of side x side latents, with captions."""
+    from core.tokenizer import ClipTokenizer
+    g = torch.Generator().manual_seed(2)
+    tokenizer = ClipTokenizer()
+    ids = torch.tensor([tokenizer(f"a red circle {i}", EOS_ID) for i in range(n)])
+    return LatentCache(torch.randn(n, 4, side, side, generator=g), torch.full((n, 4, side, side), -6.0), ids, 0.5)
+
+
+def diffusion_stage(**changes) -> DiffusionStage:
+    args = dict(cache=tiny_cache(), unet_config=UNET, text_config=TEXT, data_name="tiny", autoencoder="none",
+                caption_dropout=0.2, seed=0) | changes
+    return DiffusionStage(**args)
+
+
+# --- stage 1 -------------------------------------------------------------------------------------
+
+def test_autoencoder_loss_decreases_on_a_fixed_batch(tmp_path):
+    stage = AutoencoderStage(VAE, Pictures(2, size=32), "pictures", AutoencoderLoss(kl_weight=1e-6))
+    train(stage, settings(steps=12, lr=3e-3), tmp_path, ONE, io.StringIO())
+    values = losses(tmp_path)
+    assert sum(values[-3:]) < 0.5 * sum(values[:3])
+
+
+def test_autoencoder_trains_on_random_crops(tmp_path):
+    stage = AutoencoderStage(VAE, Pictures(2), "pictures", AutoencoderLoss(crop=32))
+    inputs = stage.inputs([0, 1], BatchRandom(0, 0, 2, slice(0, 2)))
+    assert inputs["images"].shape == (2, 3, 32, 32) and inputs["noise"].shape == (2, 4, 4, 4)
+
+
+def test_scale_factor_is_one_over_the_std_of_posterior_samples():
+    vae = build_autoencoder(VAE, seed=0).eval()
+    data = Pictures(3, size=32)
+    factor = latent_scale_factor(vae, data, n=3, seed=5, batch_size=2)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(torch.stack([data[0][0], data[1][0]])).sample(g),
+                       vae.encode(data[2][0][None]).sample(g)])
+    assert factor == pytest.approx(1 / z.std().item(), rel=1e-6)
+
+
+def test_psnr_of_an_untrained_autoencoder_is_low():
+    vae = build_autoencoder(VAE, seed=0).eval()
+    assert psnr(vae, Pictures(2, size=32), n=2) < 15   # an untrained decoder gives roughly grey noise
+
+
+def test_autoencoder_file_round_trip(tmp_path):
+    vae = build_autoencoder(replace(VAE, scale_factor=0.37), seed=1)
+    write_autoencoder(tmp_path / "ae.safetensors", vae)
+    back = load_autoencoder(tmp_path / "ae.safetensors")
+    assert back.config == vae.config
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), back.state_dict().values(), strict=True))
+    with pytest.raises(LatentDeskError, match="no trained autoencoder"):
+        load_autoencoder(tmp_path / "missing")
+
+
+def test_autoencoder_must_make_sd_shaped_latents():
+    with pytest.raises(LatentDeskError, match="4 channels, 1/8"):
+        AutoencoderStage(replace(VAE, channel_mult=(1, 1)), Pictures(1), "pictures")
+
+
+# --- stage 2 -------------------------------------------------------------------------------------
+
+def test_diffusion_loss_decreases_on_a_fixed_batch(tmp_path):
+    stage = diffusion_stage(cache=tiny_cache(2), caption_dropout=0.0)
+    train(stage, settings(steps=30, lr=4e-3, batch_size=8), tmp_path, ONE, io.StringIO())   # 2 items, 4 draws each
+    values = losses(tmp_path)
+    assert values[0] == pytest.approx(1.0, abs=0.2)   # the zero-initialised output predicts eps = 0
+    assert sum(values[-5:]) < 0.6 * sum(values[:5])
+
+
+def test_caption_dropout_rate_and_what_is_dropped():
+    stage = diffusion_stage(caption_dropout=0.25)
+    batch = 2000
+    inputs = stage.inputs([i % 4 for i in range(batch)], BatchRandom(0, 0, batch, slice(0, batch)))
+    dropped = (inputs["ids"] == stage.empty_ids).all(dim=1)
+    assert abs(dropped.float().mean().item() - 0.25) < 0.03
+    kept = ~dropped
+    assert torch.equal(inputs["ids"][kept], stage.cache.ids[torch.tensor([i % 4 for i in range(batch)])][kept])
+    assert stage.empty_ids[0] == 49406 and (stage.empty_ids[1:] == EOS_ID).all()   # BOS, then EOS padding
+
+
+def test_diffusion_inputs_follow_the_schedule_ranges():
+    stage = diffusion_stage()
+    inputs = stage.inputs(list(range(4)) * 64, BatchRandom(0, 0, 256, slice(0, 256)))
+    t = inputs["timesteps"]
+    assert t.dtype == torch.int64 and t.min() >= 0 and t.max() <= 999 and t.unique().numel() > 100
+    # x_0 is the scaled posterior sample: near mean * scale, as the log-variance is tiny here
+    expected = stage.cache.mean[torch.arange(4).repeat(64)] * stage.cache.scale_factor
+    assert torch.allclose(inputs["latents"], expected, atol=0.3)
+
+
+def test_latent_cache_encodes_each_item_once():
+    vae = build_autoencoder(VAE, seed=0).eval()
+    data = Pictures(3, size=32)
+    cache = build_latent_cache(vae, data, batch_size=2, stream=io.StringIO())
+    assert cache.mean.shape == (3, 4, 4, 4) and cache.ids.shape == (3, 77) and cache.scale_factor == 1.0
+    with torch.no_grad():
+        assert torch.allclose(cache.mean[2], vae.encode(data[2][0][None]).mean[0], atol=1e-5)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+def test_ema_update_follows_the_formula_with_warm_up():
+    net = torch.nn.Linear(2, 2)
+    ema = EMA(net, decay=0.9)
+    start = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net, 0)                     # warm-up: min(0.9, 1/10) = 0.1
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(1000) == 0.9
+    assert torch.allclose(ema.shadow["weight"], 0.1 * start["weight"] + 0.9 * net.weight)
+    before = ema.shadow["weight"].clone()
+    ema.update(net, 100)                   # past the warm-up: the plain decay
+    assert torch.allclose(ema.shadow["weight"], 0.9 * before + 0.1 * net.weight)
+    ema.copy_to(net)
+    assert torch.equal(net.weight, ema.shadow["weight"])
+
+
+def test_batch_order_is_a_permutation_per_epoch_and_processes_split_the_batch():
+    order = BatchOrder(10, 4, seed=1)
+    seen = [i for step in range(5) for i in order.indices(step)]     # 20 positions = 2 epochs
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+    assert seen[:10] != seen[10:]
+    assert BatchOrder(10, 4, seed=1).indices(3) == order.indices(3)
+    halves = [Distributed(rank, 2).rows(4) for rank in (0, 1)]
+    assert order.indices(2)[halves[0]] + order.indices(2)[halves[1]] == order.indices(2)
+    with pytest.raises(LatentDeskError, match="does not split evenly"):
+        Distributed(0, 3).rows(4)
+
+
+def test_resume_is_bit_identical_and_checkpoints_hold_no_pickle(tmp_path):
+    run = settings(steps=6, warmup_steps=4, ema_decay=0.9, checkpoint_every=3)
+    train(diffusion_stage(), run, tmp_path / "straight", ONE, io.StringIO())
+    train(diffusion_stage(), replace(run, steps=3), tmp_path / "resumed", ONE, io.StringIO())
+    assert json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())["step"] == 3
+    train(diffusion_stage(), run, tmp_path / "resumed", ONE, io.StringIO())
+
+    tensors = {}
+    for name in ("straight", "resumed"):
+        files = sorted(p.name for p in (tmp_path / name / "checkpoint").iterdir())
+        assert files == ["state-00000006.safetensors", "state.json"]   # the step-3 tensors were replaced
+        meta = json.loads((tmp_path / name / "checkpoint/state.json").read_text())   # JSON, not pickle
+        assert meta["step"] == 6 and meta["samples_seen"] == 12
+        tensors[name] = load_file(tmp_path / name / "checkpoint" / meta["tensors"])     # safetensors, not pickle
+    a, b = tensors["straight"], tensors["resumed"]
+    assert a.keys() == b.keys()
+    assert {k.split(".")[0] for k in a} == {"model", "ema", "optim", "rng"}
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "rng.torch"), "resumed weights differ"
+    assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    train(diffusion_stage(), settings(steps=1), tmp_path, ONE, io.StringIO())
+    with pytest.raises(LatentDeskError, match="seed 3 there, 4 now"):
+        train(diffusion_stage(), settings(steps=2, seed=4), tmp_path, ONE, io.StringIO())
+    with pytest.raises(LatentDeskError, match="different caption_dropout"):
+        train(diffusion_stage(caption_dropout=0.5), settings(steps=2), tmp_path, ONE, io.StringIO())
+
+
+def test_progress_reports_rate_and_eta(tmp_path):
+    stream = io.StringIO()
+    train(diffusion_stage(), settings(steps=2), tmp_path, ONE, stream)
+    last = stream.getvalue().splitlines()[-1]
+    assert last.startswith("diffusion step 2/2") and "it/s" in last and "ETA 0:00:00" in last
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(LatentDeskError, match="steps must be"):
+        TrainSettings(steps=0)
+    with pytest.raises(LatentDeskError, match="learning rate"):
+        TrainSettings(lr=0.0)
+
+
+# --- export --------------------------------------------------------------------------------------
+
+def test_export_round_trip_keys_metadata_dtype_and_loader(tmp_path):
+    from core.checkpoint import load_model
+
+    stage = diffusion_stage()
+    vae = build_autoencoder(replace(VAE, scale_factor=0.25), seed=0)
+    path = export_model(tmp_path / "m.safetensors", stage.objective.unet, vae, stage.objective.text_model,
+                        ModelDefaults(size=64, guidance=3.5, sampler="Euler"), dtype="fp16")
+    with safe_open(path, framework="pt") as f:
+        keys, metadata = list(f.keys()), f.metadata()
+        dtypes = {f.get_tensor(k).dtype for k in keys}
+        token = f.get_tensor(TEXT_PREFIX + "embeddings.token_embedding.weight")
+    assert {k.split(".")[0] for k in keys} == {"model", "first_stage_model", "cond_stage_model"}
+    assert sum(k.startswith(UNET_PREFIX) for k in keys) == len(stage.objective.unet.state_dict())
+    assert sum(k.startswith(VAE_PREFIX) for k in keys) == len(vae.state_dict())
+    assert token.shape == (49408, 32) and dtypes == {torch.float16}
+    trained = stage.objective.text_model.state_dict()
+    assert torch.equal(token, next(v for k, v in trained.items() if k.endswith("token_embedding.weight")).half())
+    assert metadata["modelspec.prediction_type"] == "epsilon"
+    config = json.loads(metadata["latentdesk.config"])
+    assert config["format"] == 1 and config["family"] == "sd1"
+    assert config["vae"]["scale_factor"] == 0.25 and config["unet"]["num_heads"] == [2, 2]
+    assert config["text_encoder"] == {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                      "num_attention_heads": 2, "max_position_embeddings": 77,
+                                      "hidden_act": "quick_gelu", "vocab_size": 49408}
+    assert (config["default_size"], config["default_steps"], config["default_guidance"],
+            config["default_sampler"]) == (64, 20, 3.5, "Euler")
+
+    model = load_model(path)
+    assert model.unet.config == UNET and model.vae.config.scale_factor == 0.25
+    assert model.prediction == "epsilon" and model.family.default_guidance == 3.5
+    with torch.no_grad():
+        ids = torch.tensor([stage.cache.ids[0].tolist()])
+        ours = stage.objective.text_encoder([ids])[0]
+        theirs = model.text_encoder([ids])[0]
+    assert torch.allclose(ours, theirs, atol=2e-2)   # the same conditioning, up to fp16 weights
+
+
+def test_export_refuses_unknown_sampler_and_dtype(tmp_path):
+    with pytest.raises(LatentDeskError, match="Unknown sampler"):
+        ModelDefaults(sampler="Warp")
+    stage = diffusion_stage()
+    with pytest.raises(LatentDeskError, match="export dtype"):
+        export_model(tmp_path / "m.safetensors", stage.objective.unet, build_autoencoder(VAE, 0),
+                     stage.objective.text_model, dtype="int8")
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def test_captioned_folder_reads_images_and_captions(tmp_path):
+    colours = {"a.png": (255, 0, 0), "b.jpg": (0, 0, 255), "c.webp": (0, 255, 0)}
+    for name, colour in colours.items():
+        Image.new("RGB", (96, 64), colour).save(tmp_path / name)
+    (tmp_path / "a.txt").write_text("a red\n  square ", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("blue", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("not an image")
+    data = CaptionedFolder(tmp_path, size=64)
+    assert len(data) == 3
+    assert [data[i][1] for i in range(3)] == ["a red square", "blue", ""]   # c.webp has no caption
+    image = data[0][0]
+    assert image.shape == (3, 64, 64) and image.min() >= -1 and image.max() <= 1
+    assert image[0].mean() > 0.95 and image[1].mean() < -0.95
+
+
+def test_bad_folders_are_refused(tmp_path):
+    with pytest.raises(LatentDeskError, match="no training images"):
+        CaptionedFolder(tmp_path)
+    with pytest.raises(LatentDeskError, match="no such folder"):
+        CaptionedFolder(tmp_path / "missing")
+
+
+# --- the command line, one and two processes ------------------------------------------------------
+
+def write_pictures(folder: Path, n: int = 4) -> Path:
+    folder.mkdir()
+    for i, (image, caption) in enumerate(Pictures(n)):
+        pixels = ((image.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(caption)
+    return folder
+
+
+AE_ARGS = ["train", "autoencoder", "--size", "64", "--steps", "2", "--batch-size", "4", "--channels", "8",
+           "--channel-mult", "1,1,1,1", "--crop", "0", "--log-every", "1"]
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
+    from core.train.cli import main
+
+    data = write_pictures(tmp_path / "data")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "core.train.cli", *AE_ARGS, "--data", str(data), "--out", str(tmp_path / "two")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert main([*AE_ARGS, "--data", str(data), "--out", str(tmp_path / "one")]) == 0
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), rel=1e-4)
+    one, two = (load_file(tmp_path / name / "autoencoder.safetensors") for name in ("one", "two"))
+    assert all(torch.allclose(one[k], two[k], atol=1e-4) for k in one)
+
+
+def test_train_builtin_runs_both_stages_and_exports(tmp_path):
+    from core.checkpoint import load_model
+    from core.train.cli import run_train_builtin
+    from core.train.recipe import BUILTIN_RECIPE as R
+
+    recipe = replace(R, vae=replace(VAE, scale_factor=1.0), vae_loss=replace(R.vae_loss, crop=0),
+                     vae_train=settings(steps=1), vae_items=2, scale_images=2, eval_images=2,
+                     unet=UNET, text=TEXT, diffusion_train=settings(steps=1), diffusion_items=2)
+    args = SimpleNamespace(out=str(tmp_path), device="cpu")
+    assert run_train_builtin(args, recipe) == 0
+    model = load_model(tmp_path / "builtin.safetensors")
+    assert model.vae.config.scale_factor == json.loads((tmp_path / "autoencoder/autoencoder.json").read_text())[
+        "scale_factor"]
+    assert json.loads((tmp_path / "builtin.json").read_text())["recipe"]["diffusion_items"] == 2
