@@ -15,6 +15,7 @@ without costing detail; it leaves the latents' scale free, which the scale facto
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -143,13 +144,28 @@ def write_autoencoder(path: Path, vae: AutoencoderKL) -> None:
     save_tensors(path, vae.state_dict(), {CONFIG_KEY: json.dumps(asdict(vae.config))})
 
 
-def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> AutoencoderKL:
-    """An autoencoder written by stage 1 (a file, or the folder holding `autoencoder.safetensors`)."""
+def autoencoder_file(path: str | Path) -> Path:
+    """The stage-1 file a path names: the file itself or the folder holding `autoencoder.safetensors`."""
     path = Path(path)
     if path.is_dir():
         path = path / AUTOENCODER_FILE
     if not path.is_file():
         raise LatentDeskError(f"{path}: no trained autoencoder here (run `latentdesk train autoencoder` first)")
+    return path
+
+
+def autoencoder_id(path: str | Path) -> str:
+    """A short content hash: a diffusion run (and its latent cache) belongs to exactly one autoencoder."""
+    digest = hashlib.sha256()
+    with open(autoencoder_file(path), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> AutoencoderKL:
+    """An autoencoder written by stage 1 (a file, or the folder holding `autoencoder.safetensors`)."""
+    path = autoencoder_file(path)
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}

@@ -15,7 +15,6 @@ with x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps on SD's own schedule.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -136,14 +135,6 @@ def build_latent_cache(vae: AutoencoderKL, dataset, batch_size: int = 32, stream
                        vae.config.scale_factor)
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 # --- the objective and the stage --------------------------------------------------------------------
 
 class DiffusionObjective(nn.Module):
@@ -218,7 +209,7 @@ def prepare_cache(vae: AutoencoderKL, dataset, folder: Path, fingerprint: str, p
     return cache
 
 
-def train_diffusion(vae: AutoencoderKL, autoencoder_name: str, dataset, data_name: str, folder: str | Path,
+def train_diffusion(vae: AutoencoderKL, autoencoder_id: str, dataset, data_name: str, folder: str | Path,
                     unet_config: UNetConfig, text_config: TextEncoderConfig, settings: TrainSettings, *,
                     caption_dropout: float, defaults: ModelDefaults, export_dtype: str = "fp16",
                     export_path: str | Path | None = None, processes: Distributed | None = None,
@@ -229,9 +220,9 @@ def train_diffusion(vae: AutoencoderKL, autoencoder_name: str, dataset, data_nam
     """
     processes = processes or Distributed.from_env()
     folder = Path(folder)
-    fingerprint = json.dumps({"autoencoder": autoencoder_name, "data": data_name, "items": len(dataset)})
+    fingerprint = json.dumps({"autoencoder": autoencoder_id, "data": data_name, "items": len(dataset)})
     cache = prepare_cache(vae, dataset, folder, fingerprint, processes, stream)
-    stage = DiffusionStage(cache, unet_config, text_config, data_name, autoencoder_name, caption_dropout,
+    stage = DiffusionStage(cache, unet_config, text_config, data_name, autoencoder_id, caption_dropout,
                            settings.seed)
     trained = train(stage, settings, folder, processes, stream)
     path = None

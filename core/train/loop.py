@@ -52,6 +52,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     grad_clip: float = 1.0           # max global gradient norm; 0 = off
     ema_decay: float = 0.0           # 0 = no EMA
+    bf16: bool = False               # forward passes autocast to bfloat16; weights and optimizer stay fp32
     checkpoint_every: int = 500
     log_every: int = 10
 
@@ -374,7 +375,8 @@ def train(stage: Stage, settings: TrainSettings, folder: str | Path, processes: 
         for group in optimizer.param_groups:
             group["lr"] = lr
         inputs = stage.inputs(order.indices(step)[rows], BatchRandom(settings.seed, step, settings.batch_size, rows))
-        out = model(**{k: v.to(processes.device) for k, v in inputs.items()})
+        with torch.autocast(processes.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+            out = model(**{k: v.to(processes.device) for k, v in inputs.items()})
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise LatentDeskError(f"{stage.kind} training diverged at step {step + 1} (loss {loss.item()}); "
