@@ -5,6 +5,7 @@
                         [--init-image PATH --strength S] [--batch N] [--clip-skip N]
                         (--out FILE.png | --out-dir DIR)
     latentdesk inspect MODEL [--prediction epsilon|v] [--json]
+    latentdesk train autoencoder|diffusion|builtin ...   (core/train/cli.py)
 
 Exit status 0 on success, 2 with a one-line reason on bad input.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from core import __version__
 from core.errors import LatentDeskError
 from core.request import GenerationRequest
+from core.train.cli import add_train_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--prediction", choices=("epsilon", "v"), help="override the detected prediction type")
     inspect.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_generate_command(commands)
+    add_train_commands(commands)
     args = parser.parse_args(argv)
     try:
+        if args.command == "train":
+            return args.handler(args)
         return {"inspect": run_inspect, "generate": run_generate}[args.command](args)
     except LatentDeskError as e:
         print(f"latentdesk: {e}", file=sys.stderr)
