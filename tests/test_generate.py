@@ -47,16 +47,21 @@ def reference_pipeline(folder, kind: str, sampler: str = "Euler"):
     return pipe
 
 
+def reference_txt2img(pipe, req: GenerationRequest) -> torch.Tensor:
+    """diffusers' final latents for the same request (its generator draws the same initial noise as ours)."""
+    with torch.no_grad():
+        return pipe(req.prompt, negative_prompt=req.negative_prompt, num_inference_steps=req.steps,
+                    guidance_scale=req.guidance, height=req.height, width=req.width,
+                    generator=torch.Generator().manual_seed(req.seed), output_type="latent").images
+
+
 @pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M"])
 def test_txt2img_matches_diffusers_pipeline(sd1, sampler):
     folder, model = sd1
     req = request(sampler=sampler)
     ours = generate(req, model).latents
     pipe = reference_pipeline(folder, "txt2img", sampler)
-    with torch.no_grad():
-        ref = pipe(req.prompt, negative_prompt=req.negative_prompt, num_inference_steps=req.steps,
-                   guidance_scale=req.guidance, height=req.height, width=req.width,
-                   generator=torch.Generator().manual_seed(req.seed), output_type="latent").images
+    ref = reference_txt2img(pipe, req)
     diff = relative(ours, ref)
     print(f"\n[parity] txt2img {sampler}: {diff:.2e}")
     assert diff <= TOLERANCE
@@ -89,10 +94,7 @@ def test_v_prediction_txt2img_matches_diffusers(tmp_path):
     assert model.prediction == "v"
     req = request()
     pipe = reference_pipeline(folder, "txt2img")
-    with torch.no_grad():
-        ref = pipe(req.prompt, negative_prompt=req.negative_prompt, num_inference_steps=req.steps,
-                   guidance_scale=req.guidance, height=req.height, width=req.width,
-                   generator=torch.Generator().manual_seed(req.seed), output_type="latent").images
+    ref = reference_txt2img(pipe, req)
     diff = relative(generate(req, model).latents, ref)
     print(f"\n[parity] v-prediction txt2img: {diff:.2e}")
     assert diff <= TOLERANCE
@@ -103,10 +105,7 @@ def test_sdxl_txt2img_matches_diffusers(tmp_path):
     model = load_model(folder)
     req = request(guidance=4.0)
     pipe = reference_pipeline(folder, "sdxl")
-    with torch.no_grad():
-        ref = pipe(req.prompt, negative_prompt=req.negative_prompt, num_inference_steps=req.steps,
-                   guidance_scale=req.guidance, height=req.height, width=req.width,
-                   generator=torch.Generator().manual_seed(req.seed), output_type="latent").images
+    ref = reference_txt2img(pipe, req)
     diff = relative(generate(req, model).latents, ref)
     print(f"\n[parity] SDXL txt2img: {diff:.2e}")
     assert diff <= TOLERANCE
