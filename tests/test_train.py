@@ -208,7 +208,7 @@ def test_batch_order_is_a_permutation_per_epoch_and_processes_split_the_batch():
 
 
 def test_resume_is_bit_identical_and_checkpoints_hold_no_pickle(tmp_path):
-    run = settings(steps=6, warmup_steps=4, ema_decay=0.9, checkpoint_every=3)
+    run = settings(steps=6, warmup_steps=2, lr_decay_until=6, ema_decay=0.9, checkpoint_every=3)
     train(diffusion_stage(), run, tmp_path / "straight", ONE, io.StringIO())
     train(diffusion_stage(), replace(run, steps=3), tmp_path / "resumed", ONE, io.StringIO())
     assert json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())["step"] == 3
@@ -241,6 +241,13 @@ def test_progress_reports_rate_and_eta(tmp_path):
     train(diffusion_stage(), settings(steps=2), tmp_path, ONE, stream)
     last = stream.getvalue().splitlines()[-1]
     assert last.startswith("diffusion step 2/2") and "it/s" in last and "ETA 0:00:00" in last
+
+
+def test_learning_rate_warms_up_then_decays_by_the_step_alone():
+    run = TrainSettings(steps=100, lr=1.0, warmup_steps=10, lr_decay_until=110, lr_floor=0.1)
+    assert [run.lr_at(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert run.lr_at(60) == pytest.approx(0.55) and run.lr_at(110) == run.lr_at(500) == pytest.approx(0.1)
+    assert TrainSettings(lr=0.5).lr_at(10**6) == 0.5
 
 
 def test_bad_settings_are_refused():

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads OpenMP: idle threads sleep instead of spinning. On a machine whose cores are also
-# busy with other work, spinning threads wait on a preempted partner at every operation: training
-# steps measured 8x slower (10.5 s instead of 1.3 s) on the 2-core machine while other jobs ran.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads OpenMP (libgomp): an idle thread spins ~10k times, not libgomp's 300k, before it
+# sleeps. On the 2-core machine shared with other PyTorch jobs, long spins against a preempted partner
+# made stage-1 steps 8x slower (10.5 s vs 0.65 s); 10k spins cost nothing measurable when the machine is
+# idle (stage 2: 644 vs 653 ms a step). OMP_WAIT_POLICY=PASSIVE is better still when shared, but 16-37 %
+# slower when not.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import asdict
@@ -104,6 +107,8 @@ def _run_args(parser, settings) -> None:
     parser.add_argument("--lr", type=float, default=settings.lr)
     parser.add_argument("--seed", type=int, default=R.seed)
     parser.add_argument("--warmup-steps", type=int, default=settings.warmup_steps)
+    parser.add_argument("--lr-decay-until", type=int,
+                        help="cosine learning-rate decay ends at this step (default: --steps; 0 = constant lr)")
     parser.add_argument("--ema-decay", type=float, default=settings.ema_decay, help="0 = no EMA")
     parser.add_argument("--checkpoint-every", type=int, default=settings.checkpoint_every)
     parser.add_argument("--log-every", type=int, default=settings.log_every)
@@ -115,7 +120,9 @@ def _run_args(parser, settings) -> None:
 def _settings(args, base):
     from core.train.loop import TrainSettings
     return TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         warmup_steps=args.warmup_steps, weight_decay=base.weight_decay, grad_clip=base.grad_clip,
+                         warmup_steps=args.warmup_steps,
+                         lr_decay_until=args.steps if args.lr_decay_until is None else args.lr_decay_until,
+                         lr_floor=base.lr_floor, weight_decay=base.weight_decay, grad_clip=base.grad_clip,
                          ema_decay=args.ema_decay, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
                          log_every=args.log_every)
 
@@ -209,14 +216,17 @@ def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
                            recipe.diffusion_train, caption_dropout=recipe.caption_dropout, defaults=recipe.defaults,
                            export_dtype=recipe.export_dtype, export_path=out / BUILTIN_FILE, processes=processes)
     if processes.is_main:
-        write_json(out / "builtin.json", {"recipe": asdict(recipe), "this_run_seconds": round(time.perf_counter() - started),
-                                          "model": str(path)})
-        print(f"built-in model written to {path}")
+        reports = {name: json.loads((out / name / f"{name}.json").read_text()) for name in ("autoencoder", "diffusion")}
+        write_json(out / "builtin.json", {"model": str(path), "size_bytes": path.stat().st_size, **reports,
+                                          "this_run_seconds": round(time.perf_counter() - started),
+                                          "recipe": asdict(recipe)})
+        print(f"built-in model written to {path} ({path.stat().st_size / 1e6:.1f} MB); autoencoder PSNR "
+              f"{reports['autoencoder']['psnr_db']:.2f} dB; report in {out / 'builtin.json'}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m core.train.cli train ...` (and under torchrun) until `latentdesk train` is wired in."""
+    """`python -m core.train.cli train ...`: the same commands as `latentdesk train`, for `torchrun -m`."""
     parser = argparse.ArgumentParser(prog="latentdesk", description="Train latent diffusion models.")
     add_train_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -18,6 +18,7 @@ writing leaves the previous checkpoint whole.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -30,6 +31,7 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -48,7 +50,9 @@ class TrainSettings:
     batch_size: int = 32             # the global batch; under DDP each process takes batch_size / processes
     lr: float = 1e-4
     seed: int = 0
-    warmup_steps: int = 0            # linear ramp to lr, then constant (EMA does the averaging a decay would)
+    warmup_steps: int = 0            # linear ramp up to lr over these first steps
+    lr_decay_until: int = 0          # then cosine decay, reaching lr_floor * lr at this step (0: constant lr)
+    lr_floor: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0           # max global gradient norm; 0 = off
     ema_decay: float = 0.0           # 0 = no EMA
@@ -67,7 +71,12 @@ class TrainSettings:
             raise LatentDeskError(f"the EMA decay must be in [0, 1), not {self.ema_decay!r}")
 
     def lr_at(self, step: int) -> float:
-        return self.lr * min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else self.lr
+        """The learning rate of step `step` (0-based): a function of the step alone, so resuming keeps it."""
+        lr = self.lr * min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else self.lr
+        if self.lr_decay_until:
+            done = min(1.0, max(0, step - self.warmup_steps) / max(1, self.lr_decay_until - self.warmup_steps))
+            lr *= self.lr_floor + (1 - self.lr_floor) * 0.5 * (1 + math.cos(math.pi * done))
+        return lr
 
     def trajectory(self) -> dict:
         """The settings a resumed run must share: all but how long it runs and how often it reports."""
@@ -214,7 +223,7 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Tensor], dict] | None:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         tensors = load_file(folder / meta["tensors"])
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise LatentDeskError(f"{folder}: the training checkpoint cannot be read ({e}); "
                               "delete the folder to start over") from None
     if meta.get("format") != CHECKPOINT_FORMAT:
@@ -294,12 +303,21 @@ class LossLog:
         self.path = path
         if path.exists():
             kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resumed_step]
+                    if (record := _record(line)) is not None and record["step"] <= resumed_step]
             path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _record(line: str) -> dict | None:
+    """A loss-log line, or None for the half-written last line of a killed run."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -415,7 +433,8 @@ def _check_resumable(folder: Path, meta: dict, stage: Stage, settings: TrainSett
 
     if meta["stage"] != stage.kind:
         raise refuse(f"a {meta['stage']} run, not {stage.kind}")
-    saved = TrainSettings(**{f.name: meta["settings"][f.name] for f in fields(TrainSettings)})
+    names = {f.name for f in fields(TrainSettings)}
+    saved = TrainSettings(**{k: v for k, v in meta["settings"].items() if k in names})
     for key, value in settings.trajectory().items():
         if _normal(saved.trajectory()[key]) != _normal(value):
             raise refuse(f"{key.replace('_', '-')} {saved.trajectory()[key]} there, {value} now")
