@@ -17,27 +17,29 @@ from typing import NamedTuple
 from PySide6.QtGui import QImage
 
 from core.guidance import GuidanceScale
+from core.latent_rgb import LatentToRGB
 from core.model import DiffusionModel
 from core.request import GenerationRequest
 
 
 class PreviewMode(enum.Enum):
-    """How a step's preview is made. `Fast` (a linear latent→RGB map fitted to the VAE) and
-    `Auto` come next; `app/preview.py` `make_previewer` is the one place that maps a mode
-    to a previewer."""
+    """How a step's preview is made; `app/preview.py` `make_previewer` is the one place that maps a
+    mode to a previewer."""
 
+    AUTO = "auto"    # VAE decodes as often as they cost <= 10 % of sampling time, the fast map between
     VAE = "vae"      # the predicted clean latent through the model's own VAE decoder, every step
+    FAST = "fast"    # a linear latent→RGB map fitted to the model's VAE when it loaded (core/latent_rgb.py)
     OFF = "off"      # progress only
 
     @property
     def label(self) -> str:
-        return {"vae": "VAE every step", "off": "Off"}[self.value]
+        return {"auto": "Auto", "vae": "VAE every step", "fast": "Fast", "off": "Off"}[self.value]
 
 
 class PreviewOptions:
     """Preview settings the user may change while a job runs; read by the worker every step."""
 
-    def __init__(self, mode: PreviewMode = PreviewMode.VAE, noisy: bool = False):
+    def __init__(self, mode: PreviewMode = PreviewMode.AUTO, noisy: bool = False):
         self._lock = threading.Lock()
         self._mode, self._noisy = mode, noisy
 
@@ -57,6 +59,7 @@ class LoadedModel:
     model: DiffusionModel
     spec: str                 # "builtin" or the path, as GenerationRequest.model stores it
     hash: str | None          # A1111's "Model hash"
+    latent_rgb: LatentToRGB | None = None   # the Fast preview's map, fitted to this model's VAE at load
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class Finished(NamedTuple):
     seconds: float
     previews_sent: int
     save_error: str | None = None
+    frames: tuple[QImage | None, ...] = ()   # every step's preview, for the denoising timeline
 
 
 class Stopped(NamedTuple):

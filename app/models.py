@@ -13,6 +13,7 @@ import torch
 
 from app.jobs import LoadedModel
 from core.checkpoint import load_model
+from core.latent_rgb import fit_latent_to_rgb
 from core.metadata import model_hash
 from core.model import DiffusionModel
 
@@ -41,7 +42,7 @@ def load(path: Path, spec: str, known_hash: str | None = None) -> LoadedModel:
     """Load and hash a model. Blocking: the window awaits it in a worker thread."""
     model = load_model(path)
     digest = known_hash or model_hash(path)
-    return LoadedModel(model, spec, digest)
+    return LoadedModel(model, spec, digest, fit_latent_to_rgb(model.vae))
 
 
 def device_name(device: torch.device) -> str:

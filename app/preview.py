@@ -1,24 +1,28 @@
 """Per-step previews, made in the worker thread: latents in, a QImage that owns its pixels out.
 
-    make_previewer(mode, model) -> Previewer | None     the one place a preview mode becomes code
+    make_previewer(mode, loaded) -> Previewer | None    the one place a preview mode becomes code
     VaePreview(model)(step, noisy) -> QImage            the predicted clean latent x0 through the VAE
+    FastPreview(latent_rgb)(step, noisy) -> QImage      the linear latent→RGB map fitted at load
+    AutoPreview(vae, fast)(step, noisy) -> QImage       VAE decodes within a time budget, Fast between
     pixels_to_qimage(x) -> QImage                       (3, H, W) in about [-1, 1] → RGB888, copied
-
-The fast linear latent→RGB map (fitted to the loaded VAE at load time) and Auto mode plug in
-here as another `Previewer`; the worker and the window do not change.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 import torch
 from PySide6.QtGui import QImage
 
-from app.jobs import PreviewMode
+from app.jobs import LoadedModel, PreviewMode
 from core.generate import StepInfo
+from core.latent_rgb import LatentToRGB
 from core.model import DiffusionModel
+
+AUTO_SHARE = 0.08   # Auto spends at most this share of the sampling time on VAE decodes (the issue: <= 10 %)
 
 
 class Previewer(Protocol):
@@ -33,19 +37,66 @@ class VaePreview:
         self.vae = model.vae
 
     def __call__(self, step: StepInfo, noisy: bool) -> QImage:
-        latents = step.x[:1] if noisy else step.denoised[:1]
-        if noisy:
-            # x = x0 + σ·ε has standard deviation √(1 + σ²) (Karras et al. 2022, the VE form); the
-            # VAE expects unit-scale latents, so show the variance-preserving x / √(1 + σ²) as DDPM does.
-            latents = latents / (1 + step.sigma ** 2) ** 0.5
         with torch.no_grad():
-            pixels = self.vae.decode_latents(latents)
+            pixels = self.vae.decode_latents(shown_latents(step, noisy))
         return pixels_to_qimage(pixels[0])
 
 
-def make_previewer(mode: PreviewMode, model: DiffusionModel) -> Previewer | None:
-    if mode is PreviewMode.VAE:
-        return VaePreview(model)
+class FastPreview:
+    """One latent pixel → one RGB pixel by the linear map fitted to this VAE (the view scales it up)."""
+
+    def __init__(self, latent_rgb: LatentToRGB):
+        self.latent_rgb = latent_rgb
+
+    def __call__(self, step: StepInfo, noisy: bool) -> QImage:
+        return pixels_to_qimage(self.latent_rgb(shown_latents(step, noisy)[0]))
+
+
+class AutoPreview:
+    """A VAE decode whenever the decodes so far plus the next stay within `share` of the sampling time
+    so far; the fast map otherwise. A model whose decode is cheap next to a step gets a VAE frame at
+    most steps; a large model at 512 px gets one every few steps, and the fast map between them."""
+
+    def __init__(self, vae: Previewer, fast: Previewer, share: float = AUTO_SHARE,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.vae, self.fast, self.share, self.clock = vae, fast, share, clock
+        self.started = clock()
+        self.spent = 0.0                   # seconds in VAE decodes so far
+        self.decode_seconds: float | None = None
+        self.last_vae_step = -1
+
+    def __call__(self, step: StepInfo, noisy: bool) -> QImage:
+        now = self.clock()
+        sampling = now - self.started - self.spent
+        # Without a measured decode yet, try one once a step's time is known: it measures the cost.
+        estimate = self.decode_seconds if self.decode_seconds is not None else 0.0
+        if step.i > 0 and self.spent + estimate <= self.share * sampling:
+            image = self.vae(step, noisy)
+            took = self.clock() - now
+            self.spent += took
+            self.decode_seconds = took
+            self.last_vae_step = step.i
+            return image
+        return self.fast(step, noisy)
+
+
+def shown_latents(step: StepInfo, noisy: bool) -> torch.Tensor:
+    """The first image's latents a preview shows: the clean prediction x0, or the noisy state."""
+    if not noisy:
+        return step.denoised[:1]
+    # x = x0 + σ·ε has standard deviation √(1 + σ²) (Karras et al. 2022, the VE form); the
+    # VAE expects unit-scale latents, so show the variance-preserving x / √(1 + σ²) as DDPM does.
+    return step.x[:1] / (1 + step.sigma ** 2) ** 0.5
+
+
+def make_previewer(mode: PreviewMode, loaded: LoadedModel) -> Previewer | None:
+    fast = FastPreview(loaded.latent_rgb) if loaded.latent_rgb is not None else None
+    if mode is PreviewMode.VAE or (mode is PreviewMode.AUTO and fast is None):
+        return VaePreview(loaded.model)
+    if mode is PreviewMode.FAST:
+        return fast
+    if mode is PreviewMode.AUTO:
+        return AutoPreview(VaePreview(loaded.model), fast)
     return None
 
 

@@ -10,13 +10,14 @@ so the window stays responsive; `app/main.py` sets the loop up.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from collections.abc import Coroutine
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
-from PySide6.QtGui import QImage, QKeySequence, QShortcut
+from PySide6.QtCore import QByteArray, QSettings, Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QImage, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -26,6 +27,7 @@ from PySide6.QtWidgets import (
     QMenu,
     QProgressBar,
     QSplitter,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -35,12 +37,14 @@ from app.history import THUMB, HistoryStrip, Thumb, caption, list_outputs, read_
 from app.icon import app_icon
 from app.init_image import read_init_image, size_for, write_pasted
 from app.jobs import Failed, Finished, Job, LoadedModel, PreviewOptions, StepPreview, Stopped
+from app.live import LiveMode
 from app.settings import AppPaths, HashCache, open_settings, read
 from app.widgets.controls import ControlsPanel
 from app.widgets.image_view import ImageDialog, ImageView
 from app.widgets.init_image import dropped_paths
 from app.widgets.message_bar import MessageBar
 from app.widgets.model_picker import BUILTIN, spec_label
+from app.widgets.timeline import Timeline
 from app.worker import GenerationWorker
 from core.errors import LatentDeskError
 from core.guidance import GuidanceScale
@@ -65,8 +69,9 @@ class MainWindow(QMainWindow):
 
     def __init__(self, paths: AppPaths, settings: QSettings | None = None, builtin: Path | None = _DEFAULT):
         super().__init__()
-        self.paths = paths
         self.settings = settings if settings is not None else open_settings(paths)
+        chosen = read(self.settings, "output_dir", "")      # the user's own choice wins over the default
+        self.paths = dataclasses.replace(paths, output_dir=Path(chosen)) if chosen else paths
         self.builtin = builtin_model_path() if builtin is _DEFAULT else builtin
         self.hashes = HashCache(self.settings)
         self.worker = GenerationWorker(self)
@@ -85,6 +90,8 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self._build()
+        self.live = LiveMode(lambda: self.generate(live=True), lambda: self.model is not None
+                             and bool(self.panel.values().prompt), self)
         self._connect()
         self._restored = self.panel.restore(self.settings)
         self._restore_window()
@@ -118,6 +125,8 @@ class MainWindow(QMainWindow):
         bar.addWidget(self.progress)
         column.addLayout(bar)
         column.addWidget(self.progress_label)
+        self.timeline = Timeline()
+        column.addWidget(self.timeline)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.panel)
@@ -138,6 +147,14 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
         self.device_label = QLabel(objectName="Muted")
         self.model_label = QLabel(objectName="Muted")
+        self.output_button = QToolButton(autoRaise=True, accessibleName="Output folder")
+        self.output_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(self.output_button)
+        menu.addAction("Open the output folder", self.open_output_dir)
+        menu.addAction("Save images to another folder…", self.choose_output_dir)
+        self.output_button.setMenu(menu)
+        self._show_output_dir()
+        self.statusBar().addPermanentWidget(self.output_button)
         self.statusBar().addPermanentWidget(self.model_label)
         self.statusBar().addPermanentWidget(self.device_label)
         self.resize(*DEFAULT_SIZE)
@@ -151,6 +168,9 @@ class MainWindow(QMainWindow):
         p.prompt.imagePasted.connect(self.use_image_data)
         p.negative.imagePasted.connect(self.use_image_data)
         p.guidance.valueChanged.connect(self._guidance_moved)
+        p.edited.connect(self.live.edited)
+        p.live.toggled.connect(self.live.set_enabled)
+        p.live.clicked.connect(lambda on: self.settings.setValue("form/live", on))   # a choice, remembered
         p.preview_mode.currentIndexChanged.connect(self._preview_changed)
         p.preview_noisy.toggled.connect(self._preview_changed)
         p.model_picker.modelChosen.connect(self.open_model)
@@ -168,6 +188,7 @@ class MainWindow(QMainWindow):
         self.history.reuseRequested.connect(self.reuse_parameters)
         self.history.message.connect(lambda text, kind: self.message_bar.show_message(text, kind))
         self.preview.customContextMenuRequested.connect(self._preview_menu)
+        self.timeline.frameChosen.connect(self.preview.set_image)
         for keys in ("Ctrl+Return", "Ctrl+Enter"):
             QShortcut(QKeySequence(keys), self, self.generate)
         QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.cancel)
@@ -249,6 +270,7 @@ class MainWindow(QMainWindow):
         previous, self.model = self.model, loaded
         family = loaded.model.family
         self.panel.set_family(family.default_size, family.default_guidance)
+        self.panel.live.setChecked(read(self.settings, "form/live", spec == BUILTIN))
         if (previous is None and not self._restored) or (previous is not None and previous.model.family != family):
             self.panel.apply_family_defaults(family)
         self._remember_model(spec)
@@ -262,6 +284,7 @@ class MainWindow(QMainWindow):
                                      "Drop an image here to start from it.")
         if self.message_bar.kind == "info" and "model" in self.message_bar.text():
             self.message_bar.dismiss()
+        self.live.timer.stop()      # the model's defaults just filled the form: that is no edit to react to
         self.modelLoaded.emit(spec)
 
     def _model_failed(self, spec: str, error: Exception) -> None:
@@ -305,19 +328,27 @@ class MainWindow(QMainWindow):
                                  height=v.height, batch=v.batch, init_image=str(init) if init else None,
                                  strength=v.strength, model=self.model.spec if self.model else BUILTIN)
 
-    def generate(self) -> None:
-        """Start a run. One at a time: a run in flight is cancelled and this one starts next."""
+    def generate(self, live: bool = False) -> None:
+        """Start a run. One at a time: a run in flight is cancelled and this one starts next.
+
+        A Live run keeps the last seed even in Random mode, so the picture changes only by the edit.
+        """
         if self.model is None:
             what = "The model is still loading" if self.loading else "No model is loaded"
             self.message_bar.show_message(f"{what}; the image can be made once one is ready.", "warning")
             return
-        seed = self.panel.seed.seed_for_run()
+        seed_control = self.panel.seed
+        if live and seed_control.random.isChecked() and seed_control.last_used is not None:
+            seed = seed_control.last_used
+        else:
+            seed = seed_control.seed_for_run()
         request = self.build_request(seed)
         self.preview_options.set(*self.panel.preview_choice())
         job = Job(next(self._job_ids), request, self.model, self.paths.output_dir,
                   GuidanceScale(request.guidance), self.preview_options)
         replacing = self.job is not None
         self.job, self.shown_steps = job, []
+        self.timeline.clear()
         self.panel.seed.set_last_used(seed)
         self.worker.submit(job)
         self.panel.set_busy(True)
@@ -370,6 +401,7 @@ class MainWindow(QMainWindow):
             self.progress_label.setText(f"done: {steps} steps in {seconds:.1f} s  ·  seed {message.request.seed}")
             if message.images:
                 self.preview.set_image(message.images[0])
+            self.timeline.set_run(message.frames, message.images[0] if message.images else None)
             saved = ", ".join(p.name for p in message.paths)
             self.statusBar().showMessage(f"Saved {saved}" if saved else "Done", 6000)
             if message.save_error:
@@ -391,6 +423,30 @@ class MainWindow(QMainWindow):
             thumb = image.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
             self.history.add_image(Thumb(path, thumb, caption(path)))
             self._last_result = path
+
+    # -- output folder -------------------------------------------------------------------------
+
+    def _show_output_dir(self) -> None:
+        folder = self.paths.output_dir
+        self.output_button.setText(f"Saving to {folder.name or folder}")
+        self.output_button.setToolTip(f"Every image is saved with its settings to {folder}")
+
+    def open_output_dir(self) -> None:
+        self.paths.output_dir.mkdir(parents=True, exist_ok=True)
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.paths.output_dir)))
+
+    def choose_output_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Save images to", str(self.paths.output_dir))
+        if folder:
+            self.set_output_dir(Path(folder))
+
+    def set_output_dir(self, folder: Path) -> None:
+        """Save from the next run on into `folder` (remembered); the history shows that folder."""
+        self.paths = dataclasses.replace(self.paths, output_dir=folder)
+        self.settings.setValue("output_dir", str(folder))
+        self._show_output_dir()
+        self.history.clear()
+        self.spawn(self.load_history())
 
     # -- history -------------------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ def run_job(job: Job, post_preview) -> Message:
     """Generate, preview every step, save every image. Runs in the worker thread; never raises."""
     started = time.perf_counter()
     records: list[StepRecord] = []
+    frames: list = []          # every step's preview image: the window's timeline replays them
     previewers: dict[PreviewMode, object] = {}
     state = {"first_step_at": None, "sent": 0, "preview_broken": False}
 
@@ -73,7 +74,9 @@ def run_job(job: Job, post_preview) -> Message:
         first = state["first_step_at"]
         rate = step.i / (now - first) if first is not None and now > first and step.i else None
         records.append(StepRecord(step.i, step.guidance, step.sigma))
-        post_preview(StepPreview(job.id, step.i, step.total, preview_image(step), step.guidance, rate))
+        image = preview_image(step)
+        frames.append(image)
+        post_preview(StepPreview(job.id, step.i, step.total, image, step.guidance, rate))
         state["sent"] += 1
 
     def preview_image(step: StepInfo):
@@ -81,7 +84,7 @@ def run_job(job: Job, post_preview) -> Message:
         if state["preview_broken"]:
             return None
         if mode not in previewers:
-            previewers[mode] = make_previewer(mode, job.model.model)
+            previewers[mode] = make_previewer(mode, job.model)
         previewer = previewers[mode]
         if previewer is None:
             return None
@@ -109,14 +112,15 @@ def run_job(job: Job, post_preview) -> Message:
     loaded = job.model
     for image, seed in zip(result.images, result.seeds, strict=True):
         request = replace(job.request, seed=seed, batch=1)
-        infotext = to_infotext(request, loaded.model.name, loaded.hash, f"Latent Desk {__version__}")
+        infotext = to_infotext(request, loaded.model.name, loaded.hash, f"Latent Desk {__version__}",
+                               [record.guidance for record in records])
         try:
             paths.append(save_png(image, job.output_dir, infotext))
         except LatentDeskError as e:
             save_error = str(e)
             break
     return Finished(job.id, job.request, images, tuple(paths), tuple(records),
-                    time.perf_counter() - started, state["sent"], save_error)
+                    time.perf_counter() - started, state["sent"], save_error, tuple(frames))
 
 
 class _Runner(QThread):

@@ -6,6 +6,7 @@
                         (--out FILE.png | --out-dir DIR)
     latentdesk inspect MODEL [--prediction epsilon|v] [--json]
     latentdesk train autoencoder|diffusion|builtin ...   (core/train/cli.py)
+    latentdesk eval shapes ... | latentdesk bench ...     (core/measure_cli.py)
 
 Exit status 0 on success, 2 with a one-line reason on bad input.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from core import __version__
 from core.errors import LatentDeskError
+from core.measure_cli import add_measure_commands
 from core.request import GenerationRequest
 from core.train.cli import add_train_commands
 
@@ -34,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_generate_command(commands)
     add_train_commands(commands)
+    add_measure_commands(commands)
     args = parser.parse_args(argv)
     try:
-        if args.command == "train":
+        if hasattr(args, "handler"):  # train, eval, bench
             return args.handler(args)
         return {"inspect": run_inspect, "generate": run_generate}[args.command](args)
     except LatentDeskError as e:

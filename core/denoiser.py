@@ -74,12 +74,13 @@ class Denoiser:
         t = self.schedule.sigma_to_t(sigma.cpu()).to(x.device)
         if self.quantize:
             t = t.round()
-        s = sigma[:, None, None, None].to(x.dtype)  # (B, 1, 1, 1)
-        c_in = 1 / (s**2 + 1) ** 0.5
+        # The scalings in float32: a zero-terminal-SNR schedule starts at σ = 4096, whose σ² overflows fp16.
+        s = sigma[:, None, None, None]  # (B, 1, 1, 1) float32
+        c_in = (1 / (s**2 + 1) ** 0.5).to(x.dtype)
         out = self.unet(x * c_in, t, cond.context, cond.y)
         if self.prediction == "epsilon":
-            return x - s * out
+            return x - s.to(x.dtype) * out
         # v = α·ε − σ_vp·x0 (Salimans & Ho 2022), so x0 = c_skip·x + c_out·v (Karras et al. App. B.2)
-        c_skip = 1 / (s**2 + 1)
-        c_out = -s / (s**2 + 1) ** 0.5
+        c_skip = (1 / (s**2 + 1)).to(x.dtype)
+        c_out = (-s / (s**2 + 1) ** 0.5).to(x.dtype)
         return x * c_skip + out * c_out

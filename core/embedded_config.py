@@ -7,7 +7,8 @@ apart by tensor shapes the way the released SD families can. The format:
     {"format": 1, "family": "sd1",            # the key layout (core/families.py)
      "unet": {UNetConfig fields}, "vae": {VAEConfig fields, incl. scale_factor},
      "text_encoder": {"num_attention_heads": 2, "hidden_act": "gelu", ...},
-     "default_size": 128, "default_steps": 20, "default_guidance": 5.0, "default_sampler": "Euler"}
+     "default_size": 128, "default_steps": 20, "default_guidance": 5.0, "default_sampler": "Euler",
+     "zero_terminal_snr": true}        # trained on the schedule that ends in pure noise (core/schedules.py)
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ def read(path: Path, metadata: dict[str, str]) -> EmbeddedConfig | None:
     if not isinstance(text, dict):
         raise ModelLoadError(path, f"metadata {KEY}: text_encoder is not an object")
     text = {k: v for k, v in text.items() if k in STATED_SETTINGS}
-    defaults = {k: config[k] for k in ("default_size", "default_steps", "default_guidance", "default_sampler")
-                if k in config}
+    defaults = {k: config[k] for k in ("default_size", "default_steps", "default_guidance", "default_sampler",
+                                       "zero_terminal_snr") if k in config}
+    if not isinstance(defaults.get("zero_terminal_snr", False), bool):
+        raise ModelLoadError(path, f"metadata {KEY}: zero_terminal_snr must be true or false")
     try:
         family = dataclasses.replace(base, title=f"{base.title}-style model", latent_scale=vae.scale_factor,
                                      **defaults)

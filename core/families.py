@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.schedules import NoiseSchedule, schedule_for
+
 EOS_ID = 49407   # <|endoftext|>
 BANG_ID = 0      # "!" — OpenCLIP's padding token
 
@@ -40,6 +42,12 @@ class Family:
     default_steps: int = 20
     default_guidance: float = 7.0
     default_sampler: str = "DPM++ 2M Karras"
+    # Trained on the schedule rescaled to end in pure noise (core.schedules); only a file can say so.
+    zero_terminal_snr: bool = False
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return schedule_for(self.zero_terminal_snr)
 
     def heads_for(self, channels: int) -> int:
         if self.heads_fixed is not None:

@@ -81,11 +81,12 @@ def generate(request: GenerationRequest, model: DiffusionModel,
     with torch.no_grad():
         # 2. Encode the prompt and the negative prompt (same chunk count, so CFG batches them).
         cond, uncond = encode_pair(model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip)
-        denoiser = CFGDenoiser(Denoiser(model.unet, model.prediction, quantize=sampler.quantize),
+        schedule = model.family.schedule
+        denoiser = CFGDenoiser(Denoiser(model.unet, model.prediction, schedule, quantize=sampler.quantize),
                                conditioning(model, cond, request), conditioning(model, uncond, request), guidance)
 
         # 3. The noise levels to walk down, and the starting latent.
-        sigmas = sampler.sigmas(request.steps)
+        sigmas = sampler.sigmas(request.steps, schedule)
         if request.is_img2img:
             start = img2img_start(request.steps, request.strength)
             sigmas = sigmas[start:]

@@ -20,7 +20,7 @@ import os
 import re
 import secrets
 import warnings
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,8 +82,13 @@ def model_hash(path: str | Path) -> str:
 # -- writing and reading infotext --------------------------------------------------------------------
 
 def to_infotext(request: GenerationRequest, model_name: str | None, model_hash: str | None,
-                version: str | None) -> str:
-    """The A1111 infotext of `request`; `None` leaves a field out."""
+                version: str | None, guidance_used: Sequence[float] = ()) -> str:
+    """The A1111 infotext of `request`; `None` leaves a field out.
+
+    `guidance_used`: the scale each step used. When the slider moved during the run it is
+    written as "Guidance schedule: 7 (steps 1-5), 3.5 (steps 6-20)", so the image says how it
+    was really made; A1111 and our parser ignore the field, "CFG scale" stays the starting value.
+    """
     sampler, schedule = split_sampler(request.sampler)
     params = {
         "Steps": request.steps,
@@ -96,11 +101,26 @@ def to_infotext(request: GenerationRequest, model_name: str | None, model_hash: 
         "Model": model_name,
         "Denoising strength": _number(request.strength) if request.is_img2img else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        "Guidance schedule": guidance_schedule(guidance_used),
         "Version": version,
     }
     line = ", ".join(f"{key}: {_quote(str(value))}" for key, value in params.items() if value is not None)
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
     return f"{request.prompt}{negative}\n{line}".strip()
+
+
+def guidance_schedule(per_step: Sequence[float]) -> str | None:
+    """"7 (steps 1-5), 3.5 (steps 6-20)" for scales that changed during a run; None if they never did."""
+    runs: list[list] = []   # [scale, first step, last step], steps counted from 1
+    for step, scale in enumerate(per_step, start=1):
+        if runs and runs[-1][0] == scale:
+            runs[-1][2] = step
+        else:
+            runs.append([scale, step, step])
+    if len(runs) < 2:
+        return None
+    return ", ".join(f"{_number(scale)} (step {a})" if a == b else f"{_number(scale)} (steps {a}-{b})"
+                     for scale, a, b in runs)
 
 
 def split_sampler(name: str) -> tuple[str, str | None]:

@@ -211,7 +211,10 @@ def encode_chunks(text_encoder: TextEncoder, chunks: Sequence[PromptChunk], clip
 
 def _emphasize(z: Tensor, multipliers: Tensor) -> Tensor:
     """A1111's "Original" emphasis: z * weight per token, then restore each chunk's mean. z: (k, 77, C)."""
+    if bool((multipliers == 1).all()):
+        return z            # nothing to weight; and 0/0 below when a zero-bias final LayerNorm gives mean 0
     z = z.contiguous()      # a slice of SDXL's concatenation; the same layout as `weighted` sums the same way
     mean_before = z.mean(dim=(1, 2), keepdim=True)
     weighted = z * multipliers[..., None]
-    return weighted * (mean_before / weighted.mean(dim=(1, 2), keepdim=True))
+    mean_after = weighted.mean(dim=(1, 2), keepdim=True)
+    return weighted * torch.where(mean_after == 0, 1.0, mean_before / mean_after)

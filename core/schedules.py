@@ -48,11 +48,21 @@ class NoiseSchedule:
     alphas_cumprod: Tensor  # (T,) float32, ᾱ_t, decreasing in t
 
     @classmethod
-    def scaled_linear(cls, beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000) -> NoiseSchedule:
-        """LDM's "scaled linear" betas: linear in sqrt(beta); SD 1.x/2.x/XL all train on the defaults."""
+    def scaled_linear(cls, beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000,
+                      zero_terminal_snr: bool = False) -> NoiseSchedule:
+        """LDM's "scaled linear" betas: linear in sqrt(beta); SD 1.x/2.x/XL all train on the defaults.
+
+        `zero_terminal_snr`: rescaled so the last timestep is pure noise (Lin et al. 2023, Algorithm 1).
+        SD's own schedule leaves sqrt(ᾱ_T) = 0.068 of the image in x_T; a model learns to read the
+        image's average colour from it, and then copies it from the random start of txt2img instead of
+        taking it from the prompt. Such models must predict v (ε says nothing about x0 at σ = ∞).
+        """
         # float32 throughout, as diffusers computes it, so our sigmas are diffusers' to the last bit
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float32) ** 2
-        return cls(torch.cumprod(1.0 - betas, dim=0))
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        if zero_terminal_snr:
+            alphas_cumprod = _rescale_zero_terminal_snr(alphas_cumprod)
+        return cls(alphas_cumprod)
 
     @property
     def num_timesteps(self) -> int:
@@ -125,6 +135,18 @@ class NoiseSchedule:
         return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
+def _rescale_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
+    """Shift and scale sqrt(ᾱ) so that it ends at 0 and keeps its first value (Lin et al. 2023, Alg. 1)."""
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    alphas_cumprod = root**2
+    # Not exactly 0: σ_T = sqrt((1 - ᾱ)/ᾱ) must stay finite for the samplers (diffusers' Euler does the
+    # same). sqrt(2^-24) = 2.4e-4 of the image is left: nothing a network can read.
+    alphas_cumprod[-1] = 2.0**-24
+    return alphas_cumprod
+
+
 def _check_steps(steps: int, most: int | None = None) -> None:
     whole = isinstance(steps, int | np.integer) and not isinstance(steps, bool)
     if not whole or steps < 1 or (most is not None and steps > most):
@@ -146,3 +168,8 @@ def img2img_start(steps: int, strength: float) -> int:
 
 
 SD_SCHEDULE = NoiseSchedule.scaled_linear()  # SD 1.x, 2.x and XL: betas 0.00085 → 0.012 over 1000 steps
+ZERO_SNR_SCHEDULE = NoiseSchedule.scaled_linear(zero_terminal_snr=True)  # the same, ending in pure noise
+
+
+def schedule_for(zero_terminal_snr: bool) -> NoiseSchedule:
+    return ZERO_SNR_SCHEDULE if zero_terminal_snr else SD_SCHEDULE

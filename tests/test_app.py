@@ -24,7 +24,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.jobs import Failed, Finished, PreviewMode, Stopped
 from app.main import main
-from app.settings import AppPaths, open_settings
+from app.settings import AppPaths, open_settings, read
 from app.window import MainWindow
 from core.metadata import read_parameters, save_png, to_infotext
 from core.request import GenerationRequest
@@ -96,6 +96,11 @@ def pngs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.png") if not p.name.startswith(".")) if folder.exists() else []
 
 
+def same_image(a: QImage, b: QImage) -> bool:
+    rgb = QImage.Format.Format_RGB32
+    return a.convertToFormat(rgb) == b.convertToFormat(rgb)
+
+
 def drop(window: MainWindow, path: Path) -> None:
     """A real drag-and-drop as Qt delivers it: enter, then drop, with the file's URL."""
     mime = QMimeData()
@@ -118,6 +123,9 @@ def wait_first_preview(qtbot, window: MainWindow) -> None:
 
 def test_prompt_ctrl_enter_previews_every_step_and_saves_png_with_metadata(open_window, qtbot, folders):
     window = open_window()
+    modes = window.panel.preview_mode
+    assert modes.currentData() == PreviewMode.AUTO.value        # the default
+    modes.setCurrentIndex(modes.findData(PreviewMode.VAE.value))
     qtbot.keyClicks(window.panel.prompt, "a red star on blue")
     shown = []
     window.previewShown.connect(shown.append)
@@ -140,6 +148,16 @@ def test_prompt_ctrl_enter_previews_every_step_and_saves_png_with_metadata(open_
     assert window.history.paths() == [saved]
     assert window.preview.has_image() and "6 steps" in window.progress_label.text()
     assert not window.panel.cancel_button.isEnabled()
+
+    # The timeline replays every step's preview, then the final image.
+    assert len(message.frames) == 6 and window.timeline.isVisible() and window.timeline.frame_count() == 7
+    window.timeline.slider.setValue(0)
+    assert same_image(window.preview.image(), message.frames[0]) and window.timeline.label.text() == "step 1/6"
+    window.timeline.slider.setValue(6)
+    assert same_image(window.preview.image(), message.images[0]) and window.timeline.label.text() == "final image"
+    with qtbot.waitSignal(window.jobDone, timeout=RUN_TIMEOUT_MS):
+        window.generate()                                        # a new run hides the old timeline
+        assert not window.timeline.isVisible()
 
 
 def test_escape_cancels_mid_run_saves_nothing_and_the_app_stays_usable(open_window, qtbot, folders):
@@ -213,7 +231,32 @@ def test_guidance_slider_moved_mid_run_changes_the_following_steps(open_window, 
     assert used[0] == 7.0 and used[-1] == 12.0
     switch = used.index(12.0)
     assert switch >= 1 and set(used[:switch]) == {7.0} and set(used[switch:]) == {12.0}
+    last = f"step {switch + 1}" if switch == 11 else f"steps {switch + 1}-12"
+    written = read_parameters(message.paths[0])   # the saved image says how it was really made
+    assert f'Guidance schedule: "7 ({"step 1" if switch == 1 else f"steps 1-{switch}"}), 12 ({last})"' in written
     assert "guidance 12" in window.progress_label.text() or window.progress_label.text().startswith("done")
+
+
+def test_live_mode_regenerates_after_edits_with_the_same_seed(open_window, qtbot):
+    window = open_window()
+    assert not window.panel.live.isChecked()                  # off for a model that is not the built-in
+    qtbot.keyClicks(window.panel.prompt, "a red star")
+    qtbot.wait(600)
+    assert window.job is None and window.last_message is None  # nothing happens while Live is off
+
+    window.panel.live.click()
+    finals = []
+    window.jobDone.connect(finals.append)
+    with qtbot.waitSignal(window.jobDone, timeout=RUN_TIMEOUT_MS):
+        qtbot.keyClicks(window.panel.prompt, " on blue")       # no Generate pressed
+    first = finals[-1]
+    assert isinstance(first, Finished) and first.request.prompt == "a red star on blue"
+    with qtbot.waitSignal(window.jobDone, timeout=RUN_TIMEOUT_MS):
+        window.panel.guidance.slider.setValue(6)               # a slider is an edit too
+    second = finals[-1]
+    assert isinstance(second, Finished) and second.request.guidance == 3.0
+    assert second.request.seed == first.request.seed           # Random mode, but Live keeps the seed
+    assert read(window.settings, "form/live", False) is True   # the user's choice is remembered
 
 
 def test_gui_thread_never_stalls_during_generation(open_window, qtbot):
@@ -391,6 +434,21 @@ def test_models_folder_is_scanned_on_start(open_window, folders, tiny_model):
 
 
 # -- history and settings -------------------------------------------------------------------------
+
+def test_output_folder_can_be_changed_and_is_remembered(open_window, qtbot, folders, tmp_path):
+    first = open_window()
+    elsewhere = tmp_path / "elsewhere"
+    first.set_output_dir(elsewhere)
+    assert first.output_button.text() == "Saving to elsewhere"
+    first.panel.prompt.setPlainText("a red star")
+    message = run(qtbot, first)
+    assert [p.parent for p in message.paths] == [elsewhere] and not pngs(folders.output_dir)
+    first.close()
+
+    second = open_window()
+    assert second.paths.output_dir == elsewhere
+    qtbot.waitUntil(lambda: second.history.paths() == list(message.paths), timeout=10_000)
+
 
 def test_restart_restores_settings_and_history(open_window, qtbot, folders, tiny_model):
     first = open_window()

@@ -173,6 +173,7 @@ def test_a_model_that_states_its_config_is_built_as_stated(tmp_path):
     ({"unet": {"model_channels": 32, "wings": 2}}, "unknown settings ['wings']"),
     ({"vae": None}, "vae is missing"),
     ({"text_encoder": {"num_attention_heads": 5}}, "does not split into 5 heads"),
+    ({"zero_terminal_snr": "yes"}, "zero_terminal_snr must be true or false"),
 ])
 def test_bad_stated_config_is_refused(tmp_path, changes, words):
     path = embedded_model(tmp_path, **changes)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from core.checkpoint import load_model
-from core.families import UNET_PREFIX, VAE_PREFIX
-from core.unet import UNet, UNetConfig
-from core.vae import AutoencoderKL, VAEConfig
+from core.unet import UNetConfig
+from tests.tiny_models import clip_l_config, write_full_size_sd15
 
 TOLERANCE = 1e-4
 SD15_UNET = dict(  # diffusers' config of runwayml/stable-diffusion-v1-5 unet/config.json
@@ -28,13 +27,6 @@ SD15_VAE = dict(
 )
 
 
-def clip_l_config():
-    from transformers import CLIPTextConfig
-    return CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                          num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
-                          hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407)
-
-
 def relative(ours, ref) -> float:
     return ((ours - ref).abs().max() / ref.abs().max()).item()
 
@@ -42,16 +34,7 @@ def relative(ours, ref) -> float:
 @pytest.fixture(scope="module")
 def sd15_file(tmp_path_factory):
     """Original-layout SD1.5 tensors with PyTorch's default random init, stored in fp16 (2 GB)."""
-    from transformers import CLIPTextModel
-    torch.manual_seed(0)
-    state = {UNET_PREFIX + k: v for k, v in UNet(UNetConfig()).state_dict().items()}
-    state |= {VAE_PREFIX + k: v for k, v in AutoencoderKL(VAEConfig()).state_dict().items()}
-    clip = CLIPTextModel(clip_l_config())
-    state |= {"cond_stage_model.transformer.text_model." + k.removeprefix("text_model."): v
-              for k, v in clip.state_dict().items()}
-    path = tmp_path_factory.mktemp("sd15") / "sd15-random.safetensors"
-    save_file({k: v.half() for k, v in state.items()}, path)
-    return path
+    return write_full_size_sd15(tmp_path_factory.mktemp("sd15") / "sd15-random.safetensors")
 
 
 @pytest.mark.slow

@@ -100,6 +100,23 @@ def test_v_prediction_txt2img_matches_diffusers(tmp_path):
     assert diff <= TOLERANCE
 
 
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M"])
+def test_zero_terminal_snr_v_model_matches_diffusers(tmp_path, sampler):
+    """A v-model on the schedule that ends in pure noise (the built-in model's), from sigma 4096."""
+    folder = write_diffusers_folder("sd2", tmp_path / "ztsnr", seed=8, prediction="v_prediction")
+    model = load_model(folder)
+    model = model.replace(family=replace(model.family, zero_terminal_snr=True))
+    req = request(sampler=sampler)
+    pipe = reference_pipeline(folder, "txt2img", sampler)
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, rescale_betas_zero_snr=True)
+    steps = []
+    ours = generate(req, model, on_step=lambda s: steps.append(s.sigma)).latents
+    diff = relative(ours, reference_txt2img(pipe, req))
+    print(f"\n[parity] zero-terminal-SNR v-model txt2img {sampler}: {diff:.2e}")
+    assert steps[0] == pytest.approx(4096, rel=1e-3)
+    assert diff <= TOLERANCE
+
+
 def test_sdxl_txt2img_matches_diffusers(tmp_path):
     folder = write_diffusers_folder("sdxl", tmp_path / "xl", seed=9)
     model = load_model(folder)

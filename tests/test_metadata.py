@@ -408,3 +408,17 @@ def test_model_hash_of_diffusers_folder_is_its_unet_weights(tmp_path):
     assert model_hash(tmp_path) == hashlib.sha256(b"unet weights").hexdigest()[:10]
     with pytest.raises(LatentDeskError, match="nothing"):
         model_hash(tmp_path / "nothing")
+
+
+def test_guidance_moved_during_a_run_is_written_as_a_schedule_and_parsing_ignores_it():
+    from core.metadata import guidance_schedule
+
+    req = GenerationRequest(prompt="a red circle", guidance=7.0, steps=6)
+    assert guidance_schedule([7.0] * 6) is None and guidance_schedule([]) is None
+    assert guidance_schedule([7.0, 7.0, 3.5, 3.5, 3.5, 12.0]) == "7 (steps 1-2), 3.5 (steps 3-5), 12 (step 6)"
+    text = to_infotext(req, "m", None, None, [7.0, 7.0, 3.5, 3.5, 3.5, 12.0])
+    assert 'Guidance schedule: "7 (steps 1-2), 3.5 (steps 3-5), 12 (step 6)"' in text
+    assert "CFG scale: 7," in text
+    assert parse_infotext(text)["Guidance schedule"] == "7 (steps 1-2), 3.5 (steps 3-5), 12 (step 6)"
+    assert request_from_infotext(text, GenerationRequest())[0].guidance == 7.0
+    assert "Guidance schedule" not in to_infotext(req, "m", None, None, [7.0] * 6)

@@ -271,3 +271,16 @@ def test_pair_pads_the_shorter_with_empty_chunks(sdxl, long_side):
     torch.testing.assert_close(padded.pooled, short_alone.pooled, rtol=1e-5, atol=1e-6)
     assert torch.cat([cond.context, uncond.context]).shape == (2, 231, 160)   # batchable for CFG
 
+
+
+def test_emphasis_survives_a_zero_mean_embedding():
+    """A zero-bias final LayerNorm makes each chunk's mean 0; restoring the mean must not divide 0 by 0."""
+    from core.prompts import _emphasize
+
+    z = torch.randn(1, 77, 8)
+    z = z - z.mean(dim=-1, keepdim=True)
+    z[0, 0] -= z.mean() * 77 * 8   # the chunk's mean exactly 0
+    for multipliers in (torch.ones(1, 77), torch.full((1, 77), 1.1)):
+        assert torch.isfinite(_emphasize(z, multipliers)).all()
+    assert torch.equal(_emphasize(z, torch.ones(1, 77)), z)
+    assert torch.isfinite(_emphasize(torch.zeros(1, 77, 8), torch.full((1, 77), 1.3))).all()

@@ -16,7 +16,7 @@ from diffusers import (
 )
 
 from core.errors import LatentDeskError
-from core.schedules import SD_SCHEDULE, img2img_start, karras_sigmas
+from core.schedules import SD_SCHEDULE, ZERO_SNR_SCHEDULE, img2img_start, karras_sigmas
 
 # SD 1.5's scheduler/scheduler_config.json, the keys schedulers read
 SD_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -35,6 +35,17 @@ def test_alphas_and_sigmas_equal_diffusers():
     assert torch.equal(SD_SCHEDULE.alphas_cumprod, ref.alphas_cumprod)
     assert SD_SCHEDULE.sigma_min == pytest.approx(0.029168, abs=1e-6)
     assert SD_SCHEDULE.sigma_max == pytest.approx(14.614642, abs=1e-5)
+
+
+@pytest.mark.parametrize("steps", STEP_COUNTS)
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_zero_terminal_snr_schedule_equals_diffusers_rescaled_euler(spacing, steps):
+    ref = scheduler(EulerDiscreteScheduler, steps, timestep_spacing=spacing, rescale_betas_zero_snr=True)
+    # diffusers rescales the betas and multiplies them back up; we rescale ᾱ directly: float32 noise apart
+    assert torch.allclose(ZERO_SNR_SCHEDULE.alphas_cumprod, ref.alphas_cumprod, rtol=1e-5, atol=1e-6)
+    assert ZERO_SNR_SCHEDULE.alphas_cumprod[0] == pytest.approx(SD_SCHEDULE.alphas_cumprod[0].item(), rel=1e-6)
+    assert ZERO_SNR_SCHEDULE.sigma_max == pytest.approx(4096.0)            # sqrt((1 - 2^-24) / 2^-24)
+    assert torch.allclose(ZERO_SNR_SCHEDULE.sampler_sigmas(steps, spacing), ref.sigmas, rtol=1e-4)
 
 
 @pytest.mark.parametrize("steps", STEP_COUNTS)

@@ -35,7 +35,13 @@ from core.train.autoencoder import (
     write_autoencoder,
 )
 from core.train.data import BatchOrder, BatchRandom, CaptionedFolder
-from core.train.diffusion import DiffusionStage, LatentCache, TextEncoderConfig, build_latent_cache
+from core.train.diffusion import (
+    DiffusionStage,
+    LatentCache,
+    NoiseTarget,
+    TextEncoderConfig,
+    build_latent_cache,
+)
 from core.train.export import TEXT_PREFIX, ModelDefaults, export_model
 from core.train.loop import EMA, Distributed, TrainSettings, train
 from core.unet import UNetConfig
@@ -145,6 +151,36 @@ def test_diffusion_loss_decreases_on_a_fixed_batch(tmp_path):
     values = losses(tmp_path)
     assert values[0] == pytest.approx(1.0, abs=0.2)   # the zero-initialised output predicts eps = 0
     assert sum(values[-5:]) < 0.6 * sum(values[:5])
+
+
+def test_v_objective_on_the_zero_terminal_snr_schedule():
+    """Loss = ||v_theta - (sqrt(abar) eps - sqrt(1 - abar) x0)||^2, and at t = 999 x_t holds no image."""
+    from core.schedules import ZERO_SNR_SCHEDULE
+
+    stage = diffusion_stage(target=NoiseTarget("v", zero_terminal_snr=True))
+    objective = stage.objective
+    seen = {}
+    forward = objective.unet.forward
+    objective.unet.forward = lambda x, t, context: seen.setdefault("x", x) * 0 + 0.5
+    g = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(3, 4, 4, 4, generator=g), torch.randn(3, 4, 4, 4, generator=g)
+    ids = stage.cache.ids[:3]
+    t = torch.tensor([0, 500, 999])
+    loss = objective(latents, t, noise, ids)["loss"]
+    objective.unet.forward = forward
+    abar = ZERO_SNR_SCHEDULE.alphas_cumprod[t][:, None, None, None]
+    v = abar.sqrt() * noise - (1 - abar).sqrt() * latents
+    assert loss.item() == pytest.approx(((0.5 - v) ** 2).mean().item(), rel=1e-6)
+    assert torch.allclose(seen["x"][2], noise[2], atol=1e-3)   # pure noise at the last timestep
+    assert torch.allclose(v[2], -latents[2], atol=1e-3)        # so the target there is the image itself
+    assert stage.description()["target"] == {"prediction": "v", "zero_terminal_snr": True, "snr_weight_range": None}
+
+
+def test_zero_terminal_snr_needs_v_prediction():
+    with pytest.raises(LatentDeskError, match="needs v-prediction"):
+        NoiseTarget("epsilon", zero_terminal_snr=True)
+    with pytest.raises(LatentDeskError, match="prediction must be one of"):
+        NoiseTarget("x0")
 
 
 def test_caption_dropout_rate_and_what_is_dropped():
@@ -296,6 +332,25 @@ def test_export_round_trip_keys_metadata_dtype_and_loader(tmp_path):
     assert torch.allclose(ours, theirs, atol=2e-2)   # the same conditioning, up to fp16 weights
 
 
+def test_export_states_v_prediction_and_the_schedule_and_the_loader_uses_them(tmp_path):
+    from core.checkpoint import load_model
+    from core.schedules import ZERO_SNR_SCHEDULE
+
+    stage = diffusion_stage()
+    vae = build_autoencoder(replace(VAE, scale_factor=0.25), seed=0)
+    path = export_model(tmp_path / "v.safetensors", stage.objective.unet, vae, stage.objective.text_model,
+                        ModelDefaults(size=64), prediction="v", zero_terminal_snr=True)
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata()
+    assert metadata["modelspec.prediction_type"] == "v"
+    assert json.loads(metadata["latentdesk.config"])["zero_terminal_snr"] is True
+    model = load_model(path)
+    assert model.prediction == "v" and model.family.zero_terminal_snr
+    assert model.family.schedule is ZERO_SNR_SCHEDULE
+    assert not load_model(export_model(tmp_path / "e.safetensors", stage.objective.unet, vae,
+                                       stage.objective.text_model)).family.zero_terminal_snr
+
+
 def test_export_refuses_unknown_sampler_and_dtype(tmp_path):
     with pytest.raises(LatentDeskError, match="Unknown sampler"):
         ModelDefaults(sampler="Warp")
@@ -373,3 +428,25 @@ def test_train_builtin_runs_both_stages_and_exports(tmp_path):
     assert model.vae.config.scale_factor == json.loads((tmp_path / "autoencoder/autoencoder.json").read_text())[
         "scale_factor"]
     assert json.loads((tmp_path / "builtin.json").read_text())["recipe"]["diffusion_items"] == 2
+
+
+def test_snr_weighted_loss_weighs_x0_errors_by_the_clamped_snr():
+    """A prediction that is off by d in x0 costs clamp(SNR, low, high) * d^2, whatever the timestep."""
+    from core.schedules import ZERO_SNR_SCHEDULE
+
+    stage = diffusion_stage(target=NoiseTarget("v", zero_terminal_snr=True, snr_weight_range=(0.1, 5.0)))
+    objective = stage.objective
+    g = torch.Generator().manual_seed(1)
+    latents, noise = torch.randn(1, 4, 4, 4, generator=g), torch.randn(1, 4, 4, 4, generator=g)
+    for t in (50, 400, 800, 999):
+        abar = ZERO_SNR_SCHEDULE.alphas_cumprod[t]
+        v = abar.sqrt() * noise - (1 - abar).sqrt() * latents
+        # off by d = 0.3 in x0 means off by -0.3 / sqrt(1 - abar) in v (x0 = alpha x_t - sigma v)
+        forward = objective.unet.forward
+        objective.unet.forward = lambda x, tt, c, v=v, abar=abar: v - 0.3 / (1 - abar).sqrt()
+        loss = objective(latents, torch.tensor([t]), noise, stage.cache.ids[:1])["loss"].item()
+        objective.unet.forward = forward
+        snr = (abar / (1 - abar)).item()
+        assert loss == pytest.approx(min(max(snr, 0.1), 5.0) * 0.09, rel=1e-3), t
+    with pytest.raises(LatentDeskError, match="SNR weight range"):
+        NoiseTarget("v", snr_weight_range=(0.0, 5.0))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -74,6 +74,8 @@ def section(title: str) -> QLabel:
 
 
 class ControlsPanel(QFrame):
+    edited = Signal()          # any setting that changes the picture was changed (Live mode listens)
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setObjectName("Controls")
@@ -166,7 +168,13 @@ class ControlsPanel(QFrame):
         outer.addLayout(buttons)
         self.setMinimumWidth(400)
         self.setMaximumWidth(560)
+        self.live = QCheckBox("Live")
+        self.live.setToolTip("Regenerate as you type or move a slider (the seed stays the same)")
         self.toolbar = self._build_toolbar()
+        for signal in (self.prompt.textChanged, self.negative.textChanged, self.guidance.valueChanged,
+                       self.steps.valueChanged, self.sampler.currentIndexChanged, self.width.valueChanged,
+                       self.height.valueChanged, self.seed.edit.textEdited, self.init_well.strength.valueChanged):
+            signal.connect(self.edited)
 
     def _build_toolbar(self) -> QWidget:
         """The strip above everything: the model (what every setting depends on) and the preview.
@@ -179,11 +187,13 @@ class ControlsPanel(QFrame):
         row.addWidget(title)
         row.addSpacing(18)
         row.addWidget(QLabel("Model"))
-        self.model_picker.setMinimumWidth(220)
+        self.model_picker.setMinimumWidth(190)
         row.addWidget(self.model_picker)
         # The description gives way first when the window is narrow.
         self.model_info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         row.addWidget(self.model_info, 1)
+        row.addWidget(self.live)
+        row.addSpacing(8)
         row.addWidget(QLabel("Preview"))
         row.addWidget(self.preview_mode)
         row.addWidget(self.preview_noisy)
@@ -271,7 +281,7 @@ class ControlsPanel(QFrame):
         if seed.isdigit():
             self.seed.set_seed(int(seed))
         self.seed.random.setChecked(read(settings, "form/seed_random", True))
-        mode = read(settings, "form/preview_mode", PreviewMode.VAE.value)
+        mode = read(settings, "form/preview_mode", PreviewMode.AUTO.value)
         index = self.preview_mode.findData(mode)
         self.preview_mode.setCurrentIndex(max(index, 0))
         self.preview_noisy.setChecked(read(settings, "form/preview_noisy", False))

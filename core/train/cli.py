@@ -67,6 +67,14 @@ def add_train_commands(subparsers) -> None:
                     help="share of samples trained with the empty caption (for classifier-free guidance)")
     df.add_argument("--guidance", type=float, default=R.defaults.guidance, help="the model's default guidance")
     df.add_argument("--sampler", default=R.defaults.sampler, help="the model's default sampler")
+    df.add_argument("--prediction", choices=("epsilon", "v"), default=R.target.prediction,
+                    help="what the UNet learns to predict: the noise (SD 1.x) or v (SD 2.x 768)")
+    df.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=R.target.zero_terminal_snr,
+                    help="train on the noise schedule that ends in pure noise (needs --prediction v); "
+                         "without it small pictures take their colours from the starting noise")
+    df.add_argument("--snr-weight", type=_floats, default=R.target.snr_weight_range, metavar="LOW,HIGH",
+                    help="weigh each sample's x0 error by its SNR clamped to [LOW, HIGH] (min-SNR with a floor); "
+                         "default: the plain loss")
     df.add_argument("--export-dtype", choices=("fp16", "fp32"), default=R.export_dtype)
     df.set_defaults(handler=run_train_diffusion)
 
@@ -90,6 +98,13 @@ def _ints(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, like 1,2,4; got {text!r}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, like 0.1,5; got {text!r}") from None
 
 
 def _data_args(parser) -> None:
@@ -161,7 +176,7 @@ def run_train_autoencoder(args) -> int:
 
 def run_train_diffusion(args) -> int:
     from core.train.autoencoder import autoencoder_id, load_autoencoder
-    from core.train.diffusion import TextEncoderConfig, train_diffusion
+    from core.train.diffusion import NoiseTarget, TextEncoderConfig, train_diffusion
     from core.train.export import ModelDefaults
     from core.train.loop import Distributed
     from core.unet import UNetConfig
@@ -179,9 +194,11 @@ def run_train_diffusion(args) -> int:
     text = TextEncoderConfig(hidden_size=args.text_width, intermediate_size=4 * args.text_width,
                              num_hidden_layers=args.text_layers, num_attention_heads=args.text_heads)
     defaults = ModelDefaults(size=args.size, guidance=args.guidance, sampler=args.sampler)
+    target = NoiseTarget(args.prediction, args.zero_terminal_snr,
+                         tuple(args.snr_weight) if args.snr_weight is not None else None)
     path = train_diffusion(vae, autoencoder_id(args.autoencoder), dataset, name, args.out, unet, text,
                            _settings(args, R.diffusion_train), caption_dropout=args.caption_dropout,
-                           defaults=defaults, export_dtype=args.export_dtype, processes=processes)
+                           defaults=defaults, target=target, export_dtype=args.export_dtype, processes=processes)
     if path is not None:
         print(f"diffusion: model written to {path}")
     return 0
@@ -214,6 +231,7 @@ def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
     path = train_diffusion(vae, autoencoder_id(first), shapes(seed, recipe.diffusion_items),
                            f"shapes seed {seed}, {recipe.diffusion_items} items", second, recipe.unet, recipe.text,
                            recipe.diffusion_train, caption_dropout=recipe.caption_dropout, defaults=recipe.defaults,
+                           target=recipe.target,
                            export_dtype=recipe.export_dtype, export_path=out / BUILTIN_FILE, processes=processes)
     if processes.is_main:
         reports = {name: json.loads((out / name / f"{name}.json").read_text()) for name in ("autoencoder", "diffusion")}

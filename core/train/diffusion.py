@@ -26,9 +26,10 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from core.denoiser import PREDICTIONS
 from core.errors import LatentDeskError
 from core.families import EOS_ID, SD1
-from core.schedules import SD_SCHEDULE, NoiseSchedule
+from core.schedules import NoiseSchedule, schedule_for
 from core.text_encoder import BOS_ID, TextEncoder
 from core.tokenizer import ClipTokenizer
 from core.train.data import BatchRandom, image_and_caption
@@ -57,6 +58,31 @@ class TextEncoderConfig:
 
     def clip_config(self) -> CLIPTextConfig:
         return CLIPTextConfig(**asdict(self), bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
+
+
+@dataclass(frozen=True)
+class NoiseTarget:
+    """What the UNet learns to predict, and on which noise schedule (core/schedules.py)."""
+
+    prediction: str = "epsilon"        # "epsilon" (DDPM, SD 1.x) or "v" (Salimans & Ho 2022, SD 2.x 768)
+    zero_terminal_snr: bool = False    # the schedule ends in pure noise; needs prediction "v"
+    # Weigh each sample's error, measured on x0, by its SNR clamped to [low, high] (min-SNR, Hang et al.
+    # 2023, with a floor). Plain v-prediction weighs x0 errors by SNR + 1: samples near pure noise, whose
+    # error is mostly what the caption leaves open, then dominate the gradient. None: the plain loss.
+    snr_weight_range: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise LatentDeskError(f"prediction must be one of {', '.join(PREDICTIONS)}, not {self.prediction!r}")
+        if self.zero_terminal_snr and self.prediction != "v":
+            raise LatentDeskError("a zero-terminal-SNR schedule needs v-prediction: at pure noise, "
+                                  "the noise says nothing about the image")
+        if self.snr_weight_range is not None and not 0 < self.snr_weight_range[0] <= self.snr_weight_range[1]:
+            raise LatentDeskError(f"the SNR weight range must be 0 < low <= high, not {self.snr_weight_range}")
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return schedule_for(self.zero_terminal_snr)
 
 
 def build_networks(unet_config: UNetConfig, text_config: TextEncoderConfig, seed: int) -> tuple[UNet, CLIPTextModel]:
@@ -138,14 +164,16 @@ def build_latent_cache(vae: AutoencoderKL, dataset, batch_size: int = 32, stream
 # --- the objective and the stage --------------------------------------------------------------------
 
 class DiffusionObjective(nn.Module):
-    """eps-prediction loss of a UNet conditioned on a jointly trained text encoder."""
+    """The eps- or v-prediction loss of a UNet conditioned on a jointly trained text encoder."""
 
-    def __init__(self, unet: UNet, text_model: CLIPTextModel, schedule: NoiseSchedule = SD_SCHEDULE):
+    def __init__(self, unet: UNet, text_model: CLIPTextModel, target: NoiseTarget = NoiseTarget()):
         super().__init__()
         self.unet = unet
         # The same wrapper inference uses, so training conditions exactly as sampling will.
         self.text_encoder = TextEncoder([text_model], [TEXT_SPEC])
-        self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.clone(), persistent=False)
+        self.prediction = target.prediction
+        self.snr_weight_range = target.snr_weight_range
+        self.register_buffer("alphas_cumprod", target.schedule.alphas_cumprod.clone(), persistent=False)
 
     @property
     def text_model(self) -> CLIPTextModel:
@@ -157,7 +185,19 @@ class DiffusionObjective(nn.Module):
         noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise        # q(x_t | x_0), DDPM eq. 4
         context, _ = self.text_encoder([ids])                            # (B, 77, width)
         prediction = self.unet(noisy, timesteps.float(), context)
-        return {"loss": F.mse_loss(prediction, noise)}
+        if self.prediction == "v":
+            target = abar.sqrt() * noise - (1 - abar).sqrt() * latents   # v = α·ε − σ·x0
+        else:
+            target = noise
+        if self.snr_weight_range is None:
+            return {"loss": F.mse_loss(prediction, target)}
+        # An error e in x0 is an error e·sqrt(SNR + 1) in v and e·sqrt(SNR) in ε, so the plain loss
+        # already weighs x0 errors by SNR + 1 (v) or SNR (ε); rescale that to the clamped SNR.
+        snr = abar / (1 - abar)
+        natural = snr + 1 if self.prediction == "v" else snr
+        weight = snr.clamp(*self.snr_weight_range) / natural                # (B, 1, 1, 1)
+        per_sample = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
+        return {"loss": (weight.flatten() * per_sample).mean()}
 
 
 class DiffusionStage:
@@ -166,7 +206,8 @@ class DiffusionStage:
     kind = "diffusion"
 
     def __init__(self, cache: LatentCache, unet_config: UNetConfig, text_config: TextEncoderConfig,
-                 data_name: str, autoencoder: str, caption_dropout: float = 0.1, seed: int = 0):
+                 data_name: str, autoencoder: str, caption_dropout: float = 0.1, seed: int = 0,
+                 target: NoiseTarget = NoiseTarget()):
         if not 0 <= caption_dropout < 1:
             raise LatentDeskError(f"caption dropout must be in [0, 1), not {caption_dropout!r}")
         if unet_config.in_channels != cache.mean.shape[1]:
@@ -174,7 +215,8 @@ class DiffusionStage:
                                   f"{cache.mean.shape[1]}")
         self.cache, self.unet_config, self.text_config = cache, unet_config, text_config
         self.data_name, self.autoencoder, self.caption_dropout, self.seed = data_name, autoencoder, caption_dropout, seed
-        self.objective = DiffusionObjective(*build_networks(unet_config, text_config, seed))
+        self.target = target
+        self.objective = DiffusionObjective(*build_networks(unet_config, text_config, seed), target)
         self.length = len(cache)
         self.empty_ids = torch.tensor(token_ids(ClipTokenizer(), ""), dtype=torch.int64)
 
@@ -183,7 +225,7 @@ class DiffusionStage:
         mean, logvar = self.cache.mean[rows], self.cache.logvar[rows]
         shape = mean.shape[1:]
         latents = (mean + torch.exp(0.5 * logvar) * random.randn(*shape)) * self.cache.scale_factor
-        timesteps = random.randint(SD_SCHEDULE.num_timesteps)
+        timesteps = random.randint(self.target.schedule.num_timesteps)
         noise = random.randn(*shape)
         dropped = random.rand() < self.caption_dropout                    # (B,)
         ids = torch.where(dropped[:, None], self.empty_ids, self.cache.ids[rows])
@@ -191,7 +233,8 @@ class DiffusionStage:
 
     def description(self) -> dict:
         return {"unet": asdict(self.unet_config), "text_encoder": asdict(self.text_config), "data": self.data_name,
-                "autoencoder": self.autoencoder, "caption_dropout": self.caption_dropout, "init_seed": self.seed}
+                "autoencoder": self.autoencoder, "caption_dropout": self.caption_dropout, "init_seed": self.seed,
+                "target": asdict(self.target)}
 
 
 def prepare_cache(vae: AutoencoderKL, dataset, folder: Path, fingerprint: str, processes: Distributed,
@@ -211,7 +254,8 @@ def prepare_cache(vae: AutoencoderKL, dataset, folder: Path, fingerprint: str, p
 
 def train_diffusion(vae: AutoencoderKL, autoencoder_id: str, dataset, data_name: str, folder: str | Path,
                     unet_config: UNetConfig, text_config: TextEncoderConfig, settings: TrainSettings, *,
-                    caption_dropout: float, defaults: ModelDefaults, export_dtype: str = "fp16",
+                    caption_dropout: float, defaults: ModelDefaults, target: NoiseTarget = NoiseTarget(),
+                    export_dtype: str = "fp16",
                     export_path: str | Path | None = None, processes: Distributed | None = None,
                     stream=None) -> Path | None:
     """Cache latents, train (or resume), export the final (EMA) weights with the VAE (default `folder/model.safetensors`).
@@ -223,13 +267,13 @@ def train_diffusion(vae: AutoencoderKL, autoencoder_id: str, dataset, data_name:
     fingerprint = json.dumps({"autoencoder": autoencoder_id, "data": data_name, "items": len(dataset)})
     cache = prepare_cache(vae, dataset, folder, fingerprint, processes, stream)
     stage = DiffusionStage(cache, unet_config, text_config, data_name, autoencoder_id, caption_dropout,
-                           settings.seed)
+                           settings.seed, target)
     trained = train(stage, settings, folder, processes, stream)
     path = None
     if processes.is_main:
         objective = trained.final()
         path = export_model(export_path or folder / MODEL_FILE, objective.unet, vae, objective.text_model, defaults,
-                            export_dtype)
+                            export_dtype, prediction=target.prediction, zero_terminal_snr=target.zero_terminal_snr)
         write_json(folder / REPORT_FILE, {"steps": trained.step, "train_seconds": round(trained.seconds, 1),
                                           "items": len(cache), "data": data_name, "model": path.name})
         (stream or sys.stderr).write(f"wrote {path}\n")

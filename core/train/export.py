@@ -4,7 +4,7 @@
     first_stage_model.*                            the autoencoder (core/vae.py keys)
     cond_stage_model.transformer.text_model.*      the CLIP text encoder (transformers layout)
 
-and in the metadata `modelspec.prediction_type = "epsilon"` and `latentdesk.config`, the
+and in the metadata `modelspec.prediction_type` ("epsilon" or "v") and `latentdesk.config`, the
 JSON that says what the shapes cannot: heads, activation, the latent scale factor and the
 model's default size, steps, guidance and sampler (core/embedded_config.py reads it).
 So `core.checkpoint.load_model` loads it by the same code path as any SD checkpoint.
@@ -56,7 +56,8 @@ def export_state(unet: UNet, vae: AutoencoderKL, text_model: CLIPTextModel) -> d
 
 
 def export_model(path: str | Path, unet: UNet, vae: AutoencoderKL, text_model: CLIPTextModel,
-                 defaults: ModelDefaults = ModelDefaults(), dtype: str = "fp16", title: str = "") -> Path:
+                 defaults: ModelDefaults = ModelDefaults(), dtype: str = "fp16", title: str = "", *,
+                 prediction: str = "epsilon", zero_terminal_snr: bool = False) -> Path:
     """Write the three networks and their config to `path` (atomically); returns the path."""
     if dtype not in DTYPES:
         raise LatentDeskError(f"export dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
@@ -69,8 +70,8 @@ def export_model(path: str | Path, unet: UNet, vae: AutoencoderKL, text_model: C
     text = {k: getattr(text_model.config, k) for k in TEXT_SETTINGS}
     config = embedded_config.to_metadata("sd1", unet.config, vae.config, text, default_size=defaults.size,
                                          default_steps=defaults.steps, default_guidance=float(defaults.guidance),
-                                         default_sampler=defaults.sampler)
-    metadata = {"modelspec.prediction_type": "epsilon", embedded_config.KEY: config}
+                                         default_sampler=defaults.sampler, zero_terminal_snr=zero_terminal_snr)
+    metadata = {"modelspec.prediction_type": prediction, embedded_config.KEY: config}
     if title:
         metadata["modelspec.title"] = title
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The built-in model's recipe: every setting `latentdesk train builtin` uses, in one frozen value.
 
-Budgets (issue 4): 128x128 in 20 steps with guidance, VAE decode included, in <= 1 s on the
+Budgets (issue 4; the accuracy bars are not met yet: see `target` below): 128x128 in 20 steps with guidance, VAE decode included, in <= 1 s on the
 2-core CPU; <= 40 MB on disk; both stages trained in <= 3 hours on that CPU.
 
 Measured on that CPU (Xeon with AVX-512/AMX, 2 threads, machine otherwise idle, medians):
@@ -16,9 +16,10 @@ Measured on that CPU (Xeon with AVX-512/AMX, 2 threads, machine otherwise idle, 
               28.1 dB at 2,400 (constant lr); the cosine decay and 4,500 steps are for the 30 dB bar.
   cache       encoding 20,000 renders: ~45 images/s -> ~7.5 min
   stage 2     one step, batch 32: 650 ms (bf16 autocast: no faster at these sizes)
-              -> 10,000 steps ~ 1 h 50 min
-  total       ~2 h 35 min, idle machine. Other PyTorch jobs on the same 2 cores slow every
+              -> 6,000 steps: 75 min measured (4,510 s, the machine lightly shared)
+  total       ~2 h, idle machine. Other PyTorch jobs on the same 2 cores slow every
               step 2-8x (OpenMP threads waiting on each other); see core/train/cli.py.
+On one H100 (`--device cuda`): stage 1 in 3.4 min (PSNR 32.4 dB), stage 2 ~13 steps/s.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.train.autoencoder import AutoencoderLoss
-from core.train.diffusion import TextEncoderConfig
+from core.train.diffusion import NoiseTarget, TextEncoderConfig
 from core.train.export import ModelDefaults
 from core.train.loop import TrainSettings
 from core.unet import UNetConfig
@@ -61,14 +62,29 @@ class BuiltinRecipe:
     # The 49,408 x width token table is most of the text encoder's bytes: at width 64 it is 6 MB in fp16.
     text: TextEncoderConfig = TextEncoderConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=4,
                                                 num_attention_heads=2)
-    diffusion_train: TrainSettings = TrainSettings(steps=10_000, batch_size=32, lr=5e-4, warmup_steps=500,
-                                                   lr_decay_until=10_000, ema_decay=0.999,
+    diffusion_train: TrainSettings = TrainSettings(steps=6_000, batch_size=32, lr=5e-4, warmup_steps=500,
+                                                   lr_decay_until=6_000, ema_decay=0.999,
                                                    checkpoint_every=500, log_every=50)
     diffusion_items: int = 20_000     # captioned renders, each encoded once into the latent cache
     caption_dropout: float = 0.1      # share of samples trained unconditionally (the empty caption)
+    # NOT YET VALIDATED: no run of this recipe has met issue 4's accuracy bars. What was measured
+    # (held-out captions, guidance 5, 100 captions; colour / background / shape / position / size %):
+    # 1. ε-prediction on SD's own schedule, 6,000 steps (GPU): 13 / 9 / 91 / 8 / 98. SD's schedule
+    #    keeps 6.8 % of the image in x_T; averaged over a 16x16 latent that tells the flat background
+    #    colour and where the object is, so the model learnt to take them from the noise it starts
+    #    from, not from the caption (chance is 8 / 8 / 17 / 11 / 33).
+    # 2. v-prediction on the zero-terminal-SNR schedule (Lin et al. 2023: x_T is pure noise), plain
+    #    loss, 6,000 steps (CPU, 75 min): 16 / 28 / 13 / 6 / 32 -- blobs. Its x0 error at t = 300 was
+    #    twice the first run's: v's loss weighs x0 errors by SNR + 1, so the samples near pure noise
+    #    (error mostly what the caption leaves open) dominate the gradient.
+    # 3. (this recipe, running) the same with each sample's x0 error weighed by its SNR clamped to
+    #    [0.1, 5] (min-SNR, Hang et al. 2023, with a floor so that pure noise still learns the caption).
+    target: NoiseTarget = NoiseTarget(prediction="v", zero_terminal_snr=True, snr_weight_range=(0.1, 5.0))
 
     # The shipped file.
-    defaults: ModelDefaults = ModelDefaults(size=128, steps=20, guidance=5.0, sampler="DPM++ 2M Karras")
+    # Karras sigmas would spend most of 20 steps near sigma_max = 4096 on this schedule; DPM++ 2M's own
+    # spacing starts at t = 999 (pure noise) and then walks the usual range.
+    defaults: ModelDefaults = ModelDefaults(size=128, steps=20, guidance=5.0, sampler="DPM++ 2M")
     export_dtype: str = "fp16"        # 17.1 M parameters: 34.4 MB in fp16, 69 MB in fp32
 
 

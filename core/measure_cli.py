@@ -1,0 +1,131 @@
+"""`latentdesk eval shapes` and `latentdesk bench`: how good and how fast a model is, measured.
+
+    latentdesk eval shapes [--model builtin|PATH] [--guidance G ...] [--steps N] [--sampler NAME] [--n N]
+                           [--seed S] [--json FILE] [--images DIR]
+    latentdesk bench [--model builtin|PATH] [--runs N] [--size PX] [--steps N] [--guidance G] [--sampler NAME]
+
+`eval shapes` draws one image per held-out caption (templates never used in training) and reads
+each back with the analytic checker (core/shapes/checker.py); it first scores the captions' own
+renders, which must come out at 100 %. `bench` times whole txt2img runs (prompt encoding,
+every guided step, VAE decode) after one warm-up run and reports the median.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from core.shapes.evaluate import EVAL_SEED
+
+COLUMNS = (("color", "colour"), ("background", "background"), ("shape", "shape"), ("position", "position"),
+           ("size", "size"))
+
+
+def add_measure_commands(commands) -> None:
+    ev = commands.add_parser("eval", help="measure a model against the captioned-shapes world")
+    kinds = ev.add_subparsers(dest="eval_kind", required=True)
+    shapes = kinds.add_parser("shapes", help="accuracy on held-out shapes captions, read back by the checker")
+    shapes.add_argument("--model", default="builtin")
+    shapes.add_argument("--guidance", type=float, nargs="+", help="one or more scales (default: the model's)")
+    shapes.add_argument("--steps", type=int, help="default: the model's")
+    shapes.add_argument("--sampler", help="default: the model's")
+    shapes.add_argument("--n", type=int, default=200, help="held-out captions (default 200)")
+    shapes.add_argument("--seed", type=int, default=EVAL_SEED, help="scenes and image seeds (image i: seed + i)")
+    shapes.add_argument("--json", help="also write the results to this JSON file")
+    shapes.add_argument("--images", help="save each generated image here, named by index and caption")
+    shapes.set_defaults(handler=run_eval_shapes)
+
+    bench = commands.add_parser("bench", help="time txt2img end to end (median of several runs)")
+    bench.add_argument("--model", default="builtin")
+    bench.add_argument("--runs", type=int, default=5)
+    bench.add_argument("--size", type=int, help="width and height in px (default: the model's)")
+    bench.add_argument("--steps", type=int, help="default: the model's")
+    bench.add_argument("--guidance", type=float, help="default: the model's (1 = unguided, one UNet call a step)")
+    bench.add_argument("--sampler", help="default: the model's")
+    bench.add_argument("--prompt", default="a large red star in the top left corner on a blue background")
+    bench.set_defaults(handler=run_bench)
+
+
+def _load(name: str):
+    from core.checkpoint import load_model
+    from core.resources import resolve_model
+    return load_model(resolve_model(name))
+
+
+def _row(label: str, tally) -> str:
+    cells = "".join(f"{100 * tally.accuracy(key):>12.1f}" for key, _ in COLUMNS)
+    return f"{label:<22}{cells}{100 * tally.all_named:>12.1f}"
+
+
+def run_eval_shapes(args) -> int:
+    from core.errors import LatentDeskError
+    from core.shapes.evaluate import EvalSettings, evaluate, ground_truth, heldout_cases
+
+    if args.n < 1:
+        raise LatentDeskError(f"--n must be at least 1, not {args.n}")
+    model = _load(args.model)
+    family = model.family
+    scales = args.guidance or [family.default_guidance]
+    steps = args.steps or family.default_steps
+    sampler = args.sampler or family.default_sampler
+    cases = heldout_cases(args.n, args.seed)
+    images_dir = Path(args.images) if args.images else None
+    if images_dir:
+        images_dir.mkdir(parents=True, exist_ok=True)
+
+    print(f"{model.name}: {args.n} held-out captions (templates never trained on), {steps} steps, {sampler}, "
+          f"image seeds {args.seed}..{args.seed + args.n - 1}")
+    print(f"{'accuracy %':<22}" + "".join(f"{title:>12}" for _, title in COLUMNS) + f"{'all named':>12}")
+    truth = ground_truth(cases)
+    print(_row("rendered ground truth", truth), flush=True)
+    results = {"model": str(model.source), "n": args.n, "seed": args.seed, "steps": steps, "sampler": sampler,
+               "ground_truth": truth.as_dict(), "guidance": {}}
+    for scale in scales:
+        started = time.perf_counter()
+
+        def on_image(i, case, image, scale=scale):
+            print(f"\rguidance {scale:g}: image {i + 1}/{args.n}", end="", file=sys.stderr, flush=True)
+            if images_dir:
+                safe = "".join(c if c.isalnum() else "_" for c in case.caption)[:60]
+                image.save(images_dir / f"g{scale:g}_{i:04d}_{safe}.png")
+
+        tally = evaluate(model, cases, EvalSettings(scale, steps, sampler, args.seed, family.default_size), on_image)
+        seconds = time.perf_counter() - started
+        print("\r", end="", file=sys.stderr)
+        print(_row(f"guidance {scale:g}", tally), flush=True)
+        results["guidance"][f"{scale:g}"] = {**tally.as_dict(), "seconds": round(seconds, 1)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def run_bench(args) -> int:
+    import torch
+
+    from core.errors import LatentDeskError
+    from core.generate import generate
+    from core.request import GenerationRequest
+
+    if args.runs < 1:
+        raise LatentDeskError(f"--runs must be at least 1, not {args.runs}")
+    model = _load(args.model)
+    family = model.family
+    size = args.size or family.default_size
+    request = GenerationRequest(prompt=args.prompt, steps=args.steps or family.default_steps,
+                                guidance=family.default_guidance if args.guidance is None else args.guidance,
+                                sampler=args.sampler or family.default_sampler, width=size, height=size)
+    print(f"{model.name}: {size}x{size}, {request.steps} steps, {request.sampler}, guidance {request.guidance:g}, "
+          f"VAE decode included; {torch.get_num_threads()} threads on {model.device}")
+    generate(request, model)  # warm-up: first-call allocations and kernel choices
+    times = []
+    for run in range(args.runs):
+        started = time.perf_counter()
+        generate(replace(request, seed=run), model)
+        times.append(time.perf_counter() - started)
+        print(f"  run {run + 1}: {times[-1]:.3f} s", flush=True)
+    print(f"median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}) over {args.runs} runs")
+    return 0
