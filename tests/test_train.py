@@ -450,3 +450,31 @@ def test_snr_weighted_loss_weighs_x0_errors_by_the_clamped_snr():
         assert loss == pytest.approx(min(max(snr, 0.1), 5.0) * 0.09, rel=1e-3), t
     with pytest.raises(LatentDeskError, match="SNR weight range"):
         NoiseTarget("v", snr_weight_range=(0.0, 5.0))
+
+
+def test_snapshot_exports_an_unfinished_runs_ema_weights_and_refuses_another_autoencoder(tmp_path, capsys):
+    from core.checkpoint import load_model
+    from core.cli import main
+    from core.train.autoencoder import autoencoder_id
+    from core.train.diffusion import export_snapshot
+
+    vae = build_autoencoder(replace(VAE, scale_factor=0.5), seed=0)
+    write_autoencoder(tmp_path / "ae.safetensors", vae)
+    ae_id = autoencoder_id(tmp_path / "ae.safetensors")
+    stage = diffusion_stage(autoencoder=ae_id, target=NoiseTarget("v", zero_terminal_snr=True))
+    run = tmp_path / "run"
+    trained = train(stage, settings(steps=4, checkpoint_every=2, ema_decay=0.9), run, ONE, io.StringIO())
+
+    assert main(["train", "snapshot", str(run), "--autoencoder", str(tmp_path / "ae.safetensors"),
+                 "--out", str(tmp_path / "snap.safetensors")]) == 0
+    assert "the model at step 4 (EMA weights)" in capsys.readouterr().out
+    model = load_model(tmp_path / "snap.safetensors")
+    assert model.prediction == "v" and model.family.zero_terminal_snr
+    ema_unet = {k.removeprefix("unet."): v for k, v in trained.ema.shadow.items() if k.startswith("unet.")}
+    for name, value in model.unet.named_parameters():
+        assert torch.allclose(value, ema_unet[name].half().float()), name   # the EMA's, not the raw weights
+
+    with pytest.raises(LatentDeskError, match="trained on autoencoder"):
+        export_snapshot(run, vae, "sha256:0000", tmp_path / "x.safetensors", ModelDefaults())
+    with pytest.raises(LatentDeskError, match="no training checkpoint"):
+        export_snapshot(tmp_path, vae, ae_id, tmp_path / "x.safetensors", ModelDefaults())

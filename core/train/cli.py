@@ -3,6 +3,7 @@
     latentdesk train autoencoder (--data DIR | --shapes) --out DIR [--steps N] [--batch-size B] [--lr LR] [--seed S] ...
     latentdesk train diffusion --autoencoder FILE|DIR (--data DIR | --shapes) --out DIR [...]
     latentdesk train builtin --out DIR          # both stages with BUILTIN_RECIPE, then DIR/builtin.safetensors
+    latentdesk train snapshot RUN --autoencoder FILE|DIR --out FILE   # an unfinished stage-2 run's model
 
 Every command resumes from the checkpoint in its --out folder when there is one: run
 the same command again after an interruption. Defaults are the built-in recipe's.
@@ -77,6 +78,15 @@ def add_train_commands(subparsers) -> None:
                          "default: the plain loss")
     df.add_argument("--export-dtype", choices=("fp16", "fp32"), default=R.export_dtype)
     df.set_defaults(handler=run_train_diffusion)
+
+    snap = stages.add_parser("snapshot", help="export the model of an unfinished stage-2 run (its last checkpoint)")
+    snap.add_argument("run", help="the stage-2 --out folder")
+    snap.add_argument("--autoencoder", required=True, help="the stage-1 autoencoder the run was trained on")
+    snap.add_argument("--out", required=True, help="the .safetensors file to write")
+    snap.add_argument("--guidance", type=float, default=R.defaults.guidance)
+    snap.add_argument("--sampler", default=R.defaults.sampler)
+    snap.add_argument("--size", type=int, default=R.defaults.size)
+    snap.set_defaults(handler=run_train_snapshot)
 
     builtin = stages.add_parser("builtin", help="reproduce the shipped built-in model (both stages, fixed recipe)")
     builtin.add_argument("--out", required=True, help="working folder; rerun the same command to resume")
@@ -201,6 +211,18 @@ def run_train_diffusion(args) -> int:
                            defaults=defaults, target=target, export_dtype=args.export_dtype, processes=processes)
     if path is not None:
         print(f"diffusion: model written to {path}")
+    return 0
+
+
+def run_train_snapshot(args) -> int:
+    from core.train.autoencoder import autoencoder_id, load_autoencoder
+    from core.train.diffusion import export_snapshot
+    from core.train.export import ModelDefaults
+
+    defaults = ModelDefaults(size=args.size, guidance=args.guidance, sampler=args.sampler)
+    path, step = export_snapshot(args.run, load_autoencoder(args.autoencoder), autoencoder_id(args.autoencoder),
+                                 args.out, defaults)
+    print(f"the model at step {step} (EMA weights) -> {path}")
     return 0
 
 

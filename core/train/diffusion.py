@@ -34,7 +34,16 @@ from core.text_encoder import BOS_ID, TextEncoder
 from core.tokenizer import ClipTokenizer
 from core.train.data import BatchRandom, image_and_caption
 from core.train.export import ModelDefaults, export_model
-from core.train.loop import Distributed, Progress, TrainSettings, save_tensors, train, write_json
+from core.train.loop import (
+    CHECKPOINT_DIR,
+    Distributed,
+    Progress,
+    TrainSettings,
+    read_checkpoint,
+    save_tensors,
+    train,
+    write_json,
+)
 from core.unet import UNet, UNetConfig
 from core.vae import AutoencoderKL
 
@@ -279,3 +288,36 @@ def train_diffusion(vae: AutoencoderKL, autoencoder_id: str, dataset, data_name:
         (stream or sys.stderr).write(f"wrote {path}\n")
     processes.barrier()
     return path
+
+
+def export_snapshot(folder: str | Path, vae: AutoencoderKL, autoencoder: str, out: str | Path,
+                    defaults: ModelDefaults, export_dtype: str = "fp16") -> tuple[Path, int]:
+    """The model as it stands at the last checkpoint of an unfinished stage-2 run in `folder` (EMA weights).
+
+    `autoencoder` is the stage-1 id (`autoencoder_id`) the caller loaded `vae` from; a run trained on
+    another autoencoder is refused, as its latents would mean something else. Returns (path, step).
+    """
+    folder = Path(folder)
+    found = read_checkpoint(folder / CHECKPOINT_DIR)
+    if found is None:
+        raise LatentDeskError(f"{folder}: no training checkpoint here (a stage-2 run's --out folder has one)")
+    tensors, meta = found
+    if meta.get("stage") != "diffusion":
+        raise LatentDeskError(f"{folder}: the checkpoint is of a {meta.get('stage')} run, not a diffusion one")
+    described = meta["description"]
+    if described.get("autoencoder") != autoencoder:
+        raise LatentDeskError(f"{folder} was trained on autoencoder {described.get('autoencoder')}, "
+                              f"not on the one given ({autoencoder})")
+    unet_config = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in described["unet"].items()})
+    text_config = TextEncoderConfig(**described["text_encoder"])
+    target = NoiseTarget(**{k: tuple(v) if isinstance(v, list) else v for k, v in described.get("target", {}).items()})
+    objective = DiffusionObjective(*build_networks(unet_config, text_config, 0), target)
+    objective.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    parameters = dict(objective.named_parameters())
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key.startswith("ema."):
+                parameters[key.removeprefix("ema.")].copy_(value)
+    path = export_model(out, objective.unet, vae, objective.text_model, defaults, export_dtype,
+                        prediction=target.prediction, zero_terminal_snr=target.zero_terminal_snr)
+    return path, meta["step"]
