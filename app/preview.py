@@ -63,7 +63,6 @@ class AutoPreview:
         self.started = clock()
         self.spent = 0.0                   # seconds in VAE decodes so far
         self.decode_seconds: float | None = None
-        self.last_vae_step = -1
 
     def __call__(self, step: StepInfo, noisy: bool) -> QImage:
         now = self.clock()
@@ -75,7 +74,6 @@ class AutoPreview:
             took = self.clock() - now
             self.spent += took
             self.decode_seconds = took
-            self.last_vae_step = step.i
             return image
         return self.fast(step, noisy)
 
