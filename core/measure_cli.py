@@ -37,6 +37,7 @@ def add_measure_commands(commands) -> None:
     shapes.add_argument("--seed", type=int, default=EVAL_SEED, help="scenes and image seeds (image i: seed + i)")
     shapes.add_argument("--json", help="also write the results to this JSON file")
     shapes.add_argument("--images", help="save each generated image here, named by index and caption")
+    shapes.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     shapes.set_defaults(handler=run_eval_shapes)
 
     bench = commands.add_parser("bench", help="time txt2img end to end (median of several runs)")
@@ -46,14 +47,15 @@ def add_measure_commands(commands) -> None:
     bench.add_argument("--steps", type=int, help="default: the model's")
     bench.add_argument("--guidance", type=float, help="default: the model's (1 = unguided, one UNet call a step)")
     bench.add_argument("--sampler", help="default: the model's")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     bench.add_argument("--prompt", default="a large red star in the top left corner on a blue background")
     bench.set_defaults(handler=run_bench)
 
 
-def _load(name: str):
+def _load(name: str, device: str = "cpu"):
     from core.checkpoint import load_model
     from core.resources import resolve_model
-    return load_model(resolve_model(name))
+    return load_model(resolve_model(name), device=device)
 
 
 def _row(label: str, tally) -> str:
@@ -67,7 +69,7 @@ def run_eval_shapes(args) -> int:
 
     if args.n < 1:
         raise LatentDeskError(f"--n must be at least 1, not {args.n}")
-    model = _load(args.model)
+    model = _load(args.model, args.device)
     family = model.family
     scales = args.guidance or [family.default_guidance]
     steps = args.steps or family.default_steps
@@ -112,7 +114,7 @@ def run_bench(args) -> int:
 
     if args.runs < 1:
         raise LatentDeskError(f"--runs must be at least 1, not {args.runs}")
-    model = _load(args.model)
+    model = _load(args.model, args.device)
     family = model.family
     size = args.size or family.default_size
     request = GenerationRequest(prompt=args.prompt, steps=args.steps or family.default_steps,

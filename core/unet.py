@@ -29,10 +29,23 @@ class UNetConfig:
     use_linear_in_transformer: bool = False      # SD2/SDXL: Linear proj_in/proj_out instead of 1x1 conv
     adm_in_channels: int | None = None           # SDXL: pooled text + size/crop embedding width (2816)
     norm_groups: int = 32
+    # Two more input channels holding each latent pixel's x and y in [-1, 1] (CoordConv, Liu et al.
+    # 2018). Off in every SD model. Zero padding only hints at where a pixel is, and at pure noise
+    # nothing else does: a small model trained briefly cannot place "top left" without it.
+    coord_channels: bool = False
 
     @property
     def levels(self) -> int:
         return len(self.channel_mult)
+
+
+def coordinates(x: Tensor) -> Tensor:
+    """(B, 2, H, W): x then y of each pixel centre, -1 at the left/top edge to 1 at the right/bottom."""
+    b, _, height, width = x.shape
+    ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, device=x.device, dtype=x.dtype)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y]).expand(b, 2, height, width)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -231,7 +244,8 @@ class UNet(nn.Module):
         def attention(ch: int, heads: int, depth: int) -> SpatialTransformer:
             return SpatialTransformer(ch, heads, depth, c.context_dim, c.use_linear_in_transformer, groups)
 
-        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(c.in_channels, mc, 3, padding=1)])])
+        in_ch = c.in_channels + (2 if c.coord_channels else 0)
+        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(in_ch, mc, 3, padding=1)])])
         skip_channels = [mc]
         ch = mc
         for level, mult in enumerate(c.channel_mult):
@@ -281,6 +295,8 @@ class UNet(nn.Module):
         context = context.to(dtype)
 
         h = x.to(dtype)
+        if self.config.coord_channels:
+            h = torch.cat([h, coordinates(h)], dim=1)
         skips = []
         for block in self.input_blocks:
             h = block(h, emb, context)

@@ -1,8 +1,8 @@
 """Resident memory over many generations in one app session (issue 5's leak check).
 
-    QT_QPA_PLATFORM=offscreen python scripts/bench_app_memory.py [--runs 100] [--preview auto]
+    QT_QPA_PLATFORM=offscreen python scripts/bench_app_memory.py [--runs 100] [--preview auto] [--model FILE]
 
-Opens the real window on the built-in model (offscreen, in throwaway data and output folders),
+Opens the real window on the built-in model (or FILE, as if the user had picked it last time) (offscreen, in throwaway data and output folders),
 presses Generate `runs` times, waiting for each image, and prints the resident set size (RSS)
 after runs 1, 10, 20, ..., and the growth from run 10 to the last (the bar: < 5 %).
 """
@@ -27,14 +27,17 @@ def rss_mib() -> float:
     return float("nan")
 
 
-async def bench(runs: int, preview: str) -> int:
+async def bench(runs: int, preview: str, model: str | None) -> int:
     from app.jobs import Finished, PreviewMode
     from app.settings import AppPaths, open_settings
     from app.window import MainWindow
 
     folder = Path(tempfile.mkdtemp(prefix="latentdesk-bench-"))
     paths = AppPaths(folder / "data", folder / "out", folder / "data" / "settings.ini")
-    window = MainWindow(paths, open_settings(paths))
+    settings = open_settings(paths)
+    if model:
+        settings.setValue("model", str(Path(model).resolve()))
+    window = MainWindow(paths, settings)
     window.show()
     while window.model is None:
         await asyncio.sleep(0.05)
@@ -66,6 +69,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--preview", default="auto", choices=("auto", "vae", "fast", "off"))
+    parser.add_argument("--model", help="a model file to open instead of the built-in one")
     args = parser.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     import qasync
@@ -73,7 +77,7 @@ def main() -> int:
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     with asyncio.Runner(loop_factory=qasync.QEventLoop) as runner:
-        code = runner.run(bench(args.runs, args.preview))
+        code = runner.run(bench(args.runs, args.preview, args.model))
     del app
     return code
 

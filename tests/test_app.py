@@ -516,3 +516,32 @@ def test_latentdesk_without_arguments_opens_the_window_and_exits_cleanly(tmp_pat
     assert result.returncode == 0, result.stderr
     assert "Latent Desk window opened" in result.stdout
     assert (tmp_path / "data" / "settings.ini").is_file()     # settings went to the data folder given
+
+
+def _run_main(args: list[str], tmp_path: Path, prelude: str = "") -> subprocess.CompletedProcess:
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", LATENTDESK_DATA_DIR=str(tmp_path / "data"),
+               LATENTDESK_OUTPUT_DIR=str(tmp_path / "out"))
+    return subprocess.run([sys.executable, "-c", f"import sys; {prelude}from app.main import main; "
+                           f"sys.exit(main({args!r}))"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_self_test_generates_through_the_window_and_checks_the_image(tiny_model, tmp_path):
+    result = _run_main(["--self-test", "--model", str(tiny_model)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "self-test passed" in result.stdout and "PNG with parameters" in result.stdout
+    assert not (tmp_path / "out").exists()        # it wrote to a throwaway folder, not the user's
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    result = _run_main(["--self-test", "--model", str(broken)], tmp_path)
+    assert result.returncode == 1
+    assert "self-test FAILED: Could not open the model" in result.stderr
+
+
+def test_a_windowed_build_without_stdout_keeps_its_messages_in_a_log(tmp_path):
+    result = _run_main(["inspect", str(tmp_path / "missing.safetensors")], tmp_path,
+                       prelude="sys.stdout = sys.stderr = None; ")
+    assert result.returncode != 0 and result.stdout == result.stderr == ""
+    log = (tmp_path / "data" / "latentdesk.log").read_text(encoding="utf-8")
+    assert "missing.safetensors" in log

@@ -173,7 +173,8 @@ def test_v_objective_on_the_zero_terminal_snr_schedule():
     assert loss.item() == pytest.approx(((0.5 - v) ** 2).mean().item(), rel=1e-6)
     assert torch.allclose(seen["x"][2], noise[2], atol=1e-3)   # pure noise at the last timestep
     assert torch.allclose(v[2], -latents[2], atol=1e-3)        # so the target there is the image itself
-    assert stage.description()["target"] == {"prediction": "v", "zero_terminal_snr": True, "snr_weight_range": None}
+    assert stage.description()["target"] == {"prediction": "v", "zero_terminal_snr": True, "snr_weight_range": None,
+                                             "offset_noise": 0.0, "pyramid_noise": 0.0}
 
 
 def test_zero_terminal_snr_needs_v_prediction():
@@ -272,6 +273,20 @@ def test_resume_refuses_a_different_run(tmp_path):
         train(diffusion_stage(caption_dropout=0.5), settings(steps=2), tmp_path, ONE, io.StringIO())
 
 
+def test_the_text_encoder_can_learn_at_its_own_rate(tmp_path):
+    stage = diffusion_stage(text_lr_scale=10.0)
+    unet_group, text_group = stage.param_groups()
+    assert len(text_group["params"]) == len(list(stage.objective.text_model.parameters()))
+    assert len(unet_group["params"]) + len(text_group["params"]) == len(list(stage.objective.parameters()))
+    train(stage, settings(steps=2, lr=1e-3), tmp_path, ONE, io.StringIO())
+    groups = json.loads((tmp_path / "checkpoint/state.json").read_text())["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-2])
+    with pytest.raises(LatentDeskError, match="text_lr_scale"):
+        train(diffusion_stage(), settings(steps=3, lr=1e-3), tmp_path, ONE, io.StringIO())
+    with pytest.raises(LatentDeskError, match="learning-rate scale"):
+        diffusion_stage(text_lr_scale=0.0)
+
+
 def test_progress_reports_rate_and_eta(tmp_path):
     stream = io.StringIO()
     train(diffusion_stage(), settings(steps=2), tmp_path, ONE, stream)
@@ -349,6 +364,40 @@ def test_export_states_v_prediction_and_the_schedule_and_the_loader_uses_them(tm
     assert model.family.schedule is ZERO_SNR_SCHEDULE
     assert not load_model(export_model(tmp_path / "e.safetensors", stage.objective.unet, vae,
                                        stage.objective.text_model)).family.zero_terminal_snr
+
+
+def test_export_keeps_the_coordinate_channels(tmp_path):
+    from core.checkpoint import load_model
+
+    unet_config = replace(UNET, coord_channels=True)
+    stage = diffusion_stage(unet_config=unet_config)
+    vae = build_autoencoder(replace(VAE, scale_factor=0.25), seed=0)
+    path = export_model(tmp_path / "c.safetensors", stage.objective.unet, vae, stage.objective.text_model,
+                        ModelDefaults(size=64))
+    model = load_model(path)
+    assert model.unet.config == unet_config
+    x, t = torch.randn(1, 4, 4, 4), torch.tensor([500.0])
+    context = torch.randn(1, 77, UNET.context_dim)
+    with torch.no_grad():
+        assert torch.allclose(model.unet(x, t, context), stage.objective.unet(x, t, context), atol=2e-2)
+
+
+def test_training_noise_offset_and_pyramid():
+    from core.train.data import BatchRandom
+    from core.train.diffusion import training_noise
+
+    def noise(**target):
+        return training_noise(BatchRandom(0, 3, 512, slice(None)), torch.Size((4, 16, 16)), NoiseTarget(**target))
+
+    white, offset, pyramid = noise(), noise(offset_noise=0.3), noise(pyramid_noise=0.8)
+    # White noise's per-channel mean has std 1/16 over 16x16 pixels; the added components raise it.
+    assert white.mean(dim=(2, 3)).std() == pytest.approx(1 / 16, rel=0.1)
+    assert offset.mean(dim=(2, 3)).std() == pytest.approx((0.3 ** 2 + 1 / 256) ** 0.5, rel=0.1)
+    assert pyramid.mean(dim=(2, 3)).std() > 4 / 16
+    assert torch.allclose(pyramid.std(dim=(1, 2, 3)), torch.ones(512), atol=1e-5)   # rescaled to unit std
+    assert torch.equal(white, noise())                                               # drawn from the step's seed
+    with pytest.raises(LatentDeskError, match="pyramid"):
+        NoiseTarget(pyramid_noise=1.0)
 
 
 def test_export_refuses_unknown_sampler_and_dtype(tmp_path):

@@ -317,3 +317,23 @@ SDXL_SHAPES = meta_shapes(CASES["sdxl"].config)
 def test_shapes_that_are_not_a_supported_unet_are_refused(shapes, why):
     with pytest.raises(LatentDeskError, match=why.replace(".", r"\.")):
         unet_config_from_shapes(shapes, CASES["sdxl"].heads_for)
+
+
+def test_coordinates_run_from_edge_to_edge_and_reach_the_first_convolution():
+    from core.unet import coordinates
+
+    grid = coordinates(torch.zeros(2, 4, 4, 8))
+    assert grid.shape == (2, 2, 4, 8)
+    assert torch.allclose(grid[0, 0, 0], torch.linspace(-7 / 8, 7 / 8, 8))   # x grows to the right
+    assert torch.allclose(grid[1, 1, :, 3], torch.linspace(-3 / 4, 3 / 4, 4))  # y grows downward
+    config = UNetConfig(model_channels=32, channel_mult=(1, 2), transformer_depth=(0, 1), num_heads=(2, 2),
+                        context_dim=16, norm_groups=8, coord_channels=True)
+    unet = randomize(UNet(config), seed=0)
+    assert unet.input_blocks[0][0].weight.shape[1] == 6
+    x, context = torch.zeros(1, 4, 8, 8), torch.zeros(1, 3, 16)
+    with torch.no_grad():
+        out = unet(x, torch.tensor([10.0]), context)
+        flipped = unet(x.flip(-1), torch.tensor([10.0]), context)
+    assert out.shape == (1, 4, 8, 8)
+    # A left-right symmetric input gives a symmetric output only when the network ignores position.
+    assert (out - flipped.flip(-1)).abs().max() > 1e-3

@@ -60,10 +60,14 @@ def add_train_commands(subparsers) -> None:
     df.add_argument("--res-blocks", type=int, default=R.unet.num_res_blocks)
     df.add_argument("--attention", type=_ints, default=R.unet.transformer_depth,
                     help="transformer blocks per level, 0 = none, e.g. 0,1,1")
+    df.add_argument("--coord-channels", action=argparse.BooleanOptionalAction, default=R.unet.coord_channels,
+                    help="give the UNet each pixel's x, y as two more input channels (absolute position)")
     df.add_argument("--heads", type=int, default=R.unet.num_heads[0], help="attention heads in the UNet")
     df.add_argument("--text-width", type=int, default=R.text.hidden_size)
     df.add_argument("--text-layers", type=int, default=R.text.num_hidden_layers)
     df.add_argument("--text-heads", type=int, default=R.text.num_attention_heads)
+    df.add_argument("--text-lr-scale", type=float, default=R.text_lr_scale,
+                    help="the text encoder's learning rate as a multiple of --lr")
     df.add_argument("--caption-dropout", type=float, default=R.caption_dropout,
                     help="share of samples trained with the empty caption (for classifier-free guidance)")
     df.add_argument("--guidance", type=float, default=R.defaults.guidance, help="the model's default guidance")
@@ -73,9 +77,13 @@ def add_train_commands(subparsers) -> None:
     df.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=R.target.zero_terminal_snr,
                     help="train on the noise schedule that ends in pure noise (needs --prediction v); "
                          "without it small pictures take their colours from the starting noise")
-    df.add_argument("--snr-weight", type=_floats, default=R.target.snr_weight_range, metavar="LOW,HIGH",
+    df.add_argument("--snr-weight", type=_optional_floats, default=R.target.snr_weight_range, metavar="LOW,HIGH",
                     help="weigh each sample's x0 error by its SNR clamped to [LOW, HIGH] (min-SNR with a floor); "
-                         "default: the plain loss")
+                         "'off': the plain loss")
+    df.add_argument("--offset-noise", type=float, default=R.target.offset_noise, metavar="STD",
+                    help="add a per-channel constant of this std to the training noise (0 = off)")
+    df.add_argument("--pyramid-noise", type=float, default=R.target.pyramid_noise, metavar="DISCOUNT",
+                    help="add coarser noise with weights DISCOUNT, DISCOUNT^2, ... to the training noise (0 = off)")
     df.add_argument("--export-dtype", choices=("fp16", "fp32"), default=R.export_dtype)
     df.set_defaults(handler=run_train_diffusion)
 
@@ -115,6 +123,10 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, like 0.1,5; got {text!r}") from None
+
+
+def _optional_floats(text: str) -> tuple[float, ...] | None:
+    return None if text.strip().lower() in ("off", "none") else _floats(text)
 
 
 def _data_args(parser) -> None:
@@ -200,15 +212,18 @@ def run_train_diffusion(args) -> int:
                               f"not {','.join(map(str, args.attention))}")
     unet = UNetConfig(model_channels=args.model_channels, channel_mult=args.channel_mult, num_res_blocks=args.res_blocks,
                       transformer_depth=args.attention, transformer_depth_middle=1, num_heads=(args.heads,) * levels,
-                      context_dim=args.text_width, norm_groups=groups_for(args.model_channels))
+                      context_dim=args.text_width, norm_groups=groups_for(args.model_channels),
+                      coord_channels=args.coord_channels)
     text = TextEncoderConfig(hidden_size=args.text_width, intermediate_size=4 * args.text_width,
                              num_hidden_layers=args.text_layers, num_attention_heads=args.text_heads)
     defaults = ModelDefaults(size=args.size, guidance=args.guidance, sampler=args.sampler)
     target = NoiseTarget(args.prediction, args.zero_terminal_snr,
-                         tuple(args.snr_weight) if args.snr_weight is not None else None)
+                         tuple(args.snr_weight) if args.snr_weight is not None else None,
+                         args.offset_noise, args.pyramid_noise)
     path = train_diffusion(vae, autoencoder_id(args.autoencoder), dataset, name, args.out, unet, text,
                            _settings(args, R.diffusion_train), caption_dropout=args.caption_dropout,
-                           defaults=defaults, target=target, export_dtype=args.export_dtype, processes=processes)
+                           defaults=defaults, target=target, text_lr_scale=args.text_lr_scale,
+                           export_dtype=args.export_dtype, processes=processes)
     if path is not None:
         print(f"diffusion: model written to {path}")
     return 0
@@ -253,7 +268,7 @@ def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
     path = train_diffusion(vae, autoencoder_id(first), shapes(seed, recipe.diffusion_items),
                            f"shapes seed {seed}, {recipe.diffusion_items} items", second, recipe.unet, recipe.text,
                            recipe.diffusion_train, caption_dropout=recipe.caption_dropout, defaults=recipe.defaults,
-                           target=recipe.target,
+                           target=recipe.target, text_lr_scale=recipe.text_lr_scale,
                            export_dtype=recipe.export_dtype, export_path=out / BUILTIN_FILE, processes=processes)
     if processes.is_main:
         reports = {name: json.loads((out / name / f"{name}.json").read_text()) for name in ("autoencoder", "diffusion")}

@@ -79,6 +79,13 @@ class NoiseTarget:
     # 2023, with a floor). Plain v-prediction weighs x0 errors by SNR + 1: samples near pure noise, whose
     # error is mostly what the caption leaves open, then dominate the gradient. None: the plain loss.
     snr_weight_range: tuple[float, float] | None = None
+    # Low-frequency noise (training only). A schedule that keeps some image in x_T lets a small latent's
+    # mean colour and coarse layout show through; noise with extra power at those frequencies hides
+    # them, so the model has to take them from the caption. offset: per-channel constant of this std
+    # added (Guttenberg 2023); pyramid: noise drawn at 1/2, 1/4, ... resolution, upsampled and added
+    # with weights d, d^2, ... (Whitaker 2023), then rescaled to unit std.
+    offset_noise: float = 0.0
+    pyramid_noise: float = 0.0
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
@@ -88,10 +95,30 @@ class NoiseTarget:
                                   "the noise says nothing about the image")
         if self.snr_weight_range is not None and not 0 < self.snr_weight_range[0] <= self.snr_weight_range[1]:
             raise LatentDeskError(f"the SNR weight range must be 0 < low <= high, not {self.snr_weight_range}")
+        if self.offset_noise < 0 or not 0 <= self.pyramid_noise < 1:
+            raise LatentDeskError(f"offset noise must be >= 0 and the pyramid discount in [0, 1), not "
+                                  f"{self.offset_noise} and {self.pyramid_noise}")
 
     @property
     def schedule(self) -> NoiseSchedule:
         return schedule_for(self.zero_terminal_snr)
+
+
+def training_noise(random: BatchRandom, shape: torch.Size, target: NoiseTarget) -> Tensor:
+    """The noise of one batch: white, plus the target's offset and pyramid components (see NoiseTarget)."""
+    channels, height, width = shape
+    noise = random.randn(channels, height, width)
+    if target.offset_noise:
+        noise = noise + target.offset_noise * random.randn(channels, 1, 1)
+    if target.pyramid_noise:
+        level = 1
+        while min(height, width) >> level >= 1:
+            coarse = random.randn(channels, height >> level, width >> level)
+            noise = noise + target.pyramid_noise ** level * F.interpolate(coarse, size=(height, width),
+                                                                         mode="bilinear", align_corners=False)
+            level += 1
+        noise = noise / noise.std(dim=(1, 2, 3), keepdim=True)
+    return noise
 
 
 def build_networks(unet_config: UNetConfig, text_config: TextEncoderConfig, seed: int) -> tuple[UNet, CLIPTextModel]:
@@ -216,7 +243,7 @@ class DiffusionStage:
 
     def __init__(self, cache: LatentCache, unet_config: UNetConfig, text_config: TextEncoderConfig,
                  data_name: str, autoencoder: str, caption_dropout: float = 0.1, seed: int = 0,
-                 target: NoiseTarget = NoiseTarget()):
+                 target: NoiseTarget = NoiseTarget(), text_lr_scale: float = 1.0):
         if not 0 <= caption_dropout < 1:
             raise LatentDeskError(f"caption dropout must be in [0, 1), not {caption_dropout!r}")
         if unet_config.in_channels != cache.mean.shape[1]:
@@ -224,7 +251,9 @@ class DiffusionStage:
                                   f"{cache.mean.shape[1]}")
         self.cache, self.unet_config, self.text_config = cache, unet_config, text_config
         self.data_name, self.autoencoder, self.caption_dropout, self.seed = data_name, autoencoder, caption_dropout, seed
-        self.target = target
+        if text_lr_scale <= 0:
+            raise LatentDeskError(f"the text encoder's learning-rate scale must be > 0, not {text_lr_scale!r}")
+        self.target, self.text_lr_scale = target, text_lr_scale
         self.objective = DiffusionObjective(*build_networks(unet_config, text_config, seed), target)
         self.length = len(cache)
         self.empty_ids = torch.tensor(token_ids(ClipTokenizer(), ""), dtype=torch.int64)
@@ -235,15 +264,25 @@ class DiffusionStage:
         shape = mean.shape[1:]
         latents = (mean + torch.exp(0.5 * logvar) * random.randn(*shape)) * self.cache.scale_factor
         timesteps = random.randint(self.target.schedule.num_timesteps)
-        noise = random.randn(*shape)
+        noise = training_noise(random, shape, self.target)
         dropped = random.rand() < self.caption_dropout                    # (B,)
         ids = torch.where(dropped[:, None], self.empty_ids, self.cache.ids[rows])
         return {"latents": latents, "timesteps": timesteps, "noise": noise, "ids": ids}
 
+    def param_groups(self) -> list[dict]:
+        """The UNet at the schedule's learning rate, the text encoder at `text_lr_scale` times it."""
+        text = [p for p in self.objective.text_model.parameters() if p.requires_grad]
+        text_ids = {id(p) for p in text}
+        unet = [p for p in self.objective.parameters() if p.requires_grad and id(p) not in text_ids]
+        return [{"params": unet, "lr_scale": 1.0}, {"params": text, "lr_scale": self.text_lr_scale}]
+
     def description(self) -> dict:
-        return {"unet": asdict(self.unet_config), "text_encoder": asdict(self.text_config), "data": self.data_name,
-                "autoencoder": self.autoencoder, "caption_dropout": self.caption_dropout, "init_seed": self.seed,
-                "target": asdict(self.target)}
+        described = {"unet": asdict(self.unet_config), "text_encoder": asdict(self.text_config),
+                     "data": self.data_name, "autoencoder": self.autoencoder, "caption_dropout": self.caption_dropout,
+                     "init_seed": self.seed, "target": asdict(self.target)}
+        if self.text_lr_scale != 1.0:   # stated only when set, so earlier runs still resume
+            described["text_lr_scale"] = self.text_lr_scale
+        return described
 
 
 def prepare_cache(vae: AutoencoderKL, dataset, folder: Path, fingerprint: str, processes: Distributed,
@@ -264,6 +303,7 @@ def prepare_cache(vae: AutoencoderKL, dataset, folder: Path, fingerprint: str, p
 def train_diffusion(vae: AutoencoderKL, autoencoder_id: str, dataset, data_name: str, folder: str | Path,
                     unet_config: UNetConfig, text_config: TextEncoderConfig, settings: TrainSettings, *,
                     caption_dropout: float, defaults: ModelDefaults, target: NoiseTarget = NoiseTarget(),
+                    text_lr_scale: float = 1.0,
                     export_dtype: str = "fp16",
                     export_path: str | Path | None = None, processes: Distributed | None = None,
                     stream=None) -> Path | None:
@@ -276,7 +316,7 @@ def train_diffusion(vae: AutoencoderKL, autoencoder_id: str, dataset, data_name:
     fingerprint = json.dumps({"autoencoder": autoencoder_id, "data": data_name, "items": len(dataset)})
     cache = prepare_cache(vae, dataset, folder, fingerprint, processes, stream)
     stage = DiffusionStage(cache, unet_config, text_config, data_name, autoencoder_id, caption_dropout,
-                           settings.seed, target)
+                           settings.seed, target, text_lr_scale)
     trained = train(stage, settings, folder, processes, stream)
     path = None
     if processes.is_main:

@@ -123,8 +123,9 @@ class Distributed:
         if cuda:
             torch.cuda.set_device(local_rank)
             return cls(rank, world, torch.device("cuda", local_rank))
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))  # all cores, shared out
+        if "OMP_NUM_THREADS" not in os.environ:   # an explicit thread count wins (e.g. two runs side by side)
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))  # all cores, shared out
         return cls(rank, world, torch.device("cpu"))
 
     @property
@@ -169,9 +170,11 @@ class EMA:
     @torch.no_grad()
     def update(self, module: nn.Module, n: int) -> None:
         d = self.decay_at(n)
-        for name, p in module.named_parameters():
-            if name in self.shadow:
-                self.shadow[name].mul_(d).add_(p.detach(), alpha=1 - d)
+        named = [(self.shadow[name], p.detach()) for name, p in module.named_parameters() if name in self.shadow]
+        shadows, params = [s for s, _ in named], [p for _, p in named]
+        # One fused kernel per op over all tensors: on a GPU a per-tensor loop is launch-bound.
+        torch._foreach_mul_(shadows, d)
+        torch._foreach_add_(shadows, params, alpha=1 - d)
 
     @torch.no_grad()
     def copy_to(self, module: nn.Module) -> None:
@@ -346,7 +349,9 @@ def train(stage: Stage, settings: TrainSettings, folder: str | Path, processes: 
     checkpoints = folder / CHECKPOINT_DIR
     objective = stage.objective.to(processes.device)
     params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    # A stage may give some parameters their own learning rate, as a multiple of the schedule's.
+    groups = stage.param_groups() if hasattr(stage, "param_groups") else [{"params": params, "lr_scale": 1.0}]
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     ema = EMA(objective, settings.ema_decay) if settings.ema_decay else None
 
     # 1. Resume.
@@ -370,7 +375,7 @@ def train(stage: Stage, settings: TrainSettings, folder: str | Path, processes: 
     log = LossLog(folder / LOSS_LOG, start) if processes.is_main else None
     progress = Progress(stage.kind, settings.steps, start, stream) if processes.is_main else None
     began = time.perf_counter()
-    running: dict[str, float] = defaultdict(float)
+    running: dict[str, Tensor | float] = defaultdict(float)   # sums since the last log line
     window_start = start
     objective.train()
 
@@ -391,27 +396,30 @@ def train(stage: Stage, settings: TrainSettings, folder: str | Path, processes: 
     for step in range(start, settings.steps):
         lr = settings.lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         inputs = stage.inputs(order.indices(step)[rows], BatchRandom(settings.seed, step, settings.batch_size, rows))
         with torch.autocast(processes.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
             out = model(**{k: v.to(processes.device) for k, v in inputs.items()})
-        loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise LatentDeskError(f"{stage.kind} training diverged at step {step + 1} (loss {loss.item()}); "
-                                  f"try a lower --lr than {settings.lr}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        out["loss"].backward()
         if settings.grad_clip:
-            running["grad_norm"] += float(nn.utils.clip_grad_norm_(params, settings.grad_clip))
+            running["grad_norm"] += nn.utils.clip_grad_norm_(params, settings.grad_clip).detach()
         optimizer.step()
         if ema is not None:
             ema.update(objective, step)
+        # Summed as tensors and read at log time: a float() every step stalls a GPU on each sync.
         for k, v in out.items():
-            running[k] += float(v.detach())
+            running[k] += v.detach().float()
 
         done = step + 1
-        if done % settings.log_every == 0 or done == settings.steps:
-            stats = processes.mean({k: v / (done - window_start) for k, v in running.items()})
+        log_now = done % settings.log_every == 0 or done == settings.steps
+        if log_now or done % settings.checkpoint_every == 0:
+            # Checked before any checkpoint is written, so a diverged model is never saved.
+            if not math.isfinite(float(running["loss"])):
+                raise LatentDeskError(f"{stage.kind} training diverged between steps {window_start + 1} and {done} "
+                                      f"(loss {float(running['loss'])}); try a lower --lr than {settings.lr}")
+        if log_now:
+            stats = processes.mean({k: float(v) / (done - window_start) for k, v in running.items()})
             running.clear()
             window_start = done
             if processes.is_main:
@@ -439,6 +447,6 @@ def _check_resumable(folder: Path, meta: dict, stage: Stage, settings: TrainSett
         if _normal(saved.trajectory()[key]) != _normal(value):
             raise refuse(f"{key.replace('_', '-')} {saved.trajectory()[key]} there, {value} now")
     if _normal(meta["description"]) != _normal(stage.description()):
-        differing = [k for k in stage.description()
-                     if _normal(meta["description"].get(k)) != _normal(stage.description()[k])]
+        now, then = stage.description(), meta["description"]
+        differing = [k for k in dict.fromkeys([*now, *then]) if _normal(then.get(k)) != _normal(now.get(k))]
         raise refuse(f"different {', '.join(differing) or 'model or data'}")
