@@ -91,8 +91,16 @@ class BuiltinRecipe:
     #      v, zero terminal SNR, SNR weights 0.1-5 ... 29-30 / 67-71 / 15 / 10 / 75-77
     #      v, zero terminal SNR, SNR weights 0.1-1000  35 / 58-60 / 12-13 / 7 / 39-43
     #    Hiding the layout from x_T (pyramid noise or ZTSNR) makes the caption set the colours, but
-    #    the position then stays at chance in every run: at pure noise only zero padding tells the
-    #    network where a pixel is. Runs with the UNet's coordinate channels are next.
+    #    the position then stays at chance in every run.
+    # 5. UNet coordinate channels (x, y as inputs) did not change that: CPU, 1,500 steps, 60 captions,
+    #    v/ZTSNR: 17 / 13 / 14 / 11 / 24; eps + pyramid: 12 / 15 / 27 / 11 / 62.
+    # 6. The cause found so far: the jointly trained text encoder collapses early. At initialisation,
+    #    changing one caption word changes its output (the UNet's context) by 25-42 % (largest token
+    #    change / mean token norm). After 1,500 steps of run 5 (v/ZTSNR): position words 9 %, object
+    #    colour 36 %, background 187 %, and only the background changes the UNet's x0 prediction at
+    #    pure noise. With the text encoder at 10x the lr it collapses faster (1-4 % at step 500, no word
+    #    changes x0). At 1/100 of the lr (`text_lr_scale`) it keeps 25-42 % (step 250); whether the UNet
+    #    then learns to read it faster is the open question (runs in /work/exp/E5, E6, see the notes).
     target: NoiseTarget = NoiseTarget(prediction="v", zero_terminal_snr=True, snr_weight_range=(0.1, 5.0))
 
     # The shipped file.
