@@ -274,6 +274,7 @@ def test_resume_refuses_a_different_run(tmp_path):
 
 
 def test_the_text_encoder_can_learn_at_its_own_rate(tmp_path):
+    assert len(diffusion_stage().param_groups()) == 1   # the optimizer layout of runs made before the scale
     stage = diffusion_stage(text_lr_scale=10.0)
     unet_group, text_group = stage.param_groups()
     assert len(text_group["params"]) == len(list(stage.objective.text_model.parameters()))

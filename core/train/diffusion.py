@@ -271,6 +271,8 @@ class DiffusionStage:
 
     def param_groups(self) -> list[dict]:
         """The UNet at the schedule's learning rate, the text encoder at `text_lr_scale` times it."""
+        if self.text_lr_scale == 1.0:   # one group, as runs made before the scale existed have
+            return [{"params": [p for p in self.objective.parameters() if p.requires_grad], "lr_scale": 1.0}]
         text = [p for p in self.objective.text_model.parameters() if p.requires_grad]
         text_ids = {id(p) for p in text}
         unet = [p for p in self.objective.parameters() if p.requires_grad and id(p) not in text_ids]
