@@ -99,8 +99,9 @@ class BuiltinRecipe:
     #    change / mean token norm). After 1,500 steps of run 5 (v/ZTSNR): position words 9 %, object
     #    colour 36 %, background 187 %, and only the background changes the UNet's x0 prediction at
     #    pure noise. With the text encoder at 10x the lr it collapses faster (1-4 % at step 500, no word
-    #    changes x0). At 1/100 of the lr (`text_lr_scale`) it keeps 25-42 % (step 250); whether the UNet
-    #    then learns to read it faster is the open question (runs in /work/exp/E5, E6, see the notes).
+    #    changes x0). At 1/100 of the lr (`text_lr_scale`) it keeps 33-55 % at step 1,500 and the UNet's
+    #    x0 depends on every word a little (5-8 %), but the accuracies are no better yet (60 captions,
+    #    v/ZTSNR: 17 / 4 / 13 / 13 / 82; eps + pyramid: 7 / 15 / 13 / 6 / 68). Open.
     target: NoiseTarget = NoiseTarget(prediction="v", zero_terminal_snr=True, snr_weight_range=(0.1, 5.0))
 
     # The shipped file.
