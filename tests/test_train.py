@@ -265,6 +265,18 @@ def test_resume_is_bit_identical_and_checkpoints_hold_no_pickle(tmp_path):
     assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
 
 
+def test_resume_reads_checkpoints_written_before_lr_scales(tmp_path):
+    run = settings(steps=4, warmup_steps=1, lr_decay_until=4, checkpoint_every=2)
+    train(diffusion_stage(), replace(run, steps=2), tmp_path, ONE, io.StringIO())
+    state = tmp_path / "checkpoint/state.json"
+    meta = json.loads(state.read_text())
+    for group in meta["optimizer"]["param_groups"]:
+        del group["lr_scale"]          # what a checkpoint of an earlier version holds
+    state.write_text(json.dumps(meta))
+    trained = train(diffusion_stage(), run, tmp_path, ONE, io.StringIO())
+    assert trained.step == 4
+
+
 def test_resume_refuses_a_different_run(tmp_path):
     train(diffusion_stage(), settings(steps=1), tmp_path, ONE, io.StringIO())
     with pytest.raises(LatentDeskError, match="seed 3 there, 4 now"):

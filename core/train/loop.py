@@ -257,6 +257,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: Mapping[str,
         index, name = key.split(".", 1)
         state[int(index)][name] = value
     groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in meta["param_groups"]]
+    # Checkpoints written before groups had an lr scale lack it; the run's own groups say what it is.
+    for saved, current in zip(groups, optimizer.param_groups, strict=False):
+        saved.setdefault("lr_scale", current["lr_scale"])
     optimizer.load_state_dict({"state": dict(state), "param_groups": groups})
 
 
