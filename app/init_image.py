@@ -10,8 +10,6 @@ from types import SimpleNamespace
 
 from PySide6.QtGui import QImage
 
-from app.preview import pil_to_qimage
-from core.images import default_size_for, load_image
 from core.metadata import read_parameters
 
 THUMB = 256
@@ -21,6 +19,11 @@ KEEP_PASTED = 50
 def read_init_image(path: Path) -> tuple[QImage, tuple[int, int], str | None]:
     """A thumbnail, the image's size and its generation settings (if any); LatentDeskError if
     the engine could not read it either."""
+    from app.preview import (
+        pil_to_qimage,  # the engine's modules: imported off the GUI thread, when first needed
+    )
+    from core.images import load_image
+
     image = load_image(path)
     size = image.size
     image.thumbnail((THUMB, THUMB))
@@ -29,6 +32,8 @@ def read_init_image(path: Path) -> tuple[QImage, tuple[int, int], str | None]:
 
 def size_for(image_size: tuple[int, int], native: int) -> tuple[int, int]:
     """The image's aspect, no side above the family's native size, multiples of 8."""
+    from core.images import default_size_for  # loaded already, by read_init_image
+
     return default_size_for(SimpleNamespace(size=image_size), max_side=native)
 
 

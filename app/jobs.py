@@ -12,14 +12,16 @@ import enum
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from PySide6.QtGui import QImage
 
-from core.guidance import GuidanceScale
-from core.latent_rgb import LatentToRGB
-from core.model import DiffusionModel
+from core.guidance_scale import GuidanceScale
 from core.request import GenerationRequest
+
+if TYPE_CHECKING:   # the window imports this module before torch has loaded
+    from core.latent_rgb import LatentToRGB
+    from core.model import DiffusionModel
 
 
 class PreviewMode(enum.Enum):

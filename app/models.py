@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from app.jobs import LoadedModel
-from core.checkpoint import load_model
-from core.latent_rgb import fit_latent_to_rgb
-from core.metadata import model_hash
-from core.model import DiffusionModel
+
+if TYPE_CHECKING:   # the window imports this module before the engine (torch) has loaded
+    import torch
+
+    from core.model import DiffusionModel
 
 MODEL_SUFFIXES = (".safetensors",)
 REFUSED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")   # pickles: core refuses them with a reason
@@ -39,7 +39,12 @@ def scan_models(folder: Path) -> list[Path]:
 
 
 def load(path: Path, spec: str, known_hash: str | None = None) -> LoadedModel:
-    """Load and hash a model. Blocking: the window awaits it in a worker thread."""
+    """Load and hash a model. Blocking: the window awaits it in a worker thread, so the engine's
+    first import (torch, transformers: seconds) happens here too, not while the window opens."""
+    from core.checkpoint import load_model
+    from core.latent_rgb import fit_latent_to_rgb
+    from core.metadata import model_hash
+
     model = load_model(path)
     digest = known_hash or model_hash(path)
     return LoadedModel(model, spec, digest, fit_latent_to_rgb(model.vae))
@@ -47,6 +52,7 @@ def load(path: Path, spec: str, known_hash: str | None = None) -> LoadedModel:
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
+        import torch  # loaded already: a model is on this device
         return f"GPU · {torch.cuda.get_device_name(device)}"
     if device.type == "mps":
         return "GPU · Apple"

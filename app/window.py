@@ -47,7 +47,7 @@ from app.widgets.model_picker import BUILTIN, spec_label
 from app.widgets.timeline import Timeline
 from app.worker import GenerationWorker
 from core.errors import LatentDeskError
-from core.guidance import GuidanceScale
+from core.guidance_scale import GuidanceScale
 from core.metadata import read_parameters, request_from_infotext
 from core.request import GenerationRequest
 from core.resources import builtin_model_path
@@ -259,7 +259,8 @@ class MainWindow(QMainWindow):
         try:
             known = self.hashes.get(path) if path is not None else None
             loaded = await asyncio.to_thread(models.load, path, spec, known)
-        except (LatentDeskError, OSError, MemoryError, RuntimeError, ValueError) as e:
+        except (LatentDeskError, OSError, MemoryError, RuntimeError, ValueError, ImportError) as e:
+            # ImportError: the engine itself first loads here (torch in a broken install, say)
             if serial == self._load_serial:
                 self._model_failed(spec, e)
             return

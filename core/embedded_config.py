@@ -8,7 +8,8 @@ apart by tensor shapes the way the released SD families can. The format:
      "unet": {UNetConfig fields}, "vae": {VAEConfig fields, incl. scale_factor},
      "text_encoder": {"num_attention_heads": 2, "hidden_act": "gelu", ...},
      "default_size": 128, "default_steps": 20, "default_guidance": 5.0, "default_sampler": "Euler",
-     "zero_terminal_snr": true}        # trained on the schedule that ends in pure noise (core/schedules.py)
+     "zero_terminal_snr": true,        # trained on the schedule that ends in pure noise (core/schedules.py)
+     "pooled_text_y": true}            # the UNet's y (adm_in_channels wide) is the pooled text embedding
 """
 
 from __future__ import annotations
@@ -55,9 +56,15 @@ def read(path: Path, metadata: dict[str, str]) -> EmbeddedConfig | None:
         raise ModelLoadError(path, f"metadata {KEY}: text_encoder is not an object")
     text = {k: v for k, v in text.items() if k in STATED_SETTINGS}
     defaults = {k: config[k] for k in ("default_size", "default_steps", "default_guidance", "default_sampler",
-                                       "zero_terminal_snr") if k in config}
-    if not isinstance(defaults.get("zero_terminal_snr", False), bool):
-        raise ModelLoadError(path, f"metadata {KEY}: zero_terminal_snr must be true or false")
+                                       "zero_terminal_snr", "pooled_text_y") if k in config}
+    for flag in ("zero_terminal_snr", "pooled_text_y"):
+        if not isinstance(defaults.get(flag, False), bool):
+            raise ModelLoadError(path, f"metadata {KEY}: {flag} must be true or false")
+    if defaults.get("pooled_text_y"):
+        if unet.adm_in_channels is None or len(base.text_encoders) != 1:
+            raise ModelLoadError(path, f"metadata {KEY}: pooled_text_y needs a UNet with adm_in_channels and "
+                                       f"one text encoder")
+        defaults["text_encoders"] = (dataclasses.replace(base.text_encoders[0], pooled=True, projected=False),)
     try:
         family = dataclasses.replace(base, title=f"{base.title}-style model", latent_scale=vae.scale_factor,
                                      **defaults)

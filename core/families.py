@@ -24,7 +24,8 @@ class TextEncoderSpec:
     hidden_layer: int           # -1 = last layer, -2 = penultimate (before clip-skip)
     final_norm: bool            # apply final_layer_norm to the chosen hidden state
     pad_id: int                 # token that fills the 77 slots after the prompt
-    pooled: bool = False        # also return the projected pooled embedding (SDXL's second encoder)
+    pooled: bool = False        # also return the pooled embedding (SDXL's second encoder; Latent Desk's built-in)
+    projected: bool = True      # pooled through text_projection (SDXL); False: the final-normed EOS token as is
     unused_final_layers: int = 0  # layers after the one used, dropped at load (diffusers folders lack them)
 
 
@@ -44,6 +45,9 @@ class Family:
     default_sampler: str = "DPM++ 2M Karras"
     # Trained on the schedule rescaled to end in pure noise (core.schedules); only a file can say so.
     zero_terminal_snr: bool = False
+    # The UNet's extra vector y (added to its timestep embedding) is the pooled text embedding alone,
+    # as in Latent Desk's built-in model; SDXL's y also holds size embeddings. Only a file can say so.
+    pooled_text_y: bool = False
 
     @property
     def schedule(self) -> NoiseSchedule:

@@ -143,7 +143,9 @@ def check_request(request: GenerationRequest) -> None:
 
 def conditioning(model: DiffusionModel, prompt: PromptEmbedding, request: GenerationRequest) -> Conditioning:
     y = None
-    if model.unet.config.adm_in_channels:
+    if model.family.pooled_text_y:
+        y = prompt.pooled
+    elif model.unet.config.adm_in_channels:
         # SDXL's micro-conditioning: original size = target size, no crop (what a user wants by default).
         h, w = request.height, request.width
         time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=prompt.pooled.device)

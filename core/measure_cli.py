@@ -3,11 +3,19 @@
     latentdesk eval shapes [--model builtin|PATH] [--guidance G ...] [--steps N] [--sampler NAME] [--n N]
                            [--seed S] [--json FILE] [--images DIR]
     latentdesk bench [--model builtin|PATH] [--runs N] [--size PX] [--steps N] [--guidance G] [--sampler NAME]
+    latentdesk bench compare [--quick] [--runs N] [--device cpu|cuda] [--dtype float32|float16|bfloat16]
+                             [--steps N] [--only unet vae txt2img load builtin] [--json FILE] [--markdown FILE]
 
 `eval shapes` draws one image per held-out caption (templates never used in training) and reads
 each back with the analytic checker (core/shapes/checker.py); it first scores the captions' own
 renders, which must come out at 100 %. `bench` times whole txt2img runs (prompt encoding,
-every guided step, VAE decode) after one warm-up run and reports the median.
+every guided step, VAE decode) after one warm-up run and reports the median. `bench compare` measures
+ours against diffusers (which it needs installed) on one machine, with the same random weights in
+both: a UNet step and a VAE decode at 512x512, txt2img end to end (ours with previews off and on),
+checkpoint load time and peak memory of a ~2 GB fp16 single file (each load in a fresh process), and
+the built-in model (ours only). Each case is the median of --runs rounds (at least 3) after a warm-up,
+the order alternating between the two sides, with ours / diffusers taken round by round. `--quick`
+runs the same cases on tiny models at 64x64 in seconds. See core/bench/.
 """
 
 from __future__ import annotations
@@ -50,6 +58,24 @@ def add_measure_commands(commands) -> None:
     bench.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     bench.add_argument("--prompt", default="a large red star in the top left corner on a blue background")
     bench.set_defaults(handler=run_bench)
+
+    kinds = bench.add_subparsers(dest="bench_kind", metavar="compare", help="(optional) compare with diffusers")
+    compare = kinds.add_parser("compare", help="ours vs diffusers: same machine, config and weights, one run",
+                               description="Ours against diffusers on this machine: UNet step, VAE decode, txt2img "
+                                           "end to end, checkpoint load time and peak RSS, the built-in model. "
+                                           "Medians of --runs rounds after a warm-up; ratio = ours / diffusers "
+                                           "per round. Needs diffusers installed.")
+    compare.add_argument("--quick", action="store_true", help="tiny models at 64x64: seconds instead of minutes")
+    compare.add_argument("--runs", type=int, default=3, help="timed rounds per case after a warm-up (>= 3, default 3)")
+    compare.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    compare.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                         help="compute dtype of both sides (default float32)")
+    compare.add_argument("--steps", type=int, help="txt2img steps (default 10; 3 with --quick)")
+    compare.add_argument("--only", nargs="+", metavar="CASE", help="some of: unet vae txt2img load builtin")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    compare.add_argument("--json", help="write every raw timing, median, ratio and the machine to this file")
+    compare.add_argument("--markdown", help="write the results table to this file")
+    compare.set_defaults(handler=run_bench_compare)
 
 
 def _load(name: str, device: str = "cpu"):
@@ -130,4 +156,16 @@ def run_bench(args) -> int:
         times.append(time.perf_counter() - started)
         print(f"  run {run + 1}: {times[-1]:.3f} s", flush=True)
     print(f"median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}) over {args.runs} runs")
+    return 0
+
+
+def run_bench_compare(args) -> int:
+    from core.bench.compare import CASES, CompareOptions, run_comparison
+    from core.bench.report import markdown, write_reports
+
+    options = CompareOptions(quick=args.quick, runs=args.runs, device=args.device, dtype=args.dtype,
+                             only=tuple(args.only or CASES), steps=args.steps, seed=args.seed)
+    results = run_comparison(options, report=lambda line: print(line, file=sys.stderr, flush=True))
+    write_reports(results, args.json, args.markdown)
+    print(markdown(results), end="")
     return 0

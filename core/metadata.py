@@ -29,7 +29,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from core.errors import LatentDeskError
 from core.request import GenerationRequest
-from core.samplers import SAMPLERS
+from core.sampler_names import SAMPLER_NAMES
 
 # A1111's pair pattern: "Key: value" or 'Key: "json string"', each ending at a comma or the line end.
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -198,7 +198,7 @@ def parse_infotext(text: str) -> dict[str, str]:
 
 
 def request_from_infotext(text: str | None, base: GenerationRequest, *,
-                          known_samplers: Collection[str] = SAMPLERS) -> tuple[GenerationRequest, list[str]]:
+                          known_samplers: Collection[str] = SAMPLER_NAMES) -> tuple[GenerationRequest, list[str]]:
     """The settings an infotext records, on top of `base`, and what could not be used.
 
     Never raises: text without a parameter line (or None, what `read_parameters` gives
@@ -260,7 +260,7 @@ def request_from_infotext(text: str | None, base: GenerationRequest, *,
     return replace(base, **changes), warnings_
 
 
-def join_sampler(sampler: str, schedule: str, known: Collection[str] = SAMPLERS) -> tuple[str, str | None]:
+def join_sampler(sampler: str, schedule: str, known: Collection[str] = SAMPLER_NAMES) -> tuple[str, str | None]:
     """A1111's "Sampler" (+ "Schedule type") -> a GenerationRequest sampler name and a warning or None.
 
     Reads both the old combined form ("DPM++ 2M Karras") and the 1.9+ pair

@@ -246,7 +246,8 @@ class TextEncoder(nn.Module):
                 sd = drop_final_layers(sd, spec.unused_final_layers)
             openclip_file = is_openclip_layout(sd)
             model = clip_from_state_dict(openclip_to_hf(sd) if openclip_file else sd,
-                                         openclip=spec.layout == "openclip", with_projection=spec.pooled,
+                                         openclip=spec.layout == "openclip",
+                                         with_projection=spec.pooled and spec.projected,
                                          dtype=dtype, pad_id=spec.pad_id,
                                          name_of=openclip_name if openclip_file else lambda key: key,
                                          stated=stated[index] if stated else None)
@@ -260,7 +261,8 @@ class TextEncoder(nn.Module):
 
     @property
     def pooled_dim(self) -> int | None:
-        return next((m.config.projection_dim for m, s in zip(self.models, self.specs, strict=True) if s.pooled), None)
+        return next(((m.config.projection_dim if s.projected else m.config.hidden_size)
+                     for m, s in zip(self.models, self.specs, strict=True) if s.pooled), None)
 
     @property
     def tokenizer(self) -> ClipTokenizer:
@@ -296,6 +298,6 @@ class TextEncoder(nn.Module):
             out = model(input_ids=spec_ids, output_hidden_states=True)
             hidden = out.hidden_states[layer]    # (B, 77, width); [0] is the embedding, [-1] the last layer
             contexts.append(text_model.final_layer_norm(hidden) if spec.final_norm else hidden)
-            if spec.pooled:
-                pooled = out.text_embeds         # (B, P): EOS token of the last layer, final norm, projection
+            if spec.pooled:   # (B, P): the EOS token of the last layer, final norm (and projection)
+                pooled = out.text_embeds if spec.projected else out.pooler_output
         return torch.cat(contexts, dim=-1), pooled

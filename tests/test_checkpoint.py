@@ -174,6 +174,8 @@ def test_a_model_that_states_its_config_is_built_as_stated(tmp_path):
     ({"vae": None}, "vae is missing"),
     ({"text_encoder": {"num_attention_heads": 5}}, "does not split into 5 heads"),
     ({"zero_terminal_snr": "yes"}, "zero_terminal_snr must be true or false"),
+    ({"pooled_text_y": 1}, "pooled_text_y must be true or false"),
+    ({"pooled_text_y": True}, "pooled_text_y needs a UNet with adm_in_channels"),
 ])
 def test_bad_stated_config_is_refused(tmp_path, changes, words):
     path = embedded_model(tmp_path, **changes)

@@ -161,7 +161,7 @@ def test_v_objective_on_the_zero_terminal_snr_schedule():
     objective = stage.objective
     seen = {}
     forward = objective.unet.forward
-    objective.unet.forward = lambda x, t, context: seen.setdefault("x", x) * 0 + 0.5
+    objective.unet.forward = lambda x, t, context, y=None: seen.setdefault("x", x) * 0 + 0.5
     g = torch.Generator().manual_seed(0)
     latents, noise = torch.randn(3, 4, 4, 4, generator=g), torch.randn(3, 4, 4, 4, generator=g)
     ids = stage.cache.ids[:3]
@@ -395,6 +395,48 @@ def test_export_keeps_the_coordinate_channels(tmp_path):
         assert torch.allclose(model.unet(x, t, context), stage.objective.unet(x, t, context), atol=2e-2)
 
 
+def test_pooled_text_condition_trains_exports_and_samples_as_one_path(tmp_path):
+    """A UNet with y = the caption's pooled embedding: what training feeds it is what generation feeds it."""
+    from core.checkpoint import load_model
+    from core.generate import conditioning
+    from core.prompts import encode_prompt
+    from core.request import GenerationRequest
+
+    unet_config = replace(UNET, adm_in_channels=TEXT.hidden_size)
+    stage = diffusion_stage(unet_config=unet_config)
+    objective = stage.objective
+    with torch.no_grad():     # as if trained: a fresh UNet's zero-initialised output layers would hide any y
+        g = torch.Generator().manual_seed(4)
+        for parameter in objective.unet.parameters():
+            parameter.copy_(0.1 * torch.randn(parameter.shape, generator=g))
+    ids = stage.cache.ids[:1]
+    context, pooled = objective.text_encoder([ids])
+    eos = int((ids[0] == EOS_ID).nonzero()[0])
+    assert torch.equal(pooled, context[:, eos])            # the final-normed EOS token, no projection
+    seen = []
+    forward = objective.unet.forward
+    objective.unet.forward = lambda x, t, c, y=None: seen.append(y) or forward(x, t, c, y=y)
+    objective(stage.cache.mean[:1], torch.tensor([500]), torch.zeros(1, 4, 4, 4), ids)
+    assert torch.equal(seen[0], pooled)                    # training feeds y
+    objective.unet.forward = forward
+
+    vae = build_autoencoder(replace(VAE, scale_factor=0.25), seed=0)
+    path = export_model(tmp_path / "p.safetensors", objective.unet, vae, objective.text_model, ModelDefaults(size=32),
+                        dtype="fp32")
+    model = load_model(path)
+    assert model.family.pooled_text_y and model.unet.config.adm_in_channels == TEXT.hidden_size
+    prompt = encode_prompt(model.text_encoder, "a red circle 0")
+    cond = conditioning(model, prompt, GenerationRequest(prompt="a red circle 0", width=32, height=32))
+    assert torch.allclose(cond.y, pooled, atol=1e-5)       # generation feeds the same y
+    x, t = torch.randn(1, 4, 4, 4), torch.tensor([500.0])
+    with torch.no_grad():
+        assert torch.allclose(model.unet(x, t, cond.context, y=cond.y), objective.unet(x, t, context, y=pooled),
+                              atol=1e-5)
+        assert not torch.allclose(model.unet(x, t, cond.context, y=cond.y), model.unet(x, t, cond.context, y=0 * cond.y))
+    with pytest.raises(LatentDeskError, match="pooled-text input"):
+        diffusion_stage(unet_config=replace(UNET, adm_in_channels=TEXT.hidden_size + 1))
+
+
 def test_training_noise_offset_and_pyramid():
     from core.train.data import BatchRandom
     from core.train.diffusion import training_noise
@@ -505,7 +547,7 @@ def test_snr_weighted_loss_weighs_x0_errors_by_the_clamped_snr():
         v = abar.sqrt() * noise - (1 - abar).sqrt() * latents
         # off by d = 0.3 in x0 means off by -0.3 / sqrt(1 - abar) in v (x0 = alpha x_t - sigma v)
         forward = objective.unet.forward
-        objective.unet.forward = lambda x, tt, c, v=v, abar=abar: v - 0.3 / (1 - abar).sqrt()
+        objective.unet.forward = lambda x, tt, c, y=None, v=v, abar=abar: v - 0.3 / (1 - abar).sqrt()
         loss = objective(latents, torch.tensor([t]), noise, stage.cache.ids[:1])["loss"].item()
         objective.unet.forward = forward
         snr = (abar / (1 - abar)).item()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
@@ -30,9 +31,11 @@ from app.widgets.init_image import InitImageWell
 from app.widgets.model_picker import ModelPicker
 from app.widgets.prompt_edit import PromptEdit
 from app.widgets.seed import SeedControl
-from core.families import Family
 from core.request import GenerationRequest
-from core.samplers import SAMPLERS
+from core.sampler_names import SAMPLER_NAMES
+
+if TYPE_CHECKING:   # the window is built before torch (which core.families needs) is imported
+    from core.families import Family
 
 SIZE_STEP = 8              # the VAE downsamples by 8
 MIN_SIDE, MAX_SIDE = 64, 4096
@@ -88,7 +91,7 @@ class ControlsPanel(QFrame):
         self.guidance = GuidanceControl()
         self.steps = QSpinBox(minimum=1, maximum=150, value=20, accessibleName="Steps")
         self.sampler = QComboBox(accessibleName="Sampler")
-        self.sampler.addItems(list(SAMPLERS))
+        self.sampler.addItems(list(SAMPLER_NAMES))
         self.sampler.setCurrentText(GenerationRequest().sampler)
         self.size_preset = QComboBox(accessibleName="Size preset")
         self.width = QSpinBox(minimum=MIN_SIDE, maximum=MAX_SIDE, singleStep=SIZE_STEP, value=512,
@@ -218,7 +221,7 @@ class ControlsPanel(QFrame):
         """The model's own steps, guidance, sampler and size: for a first start or a new family."""
         self.steps.setValue(family.default_steps)
         self.guidance.setValue(family.default_guidance)
-        if family.default_sampler in SAMPLERS:
+        if family.default_sampler in SAMPLER_NAMES:
             self.sampler.setCurrentText(family.default_sampler)
         self.width.setValue(family.default_size)
         self.height.setValue(family.default_size)
@@ -271,7 +274,7 @@ class ControlsPanel(QFrame):
         self.guidance.setValue(read(settings, "form/guidance", 7.0))
         self.steps.setValue(read(settings, "form/steps", 20))
         sampler = read(settings, "form/sampler", "")
-        if sampler in SAMPLERS:
+        if sampler in SAMPLER_NAMES:
             self.sampler.setCurrentText(sampler)
         self.width.setValue(read(settings, "form/width", 512))
         self.height.setValue(read(settings, "form/height", 512))

@@ -62,6 +62,10 @@ def add_train_commands(subparsers) -> None:
                     help="transformer blocks per level, 0 = none, e.g. 0,1,1")
     df.add_argument("--coord-channels", action=argparse.BooleanOptionalAction, default=R.unet.coord_channels,
                     help="give the UNet each pixel's x, y as two more input channels (absolute position)")
+    df.add_argument("--pooled-text", action=argparse.BooleanOptionalAction,
+                    default=R.unet.adm_in_channels is not None,
+                    help="also condition every ResBlock on the caption's pooled embedding (added to the timestep "
+                         "embedding), besides cross-attention")
     df.add_argument("--heads", type=int, default=R.unet.num_heads[0], help="attention heads in the UNet")
     df.add_argument("--text-width", type=int, default=R.text.hidden_size)
     df.add_argument("--text-layers", type=int, default=R.text.num_hidden_layers)
@@ -213,7 +217,7 @@ def run_train_diffusion(args) -> int:
     unet = UNetConfig(model_channels=args.model_channels, channel_mult=args.channel_mult, num_res_blocks=args.res_blocks,
                       transformer_depth=args.attention, transformer_depth_middle=1, num_heads=(args.heads,) * levels,
                       context_dim=args.text_width, norm_groups=groups_for(args.model_channels),
-                      coord_channels=args.coord_channels)
+                      coord_channels=args.coord_channels, adm_in_channels=args.text_width if args.pooled_text else None)
     text = TextEncoderConfig(hidden_size=args.text_width, intermediate_size=4 * args.text_width,
                              num_hidden_layers=args.text_layers, num_attention_heads=args.text_heads)
     defaults = ModelDefaults(size=args.size, guidance=args.guidance, sampler=args.sampler)

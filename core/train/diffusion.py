@@ -15,6 +15,7 @@ with x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps on SD's own schedule.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -51,6 +52,10 @@ CACHE_FILE = "latents.safetensors"
 MODEL_FILE = "model.safetensors"
 REPORT_FILE = "diffusion.json"
 TEXT_SPEC = SD1.text_encoders[0]   # the key layout and conditioning (last layer + final norm, EOS padding)
+# With a UNet that takes y (adm_in_channels): the caption's pooled embedding (the final-normed EOS token),
+# added to the timestep embedding, so every ResBlock sees the whole caption (FiLM-like, as class labels
+# condition ADM); cross-attention still reads the tokens.
+POOLED_TEXT_SPEC = dataclasses.replace(TEXT_SPEC, pooled=True, projected=False)
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,9 @@ def build_networks(unet_config: UNetConfig, text_config: TextEncoderConfig, seed
     if unet_config.context_dim != text_config.hidden_size:
         raise LatentDeskError(f"the UNet's context width {unet_config.context_dim} must equal the text encoder's "
                               f"width {text_config.hidden_size}")
+    if unet_config.adm_in_channels not in (None, text_config.hidden_size):
+        raise LatentDeskError(f"the UNet's pooled-text input ({unet_config.adm_in_channels}) must be as wide as the "
+                              f"text encoder ({text_config.hidden_size})")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet(unet_config)
@@ -206,7 +214,7 @@ class DiffusionObjective(nn.Module):
         super().__init__()
         self.unet = unet
         # The same wrapper inference uses, so training conditions exactly as sampling will.
-        self.text_encoder = TextEncoder([text_model], [TEXT_SPEC])
+        self.text_encoder = TextEncoder([text_model], [POOLED_TEXT_SPEC if unet.config.adm_in_channels else TEXT_SPEC])
         self.prediction = target.prediction
         self.snr_weight_range = target.snr_weight_range
         self.register_buffer("alphas_cumprod", target.schedule.alphas_cumprod.clone(), persistent=False)
@@ -219,8 +227,8 @@ class DiffusionObjective(nn.Module):
         """latents x_0 (B, 4, h, w), already scaled; timesteps (B,) int; noise like latents; ids (B, 77)."""
         abar = self.alphas_cumprod[timesteps][:, None, None, None]      # (B, 1, 1, 1)
         noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise        # q(x_t | x_0), DDPM eq. 4
-        context, _ = self.text_encoder([ids])                            # (B, 77, width)
-        prediction = self.unet(noisy, timesteps.float(), context)
+        context, pooled = self.text_encoder([ids])                       # (B, 77, width), (B, width) or None
+        prediction = self.unet(noisy, timesteps.float(), context, y=pooled)
         if self.prediction == "v":
             target = abar.sqrt() * noise - (1 - abar).sqrt() * latents   # v = α·ε − σ·x0
         else:

@@ -61,6 +61,9 @@ def export_model(path: str | Path, unet: UNet, vae: AutoencoderKL, text_model: C
     """Write the three networks and their config to `path` (atomically); returns the path."""
     if dtype not in DTYPES:
         raise LatentDeskError(f"export dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if unet.config.adm_in_channels not in (None, text_model.config.hidden_size):
+        raise LatentDeskError(f"UNet pooled-text width {unet.config.adm_in_channels} != text encoder width "
+                              f"{text_model.config.hidden_size}")
     if unet.config.context_dim != text_model.config.hidden_size:
         raise LatentDeskError(f"UNet context width {unet.config.context_dim} != text encoder width "
                               f"{text_model.config.hidden_size}")
@@ -70,7 +73,8 @@ def export_model(path: str | Path, unet: UNet, vae: AutoencoderKL, text_model: C
     text = {k: getattr(text_model.config, k) for k in TEXT_SETTINGS}
     config = embedded_config.to_metadata("sd1", unet.config, vae.config, text, default_size=defaults.size,
                                          default_steps=defaults.steps, default_guidance=float(defaults.guidance),
-                                         default_sampler=defaults.sampler, zero_terminal_snr=zero_terminal_snr)
+                                         default_sampler=defaults.sampler, zero_terminal_snr=zero_terminal_snr,
+                                         pooled_text_y=unet.config.adm_in_channels is not None)
     metadata = {"modelspec.prediction_type": prediction, embedded_config.KEY: config}
     if title:
         metadata["modelspec.title"] = title

@@ -59,9 +59,11 @@ class BuiltinRecipe:
 
     # Stage 2: latent diffusion on 16x16x4 latents. Three levels (16, 8, 4); self- and cross-attention
     # at 8x8, 4x4 and in the middle, where a token sees the whole image: position and size are global.
+    # adm_in_channels: the caption's pooled embedding (64 wide) is added to the timestep embedding, so every
+    # ResBlock is conditioned on the whole caption; see item 7 below.
     unet: UNetConfig = UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
                                   transformer_depth=(0, 1, 1), transformer_depth_middle=1, num_heads=(4, 4, 4),
-                                  context_dim=64, norm_groups=16)
+                                  context_dim=64, norm_groups=16, adm_in_channels=64)
     # The 49,408 x width token table is most of the text encoder's bytes: at width 64 it is 6 MB in fp16.
     text: TextEncoderConfig = TextEncoderConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=4,
                                                 num_attention_heads=2)
