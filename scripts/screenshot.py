@@ -1,0 +1,95 @@
+"""docs/screenshot.png: the main window mid-generation with the built-in model (issue 5).
+
+    QT_QPA_PLATFORM=offscreen python scripts/screenshot.py [--out docs/screenshot.png] [--model FILE]
+
+Opens the real window (1280 x 800, throwaway data and output folders), makes a few images so the
+history strip has something in it, then starts one more and grabs the window when that run's
+preview reaches half of its steps: the progress bar, the half-formed image and the controls as
+a user sees them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+HISTORY_PROMPTS = ("a small yellow circle at the bottom right on a black background",
+                   "a green triangle on a white background", "a large purple diamond on orange")
+SHOWN_PROMPT = "a large red star in the top left corner on a blue background"
+
+
+async def capture(window, out: Path) -> None:
+    failed = []
+    window.modelFailed.connect(failed.append)
+    while window.model is None:
+        if failed:
+            raise RuntimeError(f"the model did not load: {failed[0]}")
+        await asyncio.sleep(0.05)
+    window.panel.live.setChecked(False)
+    for seed, prompt in enumerate(HISTORY_PROMPTS, start=1):
+        await run(window, prompt, seed)
+    window.panel.steps.setValue(40)     # more steps: the halfway frame comes while the run is still going
+    grabbed = asyncio.get_running_loop().create_future()
+
+    def on_preview(preview) -> None:
+        if not grabbed.done() and preview.i + 1 >= preview.total // 2:
+            window.grab().save(str(out))
+            grabbed.set_result(preview.i + 1)
+
+    window.previewShown.connect(on_preview)
+    await run(window, SHOWN_PROMPT, 7)
+    print(f"wrote {out} (at step {await grabbed} of 40)")
+
+
+async def run(window, prompt: str, seed: int) -> None:
+    done = asyncio.get_running_loop().create_future()
+    window.jobDone.connect(lambda message: done.done() or done.set_result(message))
+    window.panel.prompt.setPlainText(prompt)
+    window.panel.seed.set_seed(seed)
+    window.generate()
+    await done
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
+    parser.add_argument("--model", help="default: the built-in model")
+    args = parser.parse_args()
+
+    import qasync
+    from PySide6.QtWidgets import QApplication
+
+    from app.settings import AppPaths, open_settings
+    from app.theme import apply_theme
+    from app.window import MainWindow
+
+    app = QApplication([])
+    apply_theme(app)
+    folder = Path(tempfile.mkdtemp(prefix="latentdesk-screenshot-"))
+    paths = AppPaths(folder / "data", folder / "out", folder / "settings.ini")
+    settings = open_settings(paths)
+    if args.model:
+        settings.setValue("model", str(Path(args.model).resolve()))
+
+    async def session() -> None:   # the window's own tasks need the running loop, as in app/main.py
+        window = MainWindow(paths, settings)
+        window.resize(1280, 800)
+        window.show()
+        try:
+            await capture(window, Path(args.out))
+        finally:
+            window.close()      # stops the generation thread before the app goes
+
+    with asyncio.Runner(loop_factory=qasync.QEventLoop) as runner:
+        runner.run(session())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The shipped built-in model (resources/models/builtin.safetensors): loads as any model does, and
+draws today what it drew when it shipped.
+
+The golden image was made with `scripts/make_golden.py`; regenerate it only when the model
+itself is retrained, never to make this test pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.checkpoint import load_model
+from core.generate import generate
+from core.request import GenerationRequest
+from core.resources import builtin_model_path, resolve_model
+from core.shapes.checker import measure
+
+GOLDEN = Path(__file__).parent / "golden" / "builtin.png"
+GOLDEN_REQUEST = GenerationRequest(prompt="a large red star in the top left corner on a blue background",
+                                   seed=7, width=128, height=128)
+
+
+def golden_request(model) -> GenerationRequest:
+    """The golden prompt at the model's own defaults: what a user gets without touching anything."""
+    family = model.family
+    return GenerationRequest(prompt=GOLDEN_REQUEST.prompt, seed=GOLDEN_REQUEST.seed, steps=family.default_steps,
+                             guidance=family.default_guidance, sampler=family.default_sampler,
+                             width=family.default_size, height=family.default_size)
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    return load_model(resolve_model("builtin"))
+
+
+def test_the_builtin_model_ships_small_and_states_how_to_sample_it(builtin):
+    assert builtin_model_path().stat().st_size <= 40_000_000
+    family = builtin.family
+    assert (family.default_size, family.default_steps) == (128, 20)
+    assert builtin.prediction == "v" and family.zero_terminal_snr and family.pooled_text_y
+    assert builtin.source == builtin_model_path()
+
+
+def test_golden_image(builtin):
+    """Fixed seed and prompt: within a small tolerance of the committed PNG (other CPUs round differently)."""
+    image = np.asarray(generate(golden_request(builtin), builtin).images[0], dtype=np.float64)
+    reference = np.asarray(Image.open(GOLDEN).convert("RGB"), dtype=np.float64)
+    assert image.shape == reference.shape == (128, 128, 3)
+    mse = ((image - reference) ** 2).mean()
+    psnr = 10 * np.log10(255**2 / max(mse, 1e-12))
+    print(f"\n[golden] PSNR {psnr:.1f} dB, max |diff| {np.abs(image - reference).max():.0f}")
+    assert psnr >= 40.0
+
+
+def test_golden_image_shows_what_the_prompt_asks():
+    """The reference itself, read back by the checker: a guard against committing a bad golden image.
+
+    The shipped model is an interim one (docs/BUILTIN_MODEL.md): it draws the named colours but not
+    yet the named shape, size and place (issue 4), so only the colours are held to the prompt here.
+    """
+    seen = measure(Image.open(GOLDEN).convert("RGB"))
+    assert (seen.color, seen.background) == ("red", "blue")
