@@ -21,22 +21,16 @@ from core.bench.pair import ModelPair
 from core.bench.reference import write_pipeline_config
 from core.bench.timing import Case, Metrics
 from core.errors import LatentDeskError
-from core.families import SD1, UNET_PREFIX, VAE_PREFIX
+from core.train.export import export_state
 
 PROBE_TIMEOUT_S = 1800
 READ_CHUNK = 64 * 2 ** 20
 
 
 def write_single_file(pair: ModelPair, path: Path, dtype: torch.dtype = torch.float16) -> Path:
-    """Our modules' attribute names are the original checkpoint keys, so the state dicts need only the
-    prefixes; the text encoder gets back the `text_model.` level real SD1 files have (transformers >= 5.6
-    leaves it out of CLIPTextModel's keys)."""
+    """The layout `latentdesk train` exports (core/train/export.py), which is SD1's own."""
     model = pair.ours
-    state = {UNET_PREFIX + k: v for k, v in model.unet.state_dict().items()}
-    state |= {VAE_PREFIX + k: v for k, v in model.vae.state_dict().items()}
-    clip_prefix = SD1.text_encoders[0].prefix + "text_model."
-    state |= {clip_prefix + k.removeprefix("text_model."): v
-              for k, v in model.text_encoder.models[0].state_dict().items()}
+    state = export_state(model.unet, model.vae, model.text_encoder.models[0])
     save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}, path)
     return path
 
