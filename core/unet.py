@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.upsample import nearest2x_conv
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -110,6 +112,8 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor, size: torch.Size) -> Tensor:
         # To the skip connection's size rather than a plain x2: an odd size on the way down
         # (a latent side not divisible by 2**(levels-1)) still lines up, as in diffusers.
+        if tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1]):
+            return nearest2x_conv(x, self.conv)
         return self.conv(F.interpolate(x, size=size, mode="nearest"))
 
 

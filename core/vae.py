@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.upsample import nearest2x_conv
+
 
 @dataclass(frozen=True)
 class VAEConfig:
@@ -122,7 +124,7 @@ class Upsample(nn.Module):
         self.conv = _conv3(channels, channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return nearest2x_conv(x, self.conv)
 
 
 class Level(nn.Module):
