@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -289,6 +290,17 @@ class UNet(nn.Module):
 
         Computes in the parameters' dtype; the result comes back in x's dtype.
         """
+        h, emb, context = self.prepare(x, timesteps, context, y)
+        skips = self.down(h, emb, context)
+        h = self.middle_block(skips[-1], emb, context)
+        h = self.up(h, skips, emb, context)
+        return self.out(h).to(x.dtype)
+
+    # The parts of forward, in order. core/deep_cache.py runs them separately to skip the deep ones.
+
+    def prepare(self, x: Tensor, timesteps: Tensor, context: Tensor,
+                y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(h, emb, context): the network's input, the timestep (+ y) embedding, the text tokens, in its dtype."""
         dtype = self.time_embed[0].weight.dtype
         t_emb = timestep_embedding(timesteps.expand(x.shape[0]), self.config.model_channels)  # (B, mc)
         emb = self.time_embed(t_emb.to(dtype))  # (B, 4*mc)
@@ -296,17 +308,23 @@ class UNet(nn.Module):
             if y is None:
                 raise ValueError("this UNet (SDXL) needs y, the pooled text + size embedding")
             emb = emb + self.label_emb(y.to(dtype))
-        context = context.to(dtype)
-
         h = x.to(dtype)
         if self.config.coord_channels:
             h = torch.cat([h, coordinates(h)], dim=1)
+        return h, emb, context.to(dtype)
+
+    def down(self, h: Tensor, emb: Tensor, context: Tensor, blocks: int | None = None) -> list[Tensor]:
+        """The outputs of the first `blocks` input blocks (all by default): the skip connections, shallow first."""
         skips = []
-        for block in self.input_blocks:
+        for block in islice(self.input_blocks, blocks):
             h = block(h, emb, context)
             skips.append(h)
-        h = self.middle_block(h, emb, context)
-        for block in self.output_blocks:
+        return skips
+
+    def up(self, h: Tensor, skips: list[Tensor], emb: Tensor, context: Tensor,
+           start: int = 0, stop: int | None = None) -> Tensor:
+        """Output blocks start..stop-1 on h, each taking (and popping) the deepest skip left in `skips`."""
+        for block in islice(self.output_blocks, start, stop):
             h = torch.cat([h, skips.pop()], dim=1)  # (B, ch + skip_ch, H, W)
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
-        return self.out(h).to(x.dtype)
+        return h
