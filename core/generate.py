@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
+from core.deep_cache import DeepCacheUNet
 from core.denoiser import Conditioning, Denoiser
 from core.errors import LatentDeskError
 from core.guidance import CFGDenoiser, GuidanceScale
@@ -32,6 +33,7 @@ from core.prompts import PromptEmbedding, encode_pair
 from core.request import GenerationRequest
 from core.samplers import Step, get_sampler
 from core.schedules import img2img_start
+from core.speedups import check_speedups, steps_part
 from core.unet import sdxl_added_condition
 
 MAX_BATCH = 64
@@ -82,8 +84,6 @@ def generate(request: GenerationRequest, model: DiffusionModel,
         # 2. Encode the prompt and the negative prompt (same chunk count, so CFG batches them).
         cond, uncond = encode_pair(model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip)
         schedule = model.family.schedule
-        denoiser = CFGDenoiser(Denoiser(model.unet, model.prediction, schedule, quantize=sampler.quantize),
-                               conditioning(model, cond, request), conditioning(model, uncond, request), guidance)
 
         # 3. The noise levels to walk down, and the starting latent.
         sigmas = sampler.sigmas(request.steps, schedule)
@@ -98,15 +98,28 @@ def generate(request: GenerationRequest, model: DiffusionModel,
             x = draw(generators, shape, model) * sampler.init_noise_sigma(sigmas)
         x = x.to(model.dtype)
 
-        # 4. Sample, reporting every step; a cancel stops at the next step boundary.
+        # 4. The denoiser: UNet (or DeepCache's wrapper of it, core/deep_cache.py) → D(x, σ) → CFG.
         total = len(sigmas) - 1
+        unet = model.unet
+        if request.deep_cache_interval > 1:
+            unet = DeepCacheUNet(model.unet, request.deep_cache_interval, request.deep_cache_blocks,
+                                 full_first=steps_part(total, request.deep_cache_start))
+        unguided_from = total - steps_part(total, request.guidance_cutoff)
+        denoiser = CFGDenoiser(Denoiser(unet, model.prediction, schedule, quantize=sampler.quantize),
+                               conditioning(model, cond, request), conditioning(model, uncond, request), guidance,
+                               unguided_from=unguided_from if unguided_from < total else None)
+        # The guidance slider's value is read afresh, and DeepCache's full-or-reuse decided, per step.
+        step_ends = [denoiser.end_step] + ([unet.end_step] if isinstance(unet, DeepCacheUNet) else [])
+
+        # 5. Sample, reporting every step; a cancel stops at the next step boundary.
         last = {"denoised": None, "steps": 0}
 
         def report(step: Step) -> None:
             last["denoised"], last["steps"] = step.denoised, step.i + 1
             if on_step is not None:
                 on_step(StepInfo(step.i, total, step.x, step.denoised, float(step.sigma), denoiser.last_scale))
-            denoiser.end_step()  # the guidance slider's value is read afresh from the next step on
+            for end_step in step_ends:
+                end_step()
             if cancel is not None and cancel.is_set():
                 raise Cancelled
 
@@ -121,7 +134,7 @@ def generate(request: GenerationRequest, model: DiffusionModel,
             gc.collect()
             return GenerationResult(request, [], seeds, cancelled=True, latents=partial, steps_done=last["steps"])
 
-        # 5. Decode through the VAE, one image at a time to bound memory.
+        # 6. Decode through the VAE, one image at a time to bound memory.
         images = [image for i in range(latents.shape[0]) for image in decode(model, latents[i:i + 1])]
     return GenerationResult(request, images, seeds, latents=latents, steps_done=total)
 
@@ -139,6 +152,7 @@ def check_request(request: GenerationRequest) -> None:
         raise LatentDeskError(f"seed must be a whole number from 0, not {request.seed!r}")
     if request.clip_skip < 1:
         raise LatentDeskError(f"clip skip must be at least 1, not {request.clip_skip}")
+    check_speedups(request)
 
 
 def conditioning(model: DiffusionModel, prompt: PromptEmbedding, request: GenerationRequest) -> Conditioning:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.speedups import DEEP_CACHE_BLOCKS, DEEP_CACHE_START
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -20,6 +22,11 @@ class GenerationRequest:
     init_image: str | None = None  # img2img: path of the starting image
     strength: float = 0.75         # img2img: 1 = start from pure noise, 0.1 = keep nearly all of it
     model: str = "builtin"         # "builtin" or the model's path; the PNG records its name and hash
+    # Approximate speed-ups (core/speedups.py), off by default; the PNG records them only when on.
+    deep_cache_interval: int = 1   # DeepCache: the whole UNet every N-th step, deep features reused between; 1 = off
+    deep_cache_blocks: int = DEEP_CACHE_BLOCKS  # the shallow UNet blocks that still run on the reused steps
+    deep_cache_start: float = DEEP_CACHE_START  # DeepCache: this first fraction of the steps runs in full
+    guidance_cutoff: float = 0.0   # this last fraction of the steps runs unguided (scale 1); 0 = off
 
     @property
     def is_img2img(self) -> bool:
