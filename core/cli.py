@@ -3,6 +3,7 @@
     latentdesk generate [--model builtin|PATH] (--prompt TEXT | --prompt-file FILE) [--negative TEXT]
                         [--steps N] [--guidance G] [--sampler NAME] [--seed S] [--width W --height H]
                         [--init-image PATH --strength S] [--batch N] [--clip-skip N]
+                        [--deep-cache [N]] [--deep-cache-blocks K] [--deep-cache-start F] [--guidance-cutoff [F]]
                         (--out FILE.png | --out-dir DIR)
     latentdesk inspect MODEL [--prediction epsilon|v] [--json]
     latentdesk train autoencoder|diffusion|builtin ...   (core/train/cli.py)
@@ -24,6 +25,13 @@ from core import __version__
 from core.errors import LatentDeskError
 from core.measure_cli import add_measure_commands
 from core.request import GenerationRequest
+from core.speedups import (
+    DEEP_CACHE_BLOCKS,
+    DEEP_CACHE_INTERVAL,
+    DEEP_CACHE_START,
+    GUIDANCE_CUTOFF,
+    check_speedups,
+)
 from core.train.cli import add_train_commands
 
 
@@ -70,9 +78,24 @@ def add_generate_command(commands) -> None:
     g.add_argument("--batch", type=int, default=1, help="images per prompt")
     g.add_argument("--clip-skip", type=int, default=1)
     g.add_argument("--prediction", choices=("epsilon", "v"), help="override the detected prediction type")
+    add_speedup_arguments(g)
     out = g.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="the PNG to write (one image)")
     out.add_argument("--out-dir", help="a folder; images are numbered 00000.png, 00001.png, ...")
+
+
+def add_speedup_arguments(parser) -> None:
+    speed = parser.add_argument_group("approximate speed-ups", "off by default; faster, and the image changes a "
+                                      "little (core/speedups.py)")
+    speed.add_argument("--deep-cache", type=int, nargs="?", const=DEEP_CACHE_INTERVAL, default=1, metavar="N",
+                       help="DeepCache: run the whole UNet on one step in N and reuse its deep features on the "
+                            f"others (N left out: {DEEP_CACHE_INTERVAL}; 1 = off)")
+    speed.add_argument("--deep-cache-blocks", type=int, default=DEEP_CACHE_BLOCKS, metavar="K",
+                       help=f"UNet blocks still run on the reused steps, shallowest first (default {DEEP_CACHE_BLOCKS})")
+    speed.add_argument("--deep-cache-start", type=float, default=DEEP_CACHE_START, metavar="F",
+                       help=f"this first fraction of the steps runs in full (default {DEEP_CACHE_START})")
+    speed.add_argument("--guidance-cutoff", type=float, nargs="?", const=GUIDANCE_CUTOFF, default=0.0, metavar="F",
+                       help=f"run the last fraction F of the steps without guidance (F left out: {GUIDANCE_CUTOFF})")
 
 
 def run_generate(args) -> int:
@@ -89,6 +112,9 @@ def run_generate(args) -> int:
                               "use --out-dir")
     if (args.width is None) != (args.height is None):
         raise LatentDeskError("give both --width and --height, or neither")
+    speedups = dict(deep_cache_interval=args.deep_cache, deep_cache_blocks=args.deep_cache_blocks,
+                    deep_cache_start=args.deep_cache_start, guidance_cutoff=args.guidance_cutoff)
+    check_speedups(GenerationRequest(**speedups))   # before the model loads: a bad value fails at once
     if args.out_dir:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     path = resolve_model(args.model)
@@ -106,7 +132,7 @@ def run_generate(args) -> int:
                              sampler=pick(args.sampler, family.default_sampler), width=width, height=height,
                              batch=args.batch,
                              clip_skip=args.clip_skip, init_image=args.init_image, strength=args.strength,
-                             model=args.model)
+                             model=args.model, **speedups)
     name, digest = model.name, model_hash(path)
     progress = ProgressBar(len(prompts) * args.batch)
     for p, prompt in enumerate(prompts):

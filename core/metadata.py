@@ -50,7 +50,8 @@ NAMED_SCHEDULES = ("Karras", "Exponential")
 DEFAULT_SCHEDULES = ("", "Automatic", "Uniform")
 # Keys this module reads or that describe the file rather than a setting; any other key is reported.
 _READ_KEYS = {"Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size",
-              "Clip skip", "Denoising strength", "Model", "Model hash", "Version"}
+              "Clip skip", "Denoising strength", "Model", "Model hash", "Version",
+              "Deep cache interval", "Deep cache blocks", "Deep cache start", "Guidance cut-off"}
 
 
 # -- hashing ----------------------------------------------------------------------------------------
@@ -101,12 +102,25 @@ def to_infotext(request: GenerationRequest, model_name: str | None, model_hash: 
         "Model": model_name,
         "Denoising strength": _number(request.strength) if request.is_img2img else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        **speedup_params(request),
         "Guidance schedule": guidance_schedule(guidance_used),
         "Version": version,
     }
     line = ", ".join(f"{key}: {_quote(str(value))}" for key, value in params.items() if value is not None)
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
     return f"{request.prompt}{negative}\n{line}".strip()
+
+
+def speedup_params(request: GenerationRequest) -> dict[str, object]:
+    """The approximate speed-ups (core/speedups.py), only those switched on: an exact image's text is unchanged."""
+    params: dict[str, object] = {}
+    if request.deep_cache_interval > 1:
+        params["Deep cache interval"] = request.deep_cache_interval
+        params["Deep cache blocks"] = request.deep_cache_blocks
+        params["Deep cache start"] = _number(request.deep_cache_start)
+    if request.guidance_cutoff > 0:
+        params["Guidance cut-off"] = _number(request.guidance_cutoff)
+    return params
 
 
 def guidance_schedule(per_step: Sequence[float]) -> str | None:
@@ -203,8 +217,8 @@ def request_from_infotext(text: str | None, base: GenerationRequest, *,
 
     Never raises: text without a parameter line (or None, what `read_parameters` gives
     for an image without one) gives `base` unchanged and a warning.
-    A missing "Clip skip" means 1, as in A1111. `init_image` and `model` always come
-    from `base`; a different model name is reported.
+    A missing "Clip skip" means 1, as in A1111; missing speed-ups (core/speedups.py) mean off.
+    `init_image` and `model` always come from `base`; a different model name is reported.
     """
     info = parse_infotext(text or "")
     if "Steps" not in info:
@@ -226,6 +240,15 @@ def request_from_infotext(text: str | None, base: GenerationRequest, *,
     read("CFG scale", "guidance", _finite)
     read("Seed", "seed", lambda v: _whole(v, 0))
     read("Clip skip", "clip_skip", lambda v: _whole(v, 1))
+    # Written only when switched on: a text without them was made exactly.
+    if "Deep cache interval" not in info:
+        changes["deep_cache_interval"] = 1
+    if "Guidance cut-off" not in info:
+        changes["guidance_cutoff"] = 0.0
+    read("Deep cache interval", "deep_cache_interval", lambda v: _whole(v, 1))
+    read("Deep cache blocks", "deep_cache_blocks", lambda v: _whole(v, 1))
+    read("Deep cache start", "deep_cache_start", lambda v: _fraction(_finite(v)))
+    read("Guidance cut-off", "guidance_cutoff", lambda v: _fraction(_finite(v)))
     if "Size" in info:
         if size := _SIZE.fullmatch(info["Size"].strip()):
             width, height = int(size.group(1)), int(size.group(2))
@@ -296,6 +319,12 @@ def _finite(text: str) -> float:
         raise ValueError("not a number") from None
     if not math.isfinite(value):
         raise ValueError("not a finite number")
+    return value
+
+
+def _fraction(value: float) -> float:
+    if not 0 <= value < 1:
+        raise ValueError("not from 0 to below 1")
     return value
 
 

@@ -64,6 +64,11 @@ def test_img2img_from_an_odd_image(tmp_path, capsys, model_file):
     (["--init-image", "__FILE__", "--strength", "2"], "strength"),
     (["--batch", "2"], "use --out-dir"),
     (["--width", "64"], "both --width and --height"),
+    (["--deep-cache", "0"], "deep cache interval"),
+    (["--deep-cache", "--deep-cache-blocks", "0"], "deep cache blocks"),
+    (["--deep-cache", "--deep-cache-blocks", "9"], "4 input blocks"),   # the tiny UNet has 4
+    (["--deep-cache-start", "1"], "deep cache start"),
+    (["--guidance-cutoff", "1.5"], "guidance cut-off"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, model_file, args, words):
     args = [str(model_file) if a == "__FILE__" else a for a in args]
@@ -73,6 +78,22 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, model_file, args, wor
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and words in err, err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_speedup_flags_reach_the_request_and_the_png(tmp_path, capsys, model_file):
+    code, out, err = run(capsys, "generate", "--model", str(model_file), "--prompt", "a red circle", "--steps", "4",
+                         "--width", "64", "--height", "64", "--seed", "2", "--deep-cache", "--guidance-cutoff",
+                         "0.5", "--out", str(tmp_path / "fast.png"))
+    assert code == 0, err
+    request, warnings = request_from_infotext(read_parameters(out.strip()), GenerationRequest(model=str(model_file)))
+    assert warnings == []
+    assert (request.deep_cache_interval, request.guidance_cutoff) == (3, 0.5)   # --deep-cache alone: 3
+    code, out, err = run(capsys, "generate", "--model", str(model_file), "--prompt", "a red circle", "--steps", "4",
+                         "--width", "64", "--height", "64", "--seed", "2", "--deep-cache", "2", "--deep-cache-blocks",
+                         "2", "--guidance-cutoff", "--out", str(tmp_path / "fast2.png"))
+    assert code == 0, err
+    request, _ = request_from_infotext(read_parameters(out.strip()), GenerationRequest())
+    assert (request.deep_cache_interval, request.deep_cache_blocks, request.guidance_cutoff) == (2, 2, 0.3)
 
 
 def test_missing_model_is_named(tmp_path, capsys):

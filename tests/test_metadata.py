@@ -86,6 +86,9 @@ ROUND_TRIPS = [
     GenerationRequest(prompt="clip skip", clip_skip=2, sampler="DPM++ 2M SDE Karras", steps=7),
     GenerationRequest(prompt="ddim", sampler="DDIM", guidance=7.5, model="/models/My Model.safetensors"),
     GenerationRequest(prompt="", negative_prompt="only a negative"),
+    GenerationRequest(prompt="deep cache", deep_cache_interval=3, deep_cache_blocks=2, deep_cache_start=0.25),
+    GenerationRequest(prompt="cut-off", guidance_cutoff=0.3),
+    GenerationRequest(prompt="both", deep_cache_interval=5, guidance_cutoff=0.45, sampler="Heun"),
 ]
 
 
@@ -422,3 +425,23 @@ def test_guidance_moved_during_a_run_is_written_as_a_schedule_and_parsing_ignore
     assert parse_infotext(text)["Guidance schedule"] == "7 (steps 1-2), 3.5 (steps 3-5), 12 (step 6)"
     assert request_from_infotext(text, GenerationRequest())[0].guidance == 7.0
     assert "Guidance schedule" not in to_infotext(req, "m", None, None, [7.0] * 6)
+
+
+def test_speedups_are_written_only_when_on_and_missing_ones_mean_off():
+    exact = GenerationRequest(prompt="a cat", deep_cache_blocks=2, deep_cache_start=0.5)   # interval 1: off
+    assert "Deep cache" not in to_infotext(exact, None, None, None)
+    assert "cut-off" not in to_infotext(exact, None, None, None)
+    fast = replace(exact, deep_cache_interval=3, guidance_cutoff=0.3)
+    assert to_infotext(fast, None, None, None).endswith(
+        "Deep cache interval: 3, Deep cache blocks: 2, Deep cache start: 0.5, Guidance cut-off: 0.3")
+    # Restoring an exact image's settings over a base with the speed-ups on gives them off.
+    restored, warnings = request_from_infotext(to_infotext(exact, None, None, None), fast)
+    assert (restored.deep_cache_interval, restored.guidance_cutoff) == (1, 0.0) and warnings == []
+
+
+def test_unusable_speedup_values_are_reported_and_kept_from_the_base():
+    text = "a cat\nSteps: 20, Seed: 1, Size: 64x64, Deep cache interval: 0, Guidance cut-off: 1.5"
+    base = GenerationRequest(deep_cache_interval=4, guidance_cutoff=0.2)
+    restored, warnings = request_from_infotext(text, base)
+    assert (restored.deep_cache_interval, restored.guidance_cutoff) == (4, 0.2)
+    assert len(warnings) == 2 and "Deep cache interval: '0'" in warnings[0] and "Guidance cut-off" in warnings[1]
