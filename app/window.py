@@ -327,7 +327,8 @@ class MainWindow(QMainWindow):
         return GenerationRequest(prompt=v.prompt, negative_prompt=v.negative_prompt, steps=v.steps,
                                  guidance=v.guidance, sampler=v.sampler, seed=seed, width=v.width,
                                  height=v.height, batch=v.batch, init_image=str(init) if init else None,
-                                 strength=v.strength, model=self.model.spec if self.model else BUILTIN)
+                                 strength=v.strength, model=self.model.spec if self.model else BUILTIN,
+                                 **v.speedups)
 
     def generate(self, live: bool = False) -> None:
         """Start a run. One at a time: a run in flight is cancelled and this one starts next.

@@ -475,6 +475,30 @@ def test_restart_restores_settings_and_history(open_window, qtbot, folders, tiny
     assert (second.width(), second.height()) == (760, 560)
 
 
+def test_speed_controls_reach_the_png_and_are_remembered(open_window, qtbot, folders):
+    first = open_window()
+    speed = first.panel.speedups
+    assert speed.deep_cache.text() == "Deep cache off" and speed.cutoff.text() == "Guided to the end"
+    speed.deep_cache.setValue(3)
+    speed.cutoff.setValue(30)
+    message = run(qtbot, first)
+    assert isinstance(message, Finished)
+    request = message.request
+    assert (request.deep_cache_interval, request.guidance_cutoff) == (3, 0.3)
+    text = read_parameters(message.paths[0])
+    assert "Deep cache interval: 3" in text and "Guidance cut-off: 0.3" in text
+    # A restored image brings the settings without a box of their own too, and they are used.
+    first.panel.apply_request(GenerationRequest(deep_cache_interval=2, deep_cache_blocks=2, deep_cache_start=0.5))
+    restored = first.build_request(0)
+    assert (restored.deep_cache_interval, restored.deep_cache_blocks, restored.deep_cache_start,
+            restored.guidance_cutoff) == (2, 2, 0.5, 0.0)
+    first.close()
+
+    second = open_window(small=False)
+    assert second.panel.speedups.values() == {"deep_cache_interval": 2, "deep_cache_blocks": 2,
+                                              "deep_cache_start": 0.5, "guidance_cutoff": 0.0}
+
+
 def test_history_menu_reuses_parameters_uses_as_init_and_deletes_to_trash(open_window, qtbot, folders,
                                                                         tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))     # the trash, away from the real home

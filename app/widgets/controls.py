@@ -1,5 +1,5 @@
 """The left-hand panel: everything a request is made of, top to bottom in the order people
-decide it (model, prompt, guidance, steps, size, seed, init image), Generate/Cancel pinned at
+decide it (model, prompt, guidance, steps, size, seed, speed-ups, init image), Generate/Cancel pinned at
 the bottom. It reads and writes `GenerationRequest` fields; it never touches the engine."""
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from app.widgets.init_image import InitImageWell
 from app.widgets.model_picker import ModelPicker
 from app.widgets.prompt_edit import PromptEdit
 from app.widgets.seed import SeedControl
+from app.widgets.speedups import SpeedupsControl
 from core.request import GenerationRequest
 from core.sampler_names import SAMPLER_NAMES
 
@@ -70,6 +71,7 @@ class FormValues:
     height: int
     batch: int
     strength: float
+    speedups: dict                 # the approximate speed-ups' GenerationRequest fields (app/widgets/speedups.py)
 
 
 def section(title: str) -> QLabel:
@@ -100,6 +102,7 @@ class ControlsPanel(QFrame):
                                accessibleName="Height", suffix=" px")
         self.batch = QSpinBox(minimum=1, maximum=16, value=1, accessibleName="Images per run")
         self.seed = SeedControl()
+        self.speedups = SpeedupsControl()
         self.init_well = InitImageWell()
         self.preview_mode = QComboBox(accessibleName="Preview")
         for mode in PreviewMode:
@@ -147,6 +150,8 @@ class ControlsPanel(QFrame):
         grid.addLayout(sides, 3, 1, 1, 3)
         grid.addWidget(QLabel("Seed"), 4, 0)
         grid.addWidget(self.seed, 4, 1, 1, 3)
+        grid.addWidget(QLabel("Speed"), 5, 0)
+        grid.addWidget(self.speedups, 5, 1, 1, 3)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         column.addWidget(section("Settings"))
@@ -176,7 +181,8 @@ class ControlsPanel(QFrame):
         self.toolbar = self._build_toolbar()
         for signal in (self.prompt.textChanged, self.negative.textChanged, self.guidance.valueChanged,
                        self.steps.valueChanged, self.sampler.currentIndexChanged, self.width.valueChanged,
-                       self.height.valueChanged, self.seed.edit.textEdited, self.init_well.strength.valueChanged):
+                       self.height.valueChanged, self.seed.edit.textEdited, self.init_well.strength.valueChanged,
+                       self.speedups.valueChanged):
             signal.connect(self.edited)
 
     def _build_toolbar(self) -> QWidget:
@@ -232,7 +238,7 @@ class ControlsPanel(QFrame):
         return FormValues(self.prompt.toPlainText().strip(), self.negative.toPlainText().strip(),
                           self.guidance.value(), self.steps.value(), self.sampler.currentText(),
                           self.width.value(), self.height.value(), self.batch.value(),
-                          self.init_well.strength_value())
+                          self.init_well.strength_value(), self.speedups.values())
 
     def apply_request(self, request: GenerationRequest) -> None:
         """Show a request's settings (restored from a PNG or the history). The seed is fixed to it."""
@@ -246,6 +252,7 @@ class ControlsPanel(QFrame):
         self.height.setValue(request.height)
         self.seed.set_seed(request.seed)
         self.init_well.set_strength(request.strength)
+        self.speedups.apply_request(request)
 
     def preview_choice(self) -> tuple[PreviewMode, bool]:
         return PreviewMode(self.preview_mode.currentData()), self.preview_noisy.isChecked()
@@ -264,6 +271,7 @@ class ControlsPanel(QFrame):
                            ("preview_mode", self.preview_mode.currentData()),
                            ("preview_noisy", self.preview_noisy.isChecked())):
             settings.setValue(f"form/{key}", value)
+        self.speedups.save(settings)
 
     def restore(self, settings: QSettings) -> bool:
         """Put back what `save` stored; False when nothing was stored (a first start)."""
@@ -288,6 +296,7 @@ class ControlsPanel(QFrame):
         index = self.preview_mode.findData(mode)
         self.preview_mode.setCurrentIndex(max(index, 0))
         self.preview_noisy.setChecked(read(settings, "form/preview_noisy", False))
+        self.speedups.restore(settings)
         return True
 
     # -- size --------------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""The approximate speed-ups (core/speedups.py) as two small spin boxes: deep cache and unguided end.
+
+Both start off. The deep cache's other two settings (blocks run on reused steps, the fraction of
+first steps run in full) have no box of their own: they keep the engine's tested defaults unless a
+restored image or the saved settings say otherwise, and the tooltip shows them.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSettings, Signal
+from PySide6.QtWidgets import QHBoxLayout, QSpinBox, QWidget
+
+from app.settings import read
+from core.request import GenerationRequest
+from core.speedups import DEEP_CACHE_BLOCKS, DEEP_CACHE_INTERVAL, DEEP_CACHE_START, GUIDANCE_CUTOFF
+
+MAX_INTERVAL = 10
+MAX_CUTOFF_PERCENT = 90
+FIELDS = ("deep_cache_interval", "deep_cache_blocks", "deep_cache_start", "guidance_cutoff")
+
+
+class SpeedupsControl(QWidget):
+    valueChanged = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.blocks, self.start = DEEP_CACHE_BLOCKS, DEEP_CACHE_START
+        # Interval 1 is "the whole UNet every step": exact, so the minimum doubles as "off".
+        self.deep_cache = QSpinBox(minimum=1, maximum=MAX_INTERVAL, value=1, prefix="Deep cache 1/",
+                                   specialValueText="Deep cache off", accessibleName="Deep cache")
+        self.cutoff = QSpinBox(minimum=0, maximum=MAX_CUTOFF_PERCENT, singleStep=10, value=0, suffix=" %",
+                               prefix="Unguided last ", specialValueText="Guided to the end",
+                               accessibleName="Unguided last steps")
+        self.cutoff.setToolTip("Approximate, faster: the last steps run without guidance (one UNet batch instead "
+                               f"of two); {GUIDANCE_CUTOFF:.0%} is the tested setting.")
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.deep_cache, 1)
+        layout.addWidget(self.cutoff, 1)
+        self.deep_cache.valueChanged.connect(self.valueChanged)
+        self.cutoff.valueChanged.connect(self.valueChanged)
+        self._show_details()
+
+    def values(self) -> dict[str, float]:
+        """The GenerationRequest fields this control holds."""
+        return {"deep_cache_interval": self.deep_cache.value(), "deep_cache_blocks": self.blocks,
+                "deep_cache_start": self.start, "guidance_cutoff": self.cutoff.value() / 100}
+
+    def set_values(self, deep_cache_interval: int, deep_cache_blocks: int, deep_cache_start: float,
+                   guidance_cutoff: float) -> None:
+        self.blocks, self.start = deep_cache_blocks, deep_cache_start
+        self.deep_cache.setValue(deep_cache_interval)
+        self.cutoff.setValue(round(guidance_cutoff * 100))
+        self._show_details()
+
+    def apply_request(self, request: GenerationRequest) -> None:
+        self.set_values(*(getattr(request, field) for field in FIELDS))
+
+    def save(self, settings: QSettings) -> None:
+        for field, value in self.values().items():
+            settings.setValue(f"form/{field}", value)
+
+    def restore(self, settings: QSettings) -> None:
+        defaults = GenerationRequest()
+        self.set_values(*(read(settings, f"form/{field}", getattr(defaults, field)) for field in FIELDS))
+
+    def _show_details(self) -> None:
+        self.deep_cache.setToolTip(
+            f"Approximate, faster: after the first {self.start:.0%} of the steps, the whole UNet runs on one step "
+            f"in N; the others run its {self.blocks} shallowest block(s) and reuse the rest (DeepCache). "
+            f"1/{DEEP_CACHE_INTERVAL} is the tested setting.")
