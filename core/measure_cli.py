@@ -4,7 +4,8 @@
                            [--seed S] [--json FILE] [--images DIR]
     latentdesk bench [--model builtin|PATH] [--runs N] [--size PX] [--steps N] [--guidance G] [--sampler NAME]
     latentdesk bench compare [--quick] [--runs N] [--device cpu|cuda] [--dtype float32|float16|bfloat16]
-                             [--steps N] [--only unet vae txt2img load builtin] [--json FILE] [--markdown FILE]
+                             [--steps N] [--only unet vae txt2img load builtin approx approx-builtin]
+                             [--json FILE] [--markdown FILE]
 
 `eval shapes` draws one image per held-out caption (templates never used in training) and reads
 each back with the analytic checker (core/shapes/checker.py); it first scores the captions' own
@@ -13,7 +14,8 @@ every guided step, VAE decode) after one warm-up run and reports the median. `be
 ours against diffusers (which it needs installed) on one machine, with the same random weights in
 both: a UNet step and a VAE decode at 512x512, txt2img end to end (ours with previews off and on),
 checkpoint load time and peak memory of a ~2 GB fp16 single file (each load in a fresh process), and
-the built-in model (ours only). Each case is the median of --runs rounds (at least 3) after a warm-up,
+the built-in model (ours only), and the approximate speed-ups (core/speedups.py) against the exact image
+on the SD1.5-shaped model at 256x256 and on the built-in model: speed-up and PSNR. Each case is the median of --runs rounds (at least 3) after a warm-up,
 the order alternating between the two sides, with ours / diffusers taken round by round. `--quick`
 runs the same cases on tiny models at 64x64 in seconds. See core/bench/.
 """
@@ -62,7 +64,8 @@ def add_measure_commands(commands) -> None:
     kinds = bench.add_subparsers(dest="bench_kind", metavar="compare", help="(optional) compare with diffusers")
     compare = kinds.add_parser("compare", help="ours vs diffusers: same machine, config and weights, one run",
                                description="Ours against diffusers on this machine: UNet step, VAE decode, txt2img "
-                                           "end to end, checkpoint load time and peak RSS, the built-in model. "
+                                           "end to end, checkpoint load time and peak RSS, the built-in model; "
+                                           "and our approximate speed-ups against our exact image. "
                                            "Medians of --runs rounds after a warm-up; ratio = ours / diffusers "
                                            "per round. Needs diffusers installed.")
     compare.add_argument("--quick", action="store_true", help="tiny models at 64x64: seconds instead of minutes")
@@ -70,8 +73,10 @@ def add_measure_commands(commands) -> None:
     compare.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     compare.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                          help="compute dtype of both sides (default float32)")
-    compare.add_argument("--steps", type=int, help="txt2img steps (default 10; 3 with --quick)")
-    compare.add_argument("--only", nargs="+", metavar="CASE", help="some of: unet vae txt2img load builtin")
+    compare.add_argument("--steps", type=int, help="txt2img steps (default 10; 3 with --quick), and the "
+                                                   "speed-ups case's on the random-weight model (default 20)")
+    compare.add_argument("--only", nargs="+", metavar="CASE",
+                         help="some of: unet vae txt2img load builtin approx approx-builtin")
     compare.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     compare.add_argument("--json", help="write every raw timing, median, ratio and the machine to this file")
     compare.add_argument("--markdown", help="write the results table to this file")

@@ -8,6 +8,7 @@ that the two sides it times compute the same thing.
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import subprocess
@@ -97,9 +98,41 @@ def test_markdown_table_shows_the_measured_medians(quick_run):
             row = f"| {case['title']} | {name} | {median:.3f} s |"
             assert row in markdown, row
         for name, ratio in seconds["median_ratio"].items():
-            assert f"| {name} | {seconds['median'][name]:.3f} s | {ratio:.2f} |" in markdown
+            if case["name"].startswith("approx"):   # shown as a speed-up, exact / mode
+                assert f"| {name} | {seconds['median'][name]:.3f} s | {1 / ratio:.2f}× |" in markdown
+            else:
+                assert f"| {name} | {seconds['median'][name]:.3f} s | {ratio:.2f} |" in markdown
     load = next(case for case in results["cases"] if case["name"] == "load")
     assert f"{load['metrics']['peak_rss_mb']['median']['ours']:,.0f} MiB" in markdown
+
+
+def test_speedups_cases_record_psnr_and_what_each_mode_ran(quick_run):
+    results, markdown = quick_run
+    by_name = {case["name"]: case for case in results["cases"]}
+    names = ["approx"] + (["approx-builtin"] if builtin_model_path().is_file() else [])
+    for name in names:
+        case = by_name[name]
+        assert case["baseline"] == "exact" and case["details"]["steps"] == TINY.steps
+        psnr, calls = case["details"]["psnr_db"], case["details"]["unet_calls"]
+        assert set(psnr) == {"deep cache", "guidance cut-off", "both"}
+        assert all(0 < value < 100 for value in psnr.values())
+        assert f"{psnr['both']:.1f} dB" in markdown
+        # 3 steps: one per step; deep cache skips the deep blocks on steps 1-2 (both: the unguided last step
+        # has a new batch shape, so it runs in full); the cut-off runs the last step on 1 row of 2.
+        assert calls["exact"] == {"calls": 3, "deep": 3, "rows": 6}
+        assert calls["deep cache"] == {"calls": 3, "deep": 1, "rows": 6}
+        assert calls["guidance cut-off"] == {"calls": 3, "deep": 3, "rows": 5}
+        assert calls["both"] == {"calls": 3, "deep": 2, "rows": 5}
+
+
+def test_psnr_is_inf_for_equal_images_and_falls_with_the_error():
+    from PIL import Image
+
+    from core.bench.approximate import psnr
+    grey = Image.new("RGB", (4, 4), (100, 100, 100))
+    assert psnr(grey, grey) == float("inf")
+    # the red channel one level off everywhere: MSE 1/3
+    assert psnr(Image.new("RGB", (4, 4), (101, 100, 100)), grey) == pytest.approx(10 * math.log10(255 ** 2 / (1 / 3)))
 
 
 def test_bench_records_that_both_sides_computed_the_same(quick_run):

@@ -4,6 +4,7 @@
     reference.py        diffusers, imported lazily here only: its modules, pipeline and config folder
     pair.py             one set of random weights as diffusers' modules and as ours (our converters)
     cases.py            UNet step, VAE decode, txt2img end to end, built-in model
+    approximate.py      the approximate speed-ups against the exact image: speed-up and PSNR
     checkpoint_load.py  load time and peak RSS of a single file, each load in a fresh process
     load_probe.py       that process
     timing.py           warm-up, rounds in rotating order, medians and per-round ratios

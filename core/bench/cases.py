@@ -3,6 +3,7 @@
     unet_step_work(pair, device) / vae_decode_work(pair, device) -> {"ours": fn, "diffusers": fn}
     unet_step_case, vae_decode_case, txt2img_case(pair, device) -> Case
     builtin_case(device, dtype, steps) -> Case | None (None: no built-in model installed)
+    load_builtin(device, dtype), builtin_request(model, steps): that model and what the app asks of it
 
 The UNet and VAE cases first run both sides once on the very inputs they are timed on and record
 how far the outputs differ: a ratio means something only if both computed the same thing.
@@ -20,9 +21,11 @@ from core.bench.reference import diffusers_pipeline
 from core.bench.specs import CLIP_TOKENS
 from core.bench.timing import Case, timed
 from core.generate import generate
+from core.model import DiffusionModel
 from core.request import GenerationRequest
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
+BUILTIN_PROMPT = "a large red star in the top left corner on a blue background"
 TIMESTEP = 601.0   # any mid-schedule step; the cost of a UNet call does not depend on it
 
 
@@ -99,20 +102,30 @@ def txt2img_case(pair: ModelPair, device) -> Case:
                                      "size": spec.image_size})
 
 
-def builtin_case(device, dtype: torch.dtype, steps: int | None = None) -> Case | None:
-    """Ours only: there is no diffusers build of the built-in model to compare with."""
+def load_builtin(device, dtype: torch.dtype) -> DiffusionModel | None:
+    """The built-in model, or None when resources/models/ has none."""
     from core.checkpoint import load_model
     from core.resources import builtin_model_path
 
     path = builtin_model_path()
-    if not path.is_file():
-        return None
-    model = load_model(path, dtype=dtype, device=device)
+    return load_model(path, dtype=dtype, device=device) if path.is_file() else None
+
+
+def builtin_request(model: DiffusionModel, steps: int | None = None) -> GenerationRequest:
+    """What the app makes on the built-in model: its own size, steps, guidance and sampler."""
     family = model.family
-    request = GenerationRequest(prompt="a large red star in the top left corner on a blue background",
-                                steps=steps or family.default_steps, guidance=family.default_guidance,
-                                sampler=family.default_sampler, width=family.default_size,
-                                height=family.default_size)
+    return GenerationRequest(prompt=BUILTIN_PROMPT, steps=steps or family.default_steps,
+                             guidance=family.default_guidance, sampler=family.default_sampler,
+                             width=family.default_size, height=family.default_size)
+
+
+def builtin_case(device, dtype: torch.dtype, steps: int | None = None) -> Case | None:
+    """Ours only: there is no diffusers build of the built-in model to compare with."""
+    model = load_builtin(device, dtype)
+    if model is None:
+        return None
+    path = model.source
+    request = builtin_request(model, steps)
     fast, vae = fast_preview(model), vae_preview(model)
     contenders = {"ours, preview off": timed(lambda: generate(request, model), device),
                   "ours, fast preview every step": timed(lambda: generate(request, model, on_step=fast), device),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from core.bench.approximate import approx_builtin_case, approx_pair_case
 from core.bench.cases import builtin_case, txt2img_case, unet_step_case, vae_decode_case
 from core.bench.checkpoint_load import load_case
 from core.bench.machine import machine_info
@@ -26,8 +27,9 @@ from core.bench.specs import SD15, TINY
 from core.bench.timing import run_case
 from core.errors import LatentDeskError
 
-CASES = ("unet", "vae", "txt2img", "load", "builtin")
-PAIRED = ("unet", "vae", "txt2img", "load")   # the cases that need the shared random weights
+CASES = ("unet", "vae", "txt2img", "load", "builtin", "approx", "approx-builtin")
+PAIRED = ("unet", "vae", "txt2img", "load", "approx")   # the cases that need the shared random weights
+NEEDS_BUILTIN = {"builtin": "built-in model end to end", "approx-builtin": "speed-ups, built-in model"}
 MIN_RUNS = 3
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -88,11 +90,14 @@ def run_comparison(options: CompareOptions, report: Callable[[str], None] = prin
                     "vae": lambda: vae_decode_case(pair, device),
                     "txt2img": lambda: txt2img_case(pair, device),
                     "load": lambda: load_case(pair, Path(scratch), device, dtype),
-                    "builtin": lambda: builtin_case(device, dtype)}
+                    "builtin": lambda: builtin_case(device, dtype),
+                    "approx": lambda: approx_pair_case(pair, device, options.steps),
+                    # --quick: the built-in model for as many steps as the tiny models run
+                    "approx-builtin": lambda: approx_builtin_case(device, dtype, spec.steps if options.quick else None)}
         for name in options.only:
             case = builders[name]()
             if case is None:
-                results["cases"].append({"name": name, "title": "built-in model end to end",
+                results["cases"].append({"name": name, "title": NEEDS_BUILTIN[name],
                                          "skipped": "no built-in model in resources/models/ yet"})
                 report(f"{name}: skipped, no built-in model installed")
                 continue

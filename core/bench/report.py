@@ -29,11 +29,14 @@ def markdown(results: dict) -> str:
         "the runs alternate between the implementations, and **ours / diffusers** is the median of the "
         "ratios taken within each round (below 1: ours is faster or smaller).",
         "",
-        "| Case | Run | Median time | Ours / diffusers (time) | Peak RSS | Ours / diffusers (RSS) |",
-        "|---|---|---:|---:|---:|---:|",
     ]
+    approximate = [case for case in results["cases"] if "psnr_db" in case.get("details", {})]
+    compared = [case for case in results["cases"] if case not in approximate]
+    if compared:
+        lines += ["| Case | Run | Median time | Ours / diffusers (time) | Peak RSS | Ours / diffusers (RSS) |",
+                  "|---|---|---:|---:|---:|---:|"]
     notes = []
-    for case in results["cases"]:
+    for case in compared:
         if "skipped" in case:
             lines.append(f"| {case['title']} | — | skipped | | | |")
             notes.append(f"- {case['title']}: skipped, {case['skipped']}")
@@ -47,7 +50,35 @@ def markdown(results: dict) -> str:
             notes.append(f"- {case['title']}: outputs of ours and diffusers differ by at most "
                          f"{case['details']['max_relative_difference']:.1e} of the largest value (same weights, "
                          "same inputs).")
-    return "\n".join(lines + [""] + notes) + "\n"
+    return "\n".join(lines + [""] + notes + approximate_table(approximate)) + "\n"
+
+
+def approximate_table(cases: list[dict]) -> list[str]:
+    """The speed-ups cases: each mode's time, speed-up (exact / mode, round by round) and PSNR vs exact."""
+    if not cases:
+        return []
+    lines = ["", "## Approximate speed-ups", "",
+             "Same request and seed in every mode; speed-up = exact time / mode time, the median of the "
+             "per-round ratios; PSNR of the decoded 8-bit image against the exact one; deep calls = UNet "
+             "calls that ran the middle block, of all calls (rows: the batch rows they processed).", "",
+             "| Case | Mode | Median time | Speed-up | PSNR vs exact | Deep calls / calls (rows) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for case in cases:
+        seconds, details = case["metrics"]["seconds"], case["details"]
+        for mode, median in seconds["median"].items():
+            ratio = seconds["median_ratio"].get(mode)
+            speedup = f"{1 / ratio:.2f}×" if ratio else "1 (baseline)"
+            psnr = details["psnr_db"].get(mode)
+            calls = details["unet_calls"][mode]
+            lines.append(f"| {case['title']} | {mode} | {median:.3f} s | {speedup} | "
+                         f"{f'{psnr:.1f} dB' if psnr is not None else '—'} | "
+                         f"{calls['deep']} / {calls['calls']} ({calls['rows']}) |")
+    settings = cases[0]["details"]["settings"]["both"]
+    lines += ["", f"Settings (the defaults of `--deep-cache` and `--guidance-cutoff`): deep cache runs the first "
+              f"{settings['deep_cache_start']:.0%} of the steps in full, then the whole UNet on one step in "
+              f"{settings['deep_cache_interval']} and {settings['deep_cache_blocks']} shallow block(s) on the "
+              f"others; the guidance cut-off runs the last {settings['guidance_cutoff']:.0%} of the steps unguided."]
+    return lines
 
 
 def _cells(case: dict, metric: str, run: str) -> list[str]:

@@ -26,6 +26,8 @@ class BenchSpec:
     guidance: float = 7.5     # > 1, so every step is one batch-2 UNet call on both sides
     sampler: str = "Euler"    # ours by A1111's name; diffusers' EulerDiscreteScheduler is the same method
     batch: int = 2            # UNet batch in the step case: cond + uncond, as guidance runs it
+    approx_size: int = 0      # px, the approximate speed-ups case (core/bench/approximate.py); 0: image_size
+    approx_steps: int = 20    # its steps: the family's default, not the cut-down txt2img count
 
     @property
     def latent_size(self) -> int:
@@ -56,6 +58,10 @@ SD15 = BenchSpec(
               hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1),
     image_size=512,
     steps=10,   # fewer than SD's usual 20 to keep a CPU run bearable; every step costs the same on both sides
+    # The speed-ups case runs four modes end to end, four times each, at SD's 20 steps: at 512x512 on a
+    # CPU that is most of an hour, at 256x256 minutes. The ratio at 512 is not the same (attention's
+    # share grows with the token count); measure there with a GPU.
+    approx_size=256,
 )
 
 # Tiny, but every structural choice kept: 4 VAE levels (latents 1/8 of the image), an attention and a
@@ -73,4 +79,5 @@ TINY = BenchSpec(
               hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1),
     image_size=64,
     steps=3,
+    approx_steps=3,
 )
