@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from core.checkpoint import load_model, load_vae
 from core.errors import ModelLoadError
+from core.safetensors_io import all_finite
 from tests.tiny_models import write_diffusers_folder, write_single_file
 
 
@@ -216,3 +217,20 @@ def test_vae_file_that_is_not_a_vae(tmp_path):
     save_file({"something.weight": torch.zeros(2)}, path)
     with pytest.raises(ModelLoadError, match="not a VAE"):
         load_vae(path, scale_factor=0.18215)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_the_finiteness_check_finds_any_nan_or_infinity_wherever_it_is(dtype):
+    weights = torch.randn(4, 257).to(dtype)
+    assert all_finite(weights)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for index in (0, 500, weights.numel() - 1):
+            damaged = weights.clone()
+            damaged.view(-1)[index] = bad
+            assert not all_finite(damaged), (bad, index)
+
+
+def test_the_finiteness_check_accepts_huge_finite_values():
+    # Values whose sum overflows float32 are still finite weights: the check must not add them up.
+    assert all_finite(torch.full((8,), 3e38))
+    assert all_finite(torch.tensor([torch.finfo(torch.bfloat16).max] * 4, dtype=torch.bfloat16))
