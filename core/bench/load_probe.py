@@ -1,9 +1,10 @@
 """Child process of the load benchmark: load one checkpoint one way, print what it cost as one JSON line.
 
     python -m core.bench.load_probe ours|diffusers FILE --config DIR [--device cpu] [--dtype float32]
+                                    [--generate-steps N --size PX]
 
-A fresh process per load, so the peak resident memory (VmHWM) is this load's and nothing left over
-from earlier runs. Imports happen before the clock starts: each side pays for its own, but importing
+A fresh process per load, so the peak resident memory (VmHWM) is this load's (and, with
+--generate-steps, the image's after it) and nothing left over from earlier runs. Imports happen before the clock starts: each side pays for its own, but importing
 torch and diffusers is not what this measures (the JSON still records the memory they take).
 """
 
@@ -52,6 +53,18 @@ def loader(which: str, path: str, config: str, device: str, dtype: torch.dtype):
         requires_safety_checker=False).to(device)
 
 
+def generator(which: str, model, steps: int, size: int):
+    """One txt2img of `steps` guided steps at `size` px on the loaded model, each side its own way."""
+    prompt = "a lighthouse on a cliff at dusk, oil painting"
+    if which == "ours":
+        from core.generate import generate
+        from core.request import GenerationRequest
+        request = GenerationRequest(prompt=prompt, steps=steps, guidance=7.5, sampler="Euler", width=size, height=size)
+        return lambda: generate(request, model)
+    return lambda: model(prompt, num_inference_steps=steps, guidance_scale=7.5, height=size, width=size,
+                         generator=torch.Generator("cpu").manual_seed(0), output_type="pil")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=("ours", "diffusers"))
@@ -59,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="diffusers config folder for from_single_file")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--generate-steps", type=int, default=0,
+                        help="then generate one image of this many steps: peak_rss_mb covers it too")
+    parser.add_argument("--size", type=int, default=512, help="the generated image's side, px")
     args = parser.parse_args(argv)
 
     load = loader(args.which, args.file, args.config, args.device, getattr(torch, args.dtype))
@@ -71,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
     if before is not None:
         result["rss_before_load_mb"] = before
+    if args.generate_steps:
+        result["peak_rss_load_mb"] = result["peak_rss_mb"]
+        with torch.no_grad():
+            generator(args.which, model, args.generate_steps, args.size)()
+        result["peak_rss_mb"] = peak_rss_mb()   # the peak over loading and generating
     if torch.device(args.device).type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(args.device) / 2 ** 20
     del model
