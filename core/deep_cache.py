@@ -11,8 +11,13 @@ part from that cache:
     full step:   in 0 … in N−1, middle, out 0 … out N−blocks−1  →  cache  →  out N−blocks … out N−1
     reuse step:  in 0 … in blocks−1                              cache  →  out N−blocks … out N−1
 
-`blocks` = 1 runs just the first convolution and the last output block, the paper's shallowest
-branch. Full steps compute exactly what `UNet.forward` computes (the same calls, in order).
+`blocks` = 1 runs just the first convolution and the last output block. Full steps compute
+exactly what `UNet.forward` computes (the same calls, in order).
+
+The first `full_first` steps all run in full: at high noise the picture's layout is still being
+decided, and reusing features there moves shapes. On the built-in model (20 steps, interval 3, 12
+prompt/seed pairs) the worst PSNR against the exact image was 30 dB with the first 35 % of the steps
+in full, 25 dB with 30 %, 21 dB with 25 % and 11 dB with none.
 """
 
 from __future__ import annotations
@@ -46,15 +51,15 @@ class DeepCacheUNet:
         self.unet = unet
         self.interval = interval
         self.blocks = blocks
+        self.full_first = full_first
         self.resume = total - blocks                # the first output block a reuse step runs
+        self.step = 0                               # the sampler step the next call belongs to
         self.full_calls = 0                         # UNet calls run in full / from the cache, for reports
         self.reused_calls = 0
         self._cache: Tensor | None = None           # (rows, C, h, w) the feature entering output block `resume`
         self._full_step: bool | None = None         # this step's decision; None until its first call
         self._refreshed = False                     # a call of this step refreshed the cache
         self._steps_since_refresh: int | None = None
-        self.full_first = full_first                # the first steps all run in full: they lay the image out
-        self.step = 0                               # the sampler step the next call belongs to
 
     def end_step(self) -> None:
         """The current sampler step is over: the next call starts a new one."""
