@@ -59,8 +59,8 @@ def test_golden_image(builtin):
 def test_golden_image_shows_what_the_prompt_asks():
     """The reference itself, read back by the checker: a guard against committing a bad golden image.
 
-    The shipped model is an interim one (docs/BUILTIN_MODEL.md): it draws the named colours but not
-    yet the named shape, size and place (issue 4), so only the colours are held to the prompt here.
+    The shipped model is an interim one (docs/BUILTIN_MODEL.md): it draws the named colours, shape and
+    size but not yet the named place (issue 4), so the position is not held to the prompt here.
     """
     seen = measure(Image.open(GOLDEN).convert("RGB"))
-    assert (seen.color, seen.background) == ("red", "blue")
+    assert (seen.color, seen.background, seen.shape, seen.size) == ("red", "blue", "star", "large")
