@@ -1,8 +1,8 @@
 """Approximate speed-ups a user can switch on; both are off by default and change the image a little.
 
-- DeepCache (core/deep_cache.py): the whole UNet runs on every `deep_cache_interval`-th sampler step
-  only; the steps between run its `deep_cache_blocks` shallowest input and output blocks and reuse
-  the deep features of the last full step.
+- DeepCache (core/deep_cache.py): after the first `deep_cache_start` fraction of the steps (all run in
+  full), the whole UNet runs on one sampler step in `deep_cache_interval`; the steps between run its
+  `deep_cache_blocks` shallowest input and output blocks and reuse the deep features of the last full step.
 - Guidance cut-off (core/guidance.py): the last `guidance_cutoff` fraction of the steps runs without
   classifier-free guidance (scale 1), one UNet batch of B rows instead of 2B.
 
@@ -48,10 +48,6 @@ def check_speedups(request: GenerationRequest) -> None:
 def steps_part(total: int, fraction: float) -> int:
     """fraction·total steps, rounded half up: how many run unguided, or in full before DeepCache starts."""
     return min(total, math.floor(fraction * total + 0.5))
-
-
-def is_approximate(request: GenerationRequest) -> bool:
-    return request.deep_cache_interval > 1 or request.guidance_cutoff > 0
 
 
 def _whole(value: object) -> bool:
