@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from core.bench.cases import relative_difference, unet_step_work, vae_decode_work
-from core.bench.compare import CASES
+from core.bench.compare import CASES, models_named
 from core.bench.pair import build_pair
-from core.bench.specs import TINY
+from core.bench.specs import SD15, TINY
 from core.cli import main
 from core.resources import builtin_model_path
 
@@ -222,3 +222,10 @@ def test_full_size_spec_is_sd15():
     assert unet_config_from_diffusers(SD15.unet) == UNetConfig()
     assert vae_config_from_diffusers(SD15.vae) == VAEConfig()
     assert (SD15.image_size, SD15.latent_size, SD15.context_dim, SD15.batch) == (512, 64, 768, 2)
+
+
+def test_the_report_names_the_models_the_cases_ran_on():
+    assert models_named(SD15, ["unet", "vae"]) == SD15.name
+    assert "built-in" in models_named(SD15, ["builtin"]) and SD15.name not in models_named(SD15, ["builtin"])
+    both = models_named(SD15, ["load", "approx-builtin"])
+    assert SD15.name in both and "built-in" in both

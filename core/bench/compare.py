@@ -52,6 +52,14 @@ class CompareOptions:
         return " ".join(parts)
 
 
+def models_named(spec, only) -> str:
+    """What the report says it ran: the random-weight models, the built-in one, or both."""
+    names = [spec.name] if any(name in PAIRED for name in only) else []
+    if any(name not in PAIRED for name in only):
+        names.append("the built-in model (resources/models/builtin.safetensors)")
+    return " and ".join(names)
+
+
 def check_options(options: CompareOptions) -> None:
     if options.runs < MIN_RUNS:
         raise LatentDeskError(f"--runs must be at least {MIN_RUNS} (a median of fewer says little), not {options.runs}")
@@ -74,7 +82,7 @@ def run_comparison(options: CompareOptions, report: Callable[[str], None] = prin
     device, dtype = options.device, getattr(torch, options.dtype)
     results = {"machine": machine_info(device),
                "settings": {"command": options.command(), "quick": options.quick, "runs": options.runs,
-                            "device": device, "dtype": options.dtype, "models": spec.name, "seed": options.seed,
+                            "device": device, "dtype": options.dtype, "models": models_named(spec, options.only), "seed": options.seed,
                             "steps": spec.steps, "image_size": spec.image_size},
                "cases": []}
 
