@@ -29,10 +29,13 @@ def load(args):
 
     if args.sd15:
         from tests.tiny_models import write_full_size_sd15  # random weights, SD1.5 shapes
-        path = write_full_size_sd15(Path(tempfile.mkdtemp()) / "sd15.safetensors")
+        # The 2 GB file is only needed until it is loaded (load_model reads it into memory).
+        with tempfile.TemporaryDirectory(prefix="bench-preview-") as scratch:
+            path = write_full_size_sd15(Path(scratch) / "sd15.safetensors")
+            model = load_model(path)
     else:
         path = resolve_model(args.model)
-    model = load_model(path)
+        model = load_model(path)
     return LoadedModel(model, str(path), None, fit_latent_to_rgb(model.vae))
 
 
