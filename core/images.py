@@ -14,6 +14,7 @@ file is refused, never padded with grey.
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import re
@@ -208,3 +209,13 @@ def tensor_to_images(x: torch.Tensor) -> list[Image.Image]:
                               "or use a VAE fixed for float16")
     pixels = ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return [Image.fromarray(np.ascontiguousarray(p.permute(1, 2, 0).numpy())) for p in pixels]
+
+
+def psnr(image: Image.Image, reference: Image.Image) -> float:
+    """10·log10(255² / mean squared error) over every pixel and channel of two 8-bit images; inf when identical."""
+    a = np.asarray(image, dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"cannot compare images of shapes {a.shape} and {b.shape}")
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)

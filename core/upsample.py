@@ -33,6 +33,8 @@ def phase_kernels(weight: Tensor) -> Tensor:
 def upsample_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
     """conv(interpolate(x, scale_factor=2, mode="nearest")) for a 3x3, stride 1, padding 1 conv; (B, O, 2H, 2W)."""
     b, _, h, w = x.shape
+    # Folded anew on every call rather than kept: about 1 % of an SD1.5 UNet call, while keeping them
+    # would hold 16/9 of every upsampler's weights again in memory (~230 MB in float32 for SD1.5).
     kernels = phase_kernels(conv.weight)
     padded = F.pad(x, (1, 1, 1, 1))
     # Phase (a, b) reads input rows a-1+i .. a+i and columns b-1+j .. b+j: the padded image from (a, b) on.

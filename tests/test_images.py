@@ -6,6 +6,7 @@ shows; each broken or hostile file must give one LatentDeskError naming the file
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 import zlib
@@ -23,6 +24,7 @@ from core.images import (
     fit_image,
     image_to_tensor,
     load_image,
+    psnr,
     tensor_to_images,
     to_rgb,
 )
@@ -454,3 +456,12 @@ def test_tensor_to_images_refuses_nan_and_bad_shapes():
         tensor_to_images(torch.zeros(3, 8, 8))
     with pytest.raises(ValueError, match="RGB"):
         image_to_tensor(Image.new("RGBA", (8, 8)))
+
+
+def test_psnr_is_inf_for_equal_images_and_falls_with_the_error():
+    grey = Image.new("RGB", (4, 4), (100, 100, 100))
+    assert psnr(grey, grey) == float("inf")
+    # the red channel one level off everywhere: MSE 1/3
+    assert psnr(Image.new("RGB", (4, 4), (101, 100, 100)), grey) == pytest.approx(10 * math.log10(255 ** 2 / (1 / 3)))
+    with pytest.raises(ValueError, match="shapes"):
+        psnr(grey, Image.new("RGB", (4, 5)))

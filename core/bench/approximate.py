@@ -3,7 +3,6 @@
     approx_pair_case(pair, device, steps) -> Case          the SD1.5-shaped random-weight model (tiny: --quick)
     approx_builtin_case(device, dtype, steps) -> Case | None   the built-in model (None: not installed)
     approx_case(name, title, model, request, device) -> Case
-    psnr(image, reference) -> float, dB
 
 Contenders: "exact" (the baseline), "deep cache", "guidance cut-off" and "both": the same request and
 seed with each speed-up at the defaults the CLI and the app use. The warm-up runs every mode once,
@@ -15,10 +14,8 @@ what it is measured for. The built-in model's PSNR is the quality number.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -26,6 +23,7 @@ from core.bench.cases import PROMPT, builtin_request, load_builtin
 from core.bench.pair import ModelPair
 from core.bench.timing import Case, timed
 from core.generate import generate
+from core.images import psnr
 from core.model import DiffusionModel
 from core.request import GenerationRequest
 from core.speedups import DEEP_CACHE_INTERVAL, GUIDANCE_CUTOFF
@@ -33,14 +31,6 @@ from core.speedups import DEEP_CACHE_INTERVAL, GUIDANCE_CUTOFF
 DEEP_CACHE = {"deep_cache_interval": DEEP_CACHE_INTERVAL}
 CUTOFF = {"guidance_cutoff": GUIDANCE_CUTOFF}
 MODES = {"exact": {}, "deep cache": DEEP_CACHE, "guidance cut-off": CUTOFF, "both": DEEP_CACHE | CUTOFF}
-
-
-def psnr(image: Image.Image, reference: Image.Image) -> float:
-    """10·log10(255² / mean squared error) over every pixel and channel; inf when identical."""
-    a = np.asarray(image, dtype=np.float64)
-    b = np.asarray(reference, dtype=np.float64)
-    mse = float(np.mean((a - b) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
 def counted_run(model: DiffusionModel, request: GenerationRequest) -> tuple[Image.Image, dict]:
