@@ -87,7 +87,7 @@ def tiny_cache(n: int = 4, side: int = 4) -> LatentCache:
     from core.tokenizer import ClipTokenizer
     g = torch.Generator().manual_seed(2)
     tokenizer = ClipTokenizer()
-    ids = torch.tensor([tokenizer(f"a red circle {i}", EOS_ID) for i in range(n)])
+    ids = torch.tensor([[tokenizer(f"a red circle {i}", EOS_ID)] for i in range(n)])   # (n, 1, 77)
     return LatentCache(torch.randn(n, 4, side, side, generator=g), torch.full((n, 4, side, side), -6.0), ids, 0.5)
 
 
@@ -164,7 +164,7 @@ def test_v_objective_on_the_zero_terminal_snr_schedule():
     objective.unet.forward = lambda x, t, context, y=None: seen.setdefault("x", x) * 0 + 0.5
     g = torch.Generator().manual_seed(0)
     latents, noise = torch.randn(3, 4, 4, 4, generator=g), torch.randn(3, 4, 4, 4, generator=g)
-    ids = stage.cache.ids[:3]
+    ids = stage.cache.ids[:3, 0]
     t = torch.tensor([0, 500, 999])
     loss = objective(latents, t, noise, ids)["loss"]
     objective.unet.forward = forward
@@ -191,7 +191,7 @@ def test_caption_dropout_rate_and_what_is_dropped():
     dropped = (inputs["ids"] == stage.empty_ids).all(dim=1)
     assert abs(dropped.float().mean().item() - 0.25) < 0.03
     kept = ~dropped
-    assert torch.equal(inputs["ids"][kept], stage.cache.ids[torch.tensor([i % 4 for i in range(batch)])][kept])
+    assert torch.equal(inputs["ids"][kept], stage.cache.ids[torch.tensor([i % 4 for i in range(batch)]), 0][kept])
     assert stage.empty_ids[0] == 49406 and (stage.empty_ids[1:] == EOS_ID).all()   # BOS, then EOS padding
 
 
@@ -205,11 +205,47 @@ def test_diffusion_inputs_follow_the_schedule_ranges():
     assert torch.allclose(inputs["latents"], expected, atol=0.3)
 
 
+def test_shapes_scenes_keep_several_phrasings_and_the_trainer_draws_among_them():
+    from core.shapes.dataset import ShapesDataset
+    from core.tokenizer import ClipTokenizer
+    data = ShapesDataset(0, 6, empty_prob=0.0, captions_per_item=4)
+    captions = data.captions(2)
+    assert len(captions) == 4 and captions[0] == data[2].caption and len(set(captions)) > 1
+    assert captions == data.captions(2)                                  # a pure function of the item
+    assert ShapesDataset(0, 6, captions_per_item=1).captions(2) == [ShapesDataset(0, 6)[2].caption]
+    with pytest.raises(ValueError, match="captions_per_item"):
+        ShapesDataset(0, 6, captions_per_item=0)
+
+    tokenizer = ClipTokenizer()
+    cache = tiny_cache()
+    phrasings = [[tokenizer(f"a red circle {i} take {k}", EOS_ID) for k in range(3)] for i in range(4)]
+    cache = LatentCache(cache.mean, cache.logvar, torch.tensor(phrasings), cache.scale_factor)
+    stage = diffusion_stage(cache=cache, caption_dropout=0.0)
+    rows = [1] * 300
+    ids = stage.inputs(rows, BatchRandom(0, 0, 300, slice(0, 300)))["ids"]
+    picked = [next(k for k in range(3) if torch.equal(row, cache.ids[1, k])) for row in ids]
+    assert all(abs(picked.count(k) / 300 - 1 / 3) < 0.08 for k in range(3))
+    # the same step draws the same phrasings again (resumable)
+    assert torch.equal(ids, stage.inputs(rows, BatchRandom(0, 0, 300, slice(0, 300)))["ids"])
+
+
+def test_latent_cache_of_several_phrasings_round_trips_and_reads_old_files(tmp_path):
+    from safetensors.torch import save_file
+    cache = tiny_cache()
+    wide = LatentCache(cache.mean, cache.logvar, cache.ids.repeat(1, 2, 1), cache.scale_factor)
+    wide.save(tmp_path / "wide.safetensors", "f")
+    assert torch.equal(LatentCache.load(tmp_path / "wide.safetensors", "f").ids, wide.ids)
+    # a cache written before items had several captions holds ids of shape (N, 77)
+    save_file({"mean": cache.mean, "logvar": cache.logvar, "ids": cache.ids[:, 0].contiguous()},
+              str(tmp_path / "old.safetensors"), {"fingerprint": "f", "scale_factor": "0.5"})
+    assert torch.equal(LatentCache.load(tmp_path / "old.safetensors", "f").ids, cache.ids)
+
+
 def test_latent_cache_encodes_each_item_once():
     vae = build_autoencoder(VAE, seed=0).eval()
     data = Pictures(3, size=32)
     cache = build_latent_cache(vae, data, batch_size=2, stream=io.StringIO())
-    assert cache.mean.shape == (3, 4, 4, 4) and cache.ids.shape == (3, 77) and cache.scale_factor == 1.0
+    assert cache.mean.shape == (3, 4, 4, 4) and cache.ids.shape == (3, 1, 77) and cache.scale_factor == 1.0
     with torch.no_grad():
         assert torch.allclose(cache.mean[2], vae.encode(data[2][0][None]).mean[0], atol=1e-5)
 
@@ -354,7 +390,7 @@ def test_export_round_trip_keys_metadata_dtype_and_loader(tmp_path):
     assert model.unet.config == UNET and model.vae.config.scale_factor == 0.25
     assert model.prediction == "epsilon" and model.family.default_guidance == 3.5
     with torch.no_grad():
-        ids = torch.tensor([stage.cache.ids[0].tolist()])
+        ids = stage.cache.ids[:1, 0]
         ours = stage.objective.text_encoder([ids])[0]
         theirs = model.text_encoder([ids])[0]
     assert torch.allclose(ours, theirs, atol=2e-2)   # the same conditioning, up to fp16 weights
@@ -409,7 +445,7 @@ def test_pooled_text_condition_trains_exports_and_samples_as_one_path(tmp_path):
         g = torch.Generator().manual_seed(4)
         for parameter in objective.unet.parameters():
             parameter.copy_(0.1 * torch.randn(parameter.shape, generator=g))
-    ids = stage.cache.ids[:1]
+    ids = stage.cache.ids[:1, 0]
     context, pooled = objective.text_encoder([ids])
     eos = int((ids[0] == EOS_ID).nonzero()[0])
     assert torch.equal(pooled, context[:, eos])            # the final-normed EOS token, no projection
@@ -548,7 +584,7 @@ def test_snr_weighted_loss_weighs_x0_errors_by_the_clamped_snr():
         # off by d = 0.3 in x0 means off by -0.3 / sqrt(1 - abar) in v (x0 = alpha x_t - sigma v)
         forward = objective.unet.forward
         objective.unet.forward = lambda x, tt, c, y=None, v=v, abar=abar: v - 0.3 / (1 - abar).sqrt()
-        loss = objective(latents, torch.tensor([t]), noise, stage.cache.ids[:1])["loss"].item()
+        loss = objective(latents, torch.tensor([t]), noise, stage.cache.ids[:1, 0])["loss"].item()
         objective.unet.forward = forward
         snr = (abar / (1 - abar)).item()
         assert loss == pytest.approx(min(max(snr, 0.1), 5.0) * 0.09, rel=1e-3), t

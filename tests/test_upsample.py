@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from core import upsample
 from core.unet import Upsample as UNetUpsample
@@ -69,3 +70,12 @@ def test_nearest2x_conv_matches_the_plain_path_at_fold_size():
     with torch.no_grad():
         expected, out = plain(x, conv), nearest2x_conv(x, conv)
     assert (out - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_upsamplers_are_folded_only_on_the_cpu(monkeypatch):
+    def refuse(x, conv):
+        raise AssertionError("folded off the CPU")
+    monkeypatch.setattr(upsample, "upsample_conv", refuse)
+    conv = nn.Conv2d(512, 8, 3, padding=1, device="meta")
+    x = torch.empty(1, 512, 32, 32, device="meta")          # large enough to fold on the CPU
+    assert nearest2x_conv(x, conv).shape == (1, 8, 64, 64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import sys
@@ -34,6 +35,10 @@ def machine_info(device: str) -> dict:
         try:
             return version(name)
         except PackageNotFoundError:
+            pass
+        try:  # on the path without its metadata, as when copied onto a lent GPU machine
+            return getattr(importlib.import_module(name), "__version__", None)
+        except ImportError:
             return None
 
     info = {

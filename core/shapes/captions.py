@@ -7,8 +7,9 @@
 Only the words of SHAPES.md carry meaning: the 12 colours, the 6 shapes, "small" and
 "large" (medium has no word, so a medium object's size is never mentioned), the 9
 position words, and "background"/"corner"/"side" plus function words. When every
-shape word is left out the noun is "shape". The background colour always comes with
-"background" or "on", so a bare colour word always means the object.
+shape word is left out the noun is "shape". In training captions the background colour
+always comes with "background", "behind" or "on" ("resting on", "upon", "on plain"), so a
+bare colour word always means the object.
 
 Held-out templates (HELDOUT_TEMPLATES) test that the model follows phrasings it was
 not trained on: each has a marker phrase in its fixed text (HELDOUT_MARKERS) that no
@@ -67,6 +68,20 @@ TRAIN_TEMPLATES: tuple[str, ...] = (
     "[{bg} background, ][{pos_side}, ]a[ {size}][ {color}] {shape}",
     "the {shape}[ {pos_at}][, {color}][, {size}][, on {bg}]",
     "[{size} ][{color} ]{shape}[ {pos_in}][, on {bg}]",
+    # More ways to name the background, so that no single preposition carries it: the held-out
+    # phrasings ("over", "against", "the background is", "all around") then differ from
+    # training as much as these differ from each other.
+    "a[ {size}][ {color}] {shape}[ {pos_in}][ with {bg} behind it]",
+    "[{size} ][{color} ]{shape}[ resting on {bg}][, {pos}]",
+    "[the background {bg}, ]a[ {size}][ {color}] {shape}[ {pos_at}]",
+    "a[ {color}] {shape}[ {pos_in}][, {size}][, and a {bg} background]",
+    "[{color} ]{shape}[ upon a {bg} background][ {pos_in}][, {size}]",
+    "a[ {size}][ {color}] {shape}[ sitting {pos_in}][ on plain {bg}]",
+    "[a {bg} background behind ]a[ {size}][ {color}] {shape}[ {pos_at}]",
+    "[{size} ][{color} ]{shape}[ {pos_at}][, with {bg} behind]",
+    "a[ {size}][ {color}] {shape}[, background {bg}][, {pos_side}]",
+    "[{bg} behind, ]a[ {size}][ {color}] {shape}[ {pos_in}]",
+    "[plain {bg} background, ]a[ {size}][ {color}] {shape}[, {pos}]",
 )
 
 # (template, a phrase in its fixed text that no training caption contains)

@@ -38,12 +38,15 @@ class Sample(NamedTuple):
 class ShapesDataset(torch.utils.data.Dataset):
     """`length` random captioned scenes; the empty-caption share defaults to 10 % (train), 0 (heldout)."""
 
-    def __init__(self, seed: int, length: int, split: str = "train", empty_prob: float | None = None):
+    def __init__(self, seed: int, length: int, split: str = "train", empty_prob: float | None = None,
+                 captions_per_item: int = 1):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         if length < 0:
             raise ValueError(f"length must be >= 0, got {length}")
-        self.seed, self.length, self.split = seed, length, split
+        if captions_per_item < 1:
+            raise ValueError(f"captions_per_item must be >= 1, got {captions_per_item}")
+        self.seed, self.length, self.split, self.captions_per_item = seed, length, split, captions_per_item
         self.empty_prob = (EMPTY_PROB if split == "train" else 0.0) if empty_prob is None else empty_prob
 
     def __len__(self) -> int:
@@ -57,6 +60,13 @@ class ShapesDataset(torch.utils.data.Dataset):
         scene = sample_scene(rng)
         text, mentioned = caption(scene, rng, templates=self.split, empty_prob=self.empty_prob)
         return scene, text, mentioned
+
+    def captions(self, i: int) -> list[str]:
+        """`captions_per_item` phrasings of scene i: its own caption first, then others drawn anew."""
+        scene, text, _ = self.scene_and_caption(i)
+        more = [caption(scene, np.random.default_rng((self.seed, SPLITS[self.split], i, k)), templates=self.split,
+                        empty_prob=self.empty_prob)[0] for k in range(1, self.captions_per_item)]
+        return [text, *more]
 
     def __getitem__(self, i: int) -> Sample:
         scene, text, mentioned = self.scene_and_caption(i)

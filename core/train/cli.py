@@ -72,6 +72,8 @@ def add_train_commands(subparsers) -> None:
     df.add_argument("--text-heads", type=int, default=R.text.num_attention_heads)
     df.add_argument("--text-lr-scale", type=float, default=R.text_lr_scale,
                     help="the text encoder's learning rate as a multiple of --lr")
+    df.add_argument("--shapes-captions", type=int, default=R.captions_per_item, metavar="K",
+                    help="--shapes: phrase each scene K ways, one picked at random each time it is drawn")
     df.add_argument("--caption-dropout", type=float, default=R.caption_dropout,
                     help="share of samples trained with the empty caption (for classifier-free guidance)")
     df.add_argument("--guidance", type=float, default=R.defaults.guidance, help="the model's default guidance")
@@ -175,7 +177,15 @@ def _dataset(args, default_items: int, split: str = "train"):
         folder = CaptionedFolder(args.data, args.size)
         return folder, f"folder {folder.path.resolve()} at {args.size}px ({len(folder)} images)"
     items = args.shapes_items or default_items
-    return shapes(args.seed, items, split), f"shapes seed {args.seed}, {items} items"
+    phrasings = getattr(args, "shapes_captions", 1)
+    if phrasings < 1:
+        raise LatentDeskError(f"--shapes-captions must be at least 1, not {phrasings}")
+    return shapes(args.seed, items, split, phrasings), shapes_name(args.seed, items, phrasings)
+
+
+def shapes_name(seed: int, items: int, phrasings: int = 1) -> str:
+    """The data's name in checkpoints and the latent cache's fingerprint (one phrasing: as before it existed)."""
+    return f"shapes seed {seed}, {items} items" + (f", {phrasings} captions each" if phrasings > 1 else "")
 
 
 def run_train_autoencoder(args) -> int:
@@ -264,13 +274,15 @@ def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
     first, second = out / "autoencoder", out / "diffusion"
     seed = recipe.seed
     if not (first / AUTOENCODER_FILE).is_file():
-        stage = AutoencoderStage(recipe.vae, shapes(seed, recipe.vae_items), f"shapes seed {seed}, "
-                                 f"{recipe.vae_items} items", recipe.vae_loss, seed)
+        stage = AutoencoderStage(recipe.vae, shapes(seed, recipe.vae_items), shapes_name(seed, recipe.vae_items),
+                                 recipe.vae_loss, seed)
         train_autoencoder(stage, recipe.vae_train, first, shapes(seed, recipe.eval_images, "heldout"),
                           scale_images=recipe.scale_images, eval_images=recipe.eval_images, processes=processes)
     vae = load_autoencoder(first)
-    path = train_diffusion(vae, autoencoder_id(first), shapes(seed, recipe.diffusion_items),
-                           f"shapes seed {seed}, {recipe.diffusion_items} items", second, recipe.unet, recipe.text,
+    path = train_diffusion(vae, autoencoder_id(first), shapes(seed, recipe.diffusion_items, "train",
+                                                              recipe.captions_per_item),
+                           shapes_name(seed, recipe.diffusion_items, recipe.captions_per_item), second, recipe.unet,
+                           recipe.text,
                            recipe.diffusion_train, caption_dropout=recipe.caption_dropout, defaults=recipe.defaults,
                            target=recipe.target, text_lr_scale=recipe.text_lr_scale,
                            export_dtype=recipe.export_dtype, export_path=out / BUILTIN_FILE, processes=processes)

@@ -1,7 +1,8 @@
 """Training data: captioned image folders, the shapes world, and the order batches are drawn in.
 
     CaptionedFolder(path, size)   image files with same-name .txt captions -> (image (3, S, S) in [-1, 1], caption)
-    shapes(seed, length, split)   the built-in model's synthetic world, as (image, caption) items
+    shapes(seed, length, split, captions_per_item)  the built-in model's synthetic world, as (image, caption)
+                                  items, each with several phrasings of its caption
     BatchOrder(n, batch, seed)    which items step s uses: a pure function of (seed, s), so a resumed run
                                   (or a run on more processes) sees exactly the same batches
     BatchRandom(seed, step, ...)  the random numbers of one step, drawn for the whole batch
@@ -56,14 +57,17 @@ class CaptionedFolder(torch.utils.data.Dataset):
         return image_to_tensor(image)[0], self.caption(i)  # (3, size, size) in [-1, 1]
 
 
-def shapes(seed: int, length: int, split: str = "train") -> torch.utils.data.Dataset:
+def shapes(seed: int, length: int, split: str = "train", captions_per_item: int = 1) -> torch.utils.data.Dataset:
     """The captioned-shapes world (SHAPES.md) with no empty captions of its own.
+
+    With `captions_per_item` > 1 each scene is phrased that many ways (`dataset.captions(i)`), so a
+    scene seen 25 times over a run is not read in one wording 25 times.
 
     The trainer drops captions itself, anew at every step (`caption_dropout`), so a
     cached item is sometimes seen with and sometimes without its caption.
     """
     from core.shapes.dataset import ShapesDataset
-    return ShapesDataset(seed, length, split=split, empty_prob=0.0)
+    return ShapesDataset(seed, length, split=split, empty_prob=0.0, captions_per_item=captions_per_item)
 
 
 def image_and_caption(dataset, i: int) -> tuple[Tensor, str]:

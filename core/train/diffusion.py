@@ -155,7 +155,7 @@ class LatentCache:
 
     mean: Tensor          # (N, z, h, w) posterior means, unscaled
     logvar: Tensor        # (N, z, h, w) posterior log-variances
-    ids: Tensor           # (N, 77) token ids of the captions, EOS-padded
+    ids: Tensor           # (N, K, 77) token ids of each item's K captions, EOS-padded
     scale_factor: float   # the autoencoder's: diffusion runs on z * scale_factor
 
     def __len__(self) -> int:
@@ -175,8 +175,10 @@ class LatentCache:
                 metadata = f.metadata() or {}
                 if metadata.get("fingerprint") != fingerprint:
                     return None
-                return cls(f.get_tensor("mean"), f.get_tensor("logvar"), f.get_tensor("ids"),
-                           float(metadata["scale_factor"]))
+                ids = f.get_tensor("ids")
+                if ids.dim() == 2:  # a cache written before items had several captions
+                    ids = ids[:, None]
+                return cls(f.get_tensor("mean"), f.get_tensor("logvar"), ids, float(metadata["scale_factor"]))
         except (SafetensorError, OSError, KeyError, ValueError):
             return None
 
@@ -187,7 +189,11 @@ def token_ids(tokenizer: ClipTokenizer, caption: str) -> list[int]:
 
 @torch.no_grad()
 def build_latent_cache(vae: AutoencoderKL, dataset, batch_size: int = 32, stream=None) -> LatentCache:
-    """Encode every (image, caption) item once; progress on `stream` (stderr by default)."""
+    """Encode every (image, caption) item once; progress on `stream` (stderr by default).
+
+    A dataset with a `captions(i)` method (the shapes world) gives each item several phrasings, all
+    kept; the trainer picks one at random each time it draws the item. Others have one caption an item.
+    """
     device = next(vae.parameters()).device
     tokenizer = ClipTokenizer()
     means, logvars, ids = [], [], []
@@ -197,7 +203,9 @@ def build_latent_cache(vae: AutoencoderKL, dataset, batch_size: int = 32, stream
         posterior = vae.encode(torch.stack([image for image, _ in items]).to(device))
         means.append(posterior.mean.cpu())
         logvars.append(posterior.logvar.cpu())
-        ids += [token_ids(tokenizer, caption) for _, caption in items]
+        for i, (_, caption) in enumerate(items, start):
+            captions = dataset.captions(i) if hasattr(dataset, "captions") else [caption]
+            ids.append([token_ids(tokenizer, text) for text in captions])
         done = start + len(items)
         if done % (batch_size * 20) == 0 or done == len(dataset):
             progress.update(done, {})
@@ -274,7 +282,12 @@ class DiffusionStage:
         timesteps = random.randint(self.target.schedule.num_timesteps)
         noise = training_noise(random, shape, self.target)
         dropped = random.rand() < self.caption_dropout                    # (B,)
-        ids = torch.where(dropped[:, None], self.empty_ids, self.cache.ids[rows])
+        captions = self.cache.ids[rows]                                   # (B, K, 77)
+        if captions.shape[1] > 1:  # drawn last, so a cache of one caption an item draws as before
+            captions = captions[torch.arange(len(rows)), random.randint(captions.shape[1])]
+        else:
+            captions = captions[:, 0]
+        ids = torch.where(dropped[:, None], self.empty_ids, captions)
         return {"latents": latents, "timesteps": timesteps, "noise": noise, "ids": ids}
 
     def param_groups(self) -> list[dict]:
