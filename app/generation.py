@@ -17,6 +17,7 @@ from core import __version__
 from core.errors import LatentDeskError
 from core.generate import Cancelled, StepInfo, generate
 from core.metadata import save_png, to_infotext
+from core.precision import precision_name
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def run_job(job: Job, post_preview) -> Message:
     for image, seed in zip(result.images, result.seeds, strict=True):
         request = replace(job.request, seed=seed, batch=1)
         infotext = to_infotext(request, loaded.model.name, loaded.hash, f"Latent Desk {__version__}",
-                               [record.guidance for record in records])
+                               [record.guidance for record in records], precision=precision_name(loaded.model))
         try:
             paths.append(save_png(image, job.output_dir, infotext))
         except LatentDeskError as e:

@@ -38,14 +38,16 @@ def scan_models(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name.lower())
 
 
-def load(path: Path, spec: str, known_hash: str | None = None) -> LoadedModel:
-    """Load and hash a model. Blocking: the window awaits it in a worker thread, so the engine's
-    first import (torch, transformers: seconds) happens here too, not while the window opens."""
+def load(path: Path, spec: str, known_hash: str | None = None, precision: str = "float32") -> LoadedModel:
+    """Load and hash a model, its networks in `precision` ("float32" or "bfloat16"). Blocking: the window
+    awaits it in a worker thread, so the engine's first import (torch, transformers: seconds) happens
+    here too, not while the window opens."""
     from core.checkpoint import load_model
     from core.latent_rgb import fit_latent_to_rgb
     from core.metadata import model_hash
+    from core.precision import precision_dtype
 
-    model = load_model(path)
+    model = load_model(path, dtype=precision_dtype(precision))
     digest = known_hash or model_hash(path)
     return LoadedModel(model, spec, digest, fit_latent_to_rgb(model.vae))
 
@@ -60,4 +62,6 @@ def device_name(device: torch.device) -> str:
 
 
 def describe(model: DiffusionModel) -> str:
-    return f"{model.name} · {model.family.title}"
+    from core.precision import precision_name  # a model is loaded: the engine is imported already
+    precision = precision_name(model)
+    return f"{model.name} · {model.family.title}" + (f" · {precision}" if precision else "")

@@ -174,6 +174,7 @@ class MainWindow(QMainWindow):
         p.preview_mode.currentIndexChanged.connect(self._preview_changed)
         p.preview_noisy.toggled.connect(self._preview_changed)
         p.model_picker.modelChosen.connect(self.open_model)
+        p.speedups.precisionChanged.connect(self._precision_changed)
         p.model_picker.openFileRequested.connect(self.choose_model_file)
         p.model_picker.openFolderRequested.connect(self.choose_model_folder)
         p.init_well.filesDropped.connect(lambda paths: self.drop_paths(paths))
@@ -247,6 +248,12 @@ class MainWindow(QMainWindow):
     def open_model(self, spec: str) -> None:
         self.spawn(self.load_model(spec))
 
+    def _precision_changed(self, precision: str) -> None:
+        """bf16 switched on or off: the model is loaded again with its networks in that format."""
+        spec = self.loading or (self.model.spec if self.model else None)
+        if spec is not None:
+            self.open_model(spec)
+
     async def load_model(self, spec: str) -> None:
         path = self.builtin if spec == BUILTIN else Path(spec)
         self._load_serial += 1
@@ -258,7 +265,7 @@ class MainWindow(QMainWindow):
             self.preview.set_placeholder(f"Loading {spec_label(spec)}…")
         try:
             known = self.hashes.get(path) if path is not None else None
-            loaded = await asyncio.to_thread(models.load, path, spec, known)
+            loaded = await asyncio.to_thread(models.load, path, spec, known, self.panel.speedups.precision())
         except (LatentDeskError, OSError, MemoryError, RuntimeError, ValueError, ImportError) as e:
             # ImportError: the engine itself first loads here (torch in a broken install, say)
             if serial == self._load_serial:

@@ -96,6 +96,9 @@ def add_speedup_arguments(parser) -> None:
                        help=f"this first fraction of the steps runs in full (default {DEEP_CACHE_START})")
     speed.add_argument("--guidance-cutoff", type=float, nargs="?", const=GUIDANCE_CUTOFF, default=0.0, metavar="F",
                        help=f"run the last fraction F of the steps without guidance (F left out: {GUIDANCE_CUTOFF})")
+    speed.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                       help="the networks' number format: bfloat16 is about 3x faster on CPUs with AMX and takes "
+                            "half the memory (core/precision.py)")
 
 
 def run_generate(args) -> int:
@@ -103,6 +106,7 @@ def run_generate(args) -> int:
     from core.generate import generate
     from core.images import default_size_for, load_image
     from core.metadata import model_hash, save_png, to_infotext
+    from core.precision import precision_dtype, precision_name
     from core.progress import ProgressBar
     from core.resources import resolve_model
 
@@ -118,7 +122,8 @@ def run_generate(args) -> int:
     if args.out_dir:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     path = resolve_model(args.model)
-    model = load_model(path, prediction=args.prediction)
+    model = load_model(path, prediction=args.prediction, dtype=precision_dtype(args.precision))
+    precision = precision_name(model)   # recorded only when not exact
     width, height = args.width, args.height
     if width is None:
         if args.init_image:
@@ -143,7 +148,8 @@ def run_generate(args) -> int:
 
         result = generate(request, model, on_step=on_step)
         for image, image_seed in zip(result.images, result.seeds, strict=True):
-            infotext = to_infotext(replace(request, seed=image_seed, batch=1), name, digest, f"Latent Desk {__version__}")
+            infotext = to_infotext(replace(request, seed=image_seed, batch=1), name, digest, f"Latent Desk {__version__}",
+                                   precision=precision)
             written = save_png(image, args.out or args.out_dir, infotext)
             progress.close()
             print(written)

@@ -57,7 +57,7 @@ class Denoiser:
     """D(x, σ, cond) → x0: the predicted clean latent of x = x0 + σ·ε."""
 
     def __init__(self, unet: UNetFn, prediction: str, schedule: NoiseSchedule = SD_SCHEDULE,
-                 quantize: bool = False):
+                 quantize: bool = False, network_dtype: torch.dtype | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
         self.unet = unet
@@ -66,6 +66,9 @@ class Denoiser:
         # Round t to whole timesteps, as diffusers' DPM-Solver/UniPC do for Karras sigmas
         # (k-diffusion's `quantize=True`); SamplerSpec.quantize says when.
         self.quantize = quantize
+        # The UNet's dtype when it differs from the sampler's latent (bfloat16 networks, core/precision.py):
+        # its input is converted to it and its output back. None: the latent's own dtype.
+        self.network_dtype = network_dtype
 
     def __call__(self, x: Tensor, sigma: Tensor | float, cond: Conditioning) -> Tensor:
         """x (B, C, H, W) at noise level sigma (scalar or (B,)) → x0 (B, C, H, W)."""
@@ -77,7 +80,11 @@ class Denoiser:
         # The scalings in float32: a zero-terminal-SNR schedule starts at σ = 4096, whose σ² overflows fp16.
         s = sigma[:, None, None, None]  # (B, 1, 1, 1) float32
         c_in = (1 / (s**2 + 1) ** 0.5).to(x.dtype)
-        out = self.unet(x * c_in, t, cond.context, cond.y)
+        x_in = x * c_in
+        if self.network_dtype is not None and self.network_dtype != x.dtype:
+            out = self.unet(x_in.to(self.network_dtype), t, cond.context, cond.y).to(x.dtype)
+        else:
+            out = self.unet(x_in, t, cond.context, cond.y)
         if self.prediction == "epsilon":
             return x - s.to(x.dtype) * out
         # v = α·ε − σ_vp·x0 (Salimans & Ho 2022), so x0 = c_skip·x + c_out·v (Karras et al. App. B.2)

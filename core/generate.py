@@ -29,6 +29,7 @@ from core.guidance import CFGDenoiser, GuidanceScale
 from core.images import check_size, fit_image, image_to_tensor, load_image, tensor_to_images
 from core.memory import check_fits
 from core.model import DiffusionModel
+from core.precision import sampling_dtype
 from core.prompts import PromptEmbedding, encode_pair
 from core.request import GenerationRequest
 from core.samplers import Step, get_sampler
@@ -96,7 +97,7 @@ def generate(request: GenerationRequest, model: DiffusionModel,
             factor = model.vae.config.downsample_factor
             shape = (model.vae.config.z_channels, request.height // factor, request.width // factor)
             x = draw(generators, shape, model) * sampler.init_noise_sigma(sigmas)
-        x = x.to(model.dtype)
+        x = x.to(sampling_dtype(model.dtype))
 
         # 4. The denoiser: UNet (or DeepCache's wrapper of it, core/deep_cache.py) → D(x, σ) → CFG.
         total = len(sigmas) - 1
@@ -105,7 +106,8 @@ def generate(request: GenerationRequest, model: DiffusionModel,
             unet = DeepCacheUNet(model.unet, request.deep_cache_interval, request.deep_cache_blocks,
                                  full_first=steps_part(total, request.deep_cache_start))
         unguided_from = total - steps_part(total, request.guidance_cutoff)
-        denoiser = CFGDenoiser(Denoiser(unet, model.prediction, schedule, quantize=sampler.quantize),
+        denoiser = CFGDenoiser(Denoiser(unet, model.prediction, schedule, quantize=sampler.quantize,
+                                        network_dtype=model.dtype),
                                conditioning(model, cond, request), conditioning(model, uncond, request), guidance,
                                unguided_from=unguided_from if unguided_from < total else None)
         # The guidance slider's value is read afresh, and DeepCache's full-or-reuse decided, per step.

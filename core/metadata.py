@@ -83,12 +83,13 @@ def model_hash(path: str | Path) -> str:
 # -- writing and reading infotext --------------------------------------------------------------------
 
 def to_infotext(request: GenerationRequest, model_name: str | None, model_hash: str | None,
-                version: str | None, guidance_used: Sequence[float] = ()) -> str:
+                version: str | None, guidance_used: Sequence[float] = (), *, precision: str | None = None) -> str:
     """The A1111 infotext of `request`; `None` leaves a field out.
 
     `guidance_used`: the scale each step used. When the slider moved during the run it is
     written as "Guidance schedule: 7 (steps 1-5), 3.5 (steps 6-20)", so the image says how it
     was really made; A1111 and our parser ignore the field, "CFG scale" stays the starting value.
+    `precision`: the networks' number format when it was not the exact one (e.g. "bfloat16").
     """
     sampler, schedule = split_sampler(request.sampler)
     params = {
@@ -103,6 +104,7 @@ def to_infotext(request: GenerationRequest, model_name: str | None, model_hash: 
         "Denoising strength": _number(request.strength) if request.is_img2img else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         **speedup_params(request),
+        "Precision": precision,
         "Guidance schedule": guidance_schedule(guidance_used),
         "Version": version,
     }

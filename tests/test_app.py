@@ -569,3 +569,22 @@ def test_a_windowed_build_without_stdout_keeps_its_messages_in_a_log(tmp_path):
     assert result.returncode != 0 and result.stdout == result.stderr == ""
     log = (tmp_path / "data" / "latentdesk.log").read_text(encoding="utf-8")
     assert "missing.safetensors" in log
+
+
+def test_bf16_reloads_the_model_in_bfloat16_records_it_and_is_remembered(open_window, qtbot, folders):
+    import torch
+    first = open_window()
+    assert first.model.model.dtype == torch.float32
+    with qtbot.waitSignal(first.modelLoaded, timeout=60_000):
+        first.panel.speedups.half.setChecked(True)
+    assert first.model.model.dtype == torch.bfloat16 and "bfloat16" in first.model_label.text()
+    message = run(qtbot, first)
+    assert isinstance(message, Finished)
+    assert "Precision: bfloat16" in read_parameters(message.paths[0])
+    first.close()
+
+    second = open_window(small=False)
+    assert second.panel.speedups.half.isChecked() and second.model.model.dtype == torch.bfloat16
+    with qtbot.waitSignal(second.modelLoaded, timeout=60_000):
+        second.panel.speedups.half.setChecked(False)
+    assert second.model.model.dtype == torch.float32 and "bfloat16" not in second.model_label.text()

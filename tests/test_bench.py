@@ -113,7 +113,7 @@ def test_speedups_cases_record_psnr_and_what_each_mode_ran(quick_run):
         case = by_name[name]
         assert case["baseline"] == "exact" and case["details"]["steps"] == TINY.steps
         psnr, calls = case["details"]["psnr_db"], case["details"]["unet_calls"]
-        assert set(psnr) == {"deep cache", "guidance cut-off", "both"}
+        assert set(psnr) == {"deep cache", "guidance cut-off", "both", "bfloat16"}
         assert all(0 < value < 100 for value in psnr.values())
         assert f"{psnr['both']:.1f} dB" in markdown
         # 3 steps: one per step; deep cache skips the deep blocks on steps 1-2 (both: the unguided last step
@@ -122,6 +122,8 @@ def test_speedups_cases_record_psnr_and_what_each_mode_ran(quick_run):
         assert calls["deep cache"] == {"calls": 3, "deep": 1, "rows": 6}
         assert calls["guidance cut-off"] == {"calls": 3, "deep": 3, "rows": 5}
         assert calls["both"] == {"calls": 3, "deep": 2, "rows": 5}
+        assert calls["bfloat16"] == calls["exact"]      # the exact request, on bfloat16 networks
+        assert psnr["bfloat16"] > 30                     # close to the float32 image, not equal to it
 
 
 def test_bench_records_that_both_sides_computed_the_same(quick_run):

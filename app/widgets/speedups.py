@@ -1,4 +1,5 @@
-"""The approximate speed-ups (core/speedups.py) as two small spin boxes: deep cache and unguided end.
+"""The approximate speed-ups (core/speedups.py) as two small spin boxes, deep cache and unguided end,
+and a "Half precision (bf16)" check box: the model's networks in bfloat16 (core/precision.py), which reloads the model.
 
 Both start off. The deep cache's other two settings (blocks run on reused steps, the fraction of
 first steps run in full) have no box of their own: they keep the engine's tested defaults unless a
@@ -8,7 +9,7 @@ restored image or the saved settings say otherwise, and the tooltip shows them.
 from __future__ import annotations
 
 from PySide6.QtCore import QSettings, Signal
-from PySide6.QtWidgets import QHBoxLayout, QSpinBox, QWidget
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QSpinBox, QVBoxLayout, QWidget
 
 from app.settings import read
 from core.request import GenerationRequest
@@ -21,6 +22,7 @@ FIELDS = ("deep_cache_interval", "deep_cache_blocks", "deep_cache_start", "guida
 
 class SpeedupsControl(QWidget):
     valueChanged = Signal()
+    precisionChanged = Signal(str)      # "float32" or "bfloat16": the model must be loaded again
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -33,12 +35,20 @@ class SpeedupsControl(QWidget):
                                accessibleName="Unguided last steps")
         self.cutoff.setToolTip("Approximate, faster: the last steps run without guidance (one UNet batch instead "
                                f"of two); {GUIDANCE_CUTOFF:.0%} is the tested setting.")
-        layout = QHBoxLayout(self)
+        self.half = QCheckBox("Half precision (bf16)", accessibleName="Half precision (bfloat16)")
+        self.half.setToolTip("Approximate, faster: the model's networks in bfloat16 (about 3x faster for SD1.5 on "
+                             "CPUs with AMX, half the memory; the image changes slightly). Reloads the model.")
+        # The check box on a line of its own: beside the spin boxes it widened the panel past 400 px.
+        spins = QHBoxLayout()
+        spins.addWidget(self.deep_cache, 1)
+        spins.addWidget(self.cutoff, 1)
+        layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.deep_cache, 1)
-        layout.addWidget(self.cutoff, 1)
+        layout.addLayout(spins)
+        layout.addWidget(self.half)
         self.deep_cache.valueChanged.connect(self.valueChanged)
         self.cutoff.valueChanged.connect(self.valueChanged)
+        self.half.toggled.connect(lambda _: self.precisionChanged.emit(self.precision()))
         self._show_details()
 
     def values(self) -> dict[str, float]:
@@ -53,16 +63,24 @@ class SpeedupsControl(QWidget):
         self.cutoff.setValue(round(guidance_cutoff * 100))
         self._show_details()
 
+    def precision(self) -> str:
+        return "bfloat16" if self.half.isChecked() else "float32"
+
     def apply_request(self, request: GenerationRequest) -> None:
         self.set_values(*(getattr(request, field) for field in FIELDS))
 
     def save(self, settings: QSettings) -> None:
         for field, value in self.values().items():
             settings.setValue(f"form/{field}", value)
+        settings.setValue("form/precision", self.precision())
 
     def restore(self, settings: QSettings) -> None:
         defaults = GenerationRequest()
         self.set_values(*(read(settings, f"form/{field}", getattr(defaults, field)) for field in FIELDS))
+        # Set before the first model loads (which reads it), so no reload is asked for.
+        self.half.blockSignals(True)
+        self.half.setChecked(read(settings, "form/precision", "float32") == "bfloat16")
+        self.half.blockSignals(False)
 
     def _show_details(self) -> None:
         self.deep_cache.setToolTip(

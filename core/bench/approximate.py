@@ -5,7 +5,8 @@
     approx_case(name, title, model, request, device) -> Case
 
 Contenders: "exact" (the baseline), "deep cache", "guidance cut-off" and "both": the same request and
-seed with each speed-up at the defaults the CLI and the app use. The warm-up runs every mode once,
+seed with each speed-up at the defaults the CLI and the app use; and, when the exact run is float32,
+"bfloat16": the exact request on a bfloat16 copy of the networks (core/precision.py). The warm-up runs every mode once,
 untimed, and records in the case's details what each made: the PSNR of its decoded 8-bit image
 against the exact one, and how many UNet calls ran the deep blocks. A random-weight model (the
 SD1.5-shaped one) paints noise, so its PSNR says little about what a user would see; its timing is
@@ -25,6 +26,7 @@ from core.bench.timing import Case, timed
 from core.generate import generate
 from core.images import psnr
 from core.model import DiffusionModel
+from core.precision import at_precision
 from core.request import GenerationRequest
 from core.speedups import DEEP_CACHE_INTERVAL, GUIDANCE_CUTOFF
 
@@ -57,6 +59,9 @@ def counted_run(model: DiffusionModel, request: GenerationRequest) -> tuple[Imag
 def approx_case(name: str, title: str, model: DiffusionModel, request: GenerationRequest, device) -> Case:
     requests = {mode: replace(request, **settings) for mode, settings in MODES.items()}
     exact = requests["exact"]
+    models = dict.fromkeys(requests, model)
+    if model.dtype == torch.float32:
+        requests["bfloat16"], models["bfloat16"] = exact, at_precision(model, torch.bfloat16)
     details = {"size": exact.width, "steps": exact.steps, "sampler": exact.sampler, "guidance": exact.guidance,
                "seed": exact.seed, "prompt": exact.prompt,
                "settings": {mode: {key: getattr(r, key) for key in ("deep_cache_interval", "deep_cache_blocks",
@@ -69,11 +74,11 @@ def approx_case(name: str, title: str, model: DiffusionModel, request: Generatio
         with torch.no_grad():
             images = {}
             for mode, r in requests.items():
-                images[mode], details["unet_calls"][mode] = counted_run(model, r)
+                images[mode], details["unet_calls"][mode] = counted_run(models[mode], r)
         details["psnr_db"] = {mode: round(psnr(image, images["exact"]), 2)
                               for mode, image in images.items() if mode != "exact"}
 
-    contenders = {mode: timed(lambda r=r: generate(r, model), device) for mode, r in requests.items()}
+    contenders = {mode: timed(lambda r=r, m=models[mode]: generate(r, m), device) for mode, r in requests.items()}
     return Case(name, title, contenders, baseline="exact", details=details, warmup=warmup)
 
 
