@@ -16,9 +16,11 @@ Measured on that CPU (Xeon with AVX-512/AMX, 2 threads, machine otherwise idle, 
               28.1 dB at 2,400 (constant lr); the cosine decay and 4,500 steps are for the 30 dB bar.
   cache       encoding 20,000 renders: ~45 images/s -> ~7.5 min
   stage 2     one step, batch 32: 650 ms (bf16 autocast: no faster at these sizes). Batch 256 (the
-              recipe now): 10 s fp32, 4.2-5.5 s with bf16 autocast (AMX pays at this batch)
-              -> 2,300 steps ~ 2.7-3.5 h
-  total       ~3.3-4 h on an idle machine: over issue 4's 3 h, not yet run end to end on this CPU.
+              recipe now): 10 s fp32, 3.85 s in the training loop with bf16 autocast (AMX pays at this
+              batch), 2.78 s since training on the CPU uses the plain attention kernel (the default
+              one's backward was 40 % of a step; core/train/loop.py) -> 2,300 steps ~ 1.8 h
+  total       ~2.4 h on an idle machine (projected from the parts above: stage 1 at 0.33 s a step,
+              ~25 min; the cache ~8 min; stage 2 ~1.8 h), under issue 4's 3 h; not yet run end to end.
               Other PyTorch jobs on the same 2 cores slow every step 2-8x (OpenMP threads waiting
               on each other); see core/train/cli.py.
 On one H100 (`--device cuda`): stage 1 in 3.4 min (PSNR 32.4 dB), stage 2 ~13 steps/s (batch 32, the loop
