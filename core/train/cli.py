@@ -279,10 +279,9 @@ def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
         train_autoencoder(stage, recipe.vae_train, first, shapes(seed, recipe.eval_images, "heldout"),
                           scale_images=recipe.scale_images, eval_images=recipe.eval_images, processes=processes)
     vae = load_autoencoder(first)
-    path = train_diffusion(vae, autoencoder_id(first), shapes(seed, recipe.diffusion_items, "train",
-                                                              recipe.captions_per_item),
-                           shapes_name(seed, recipe.diffusion_items, recipe.captions_per_item), second, recipe.unet,
-                           recipe.text,
+    items, phrasings = recipe.diffusion_items, recipe.captions_per_item
+    path = train_diffusion(vae, autoencoder_id(first), shapes(seed, items, "train", phrasings),
+                           shapes_name(seed, items, phrasings), second, recipe.unet, recipe.text,
                            recipe.diffusion_train, caption_dropout=recipe.caption_dropout, defaults=recipe.defaults,
                            target=recipe.target, text_lr_scale=recipe.text_lr_scale,
                            export_dtype=recipe.export_dtype, export_path=out / BUILTIN_FILE, processes=processes)
