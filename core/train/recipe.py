@@ -12,15 +12,16 @@ Measured on that CPU (Xeon with AVX-512/AMX, 2 threads, machine otherwise idle, 
   size        17.1 M parameters -> 34.4 MB in fp16 (the pilot export: 34,381,150 bytes)
   stage 1     one step, batch 16 of 64x64 crops: 630 ms fp32, 300-360 ms bf16 autocast;
               a whole pilot run (bf16, data, EMA, logging): 2.2 steps/s = 0.46 s a step
-              -> 4,500 steps ~ 35 min. Pilot PSNR on held-out renders: 25.5 dB at 1,200 steps,
-              28.1 dB at 2,400 (constant lr); the cosine decay and 4,500 steps are for the 30 dB bar.
+              (0.33 s on an idle machine). Pilot PSNR on held-out renders: 25.5 dB at 1,200 steps,
+              28.1 dB at 2,400 (constant lr). With the cosine decay: 4,500 steps (28 min) 29.7 dB, under
+              the 30 dB bar; 6,000 steps (the recipe now; 34.5 min, 2026-11-26) 32.15 dB.
   cache       encoding 20,000 renders: ~45 images/s -> ~7.5 min
   stage 2     one step, batch 32: 650 ms (bf16 autocast: no faster at these sizes). Batch 256 (the
               recipe now): 10 s fp32, 3.85 s in the training loop with bf16 autocast (AMX pays at this
               batch), 2.78 s since training on the CPU uses the plain attention kernel (the default
               one's backward was 40 % of a step; core/train/loop.py) -> 2,300 steps ~ 1.8 h
-  total       ~2.4 h on an idle machine (projected from the parts above: stage 1 at 0.33 s a step,
-              ~25 min; the cache ~8 min; stage 2 ~1.8 h), under issue 4's 3 h; not yet run end to end.
+  total       ~2.5 h on an idle machine (from the parts above: stage 1 measured, 34.5 min; the cache
+              ~8 min; stage 2 projected, ~1.8 h), under issue 4's 3 h; not yet run end to end.
               Other PyTorch jobs on the same 2 cores slow every step 2-8x (OpenMP threads waiting
               on each other); see core/train/cli.py.
 On one H100 (`--device cuda`): stage 1 in 3.4 min (PSNR 32.4 dB), stage 2 ~13 steps/s (batch 32, the loop
@@ -55,8 +56,8 @@ class BuiltinRecipe:
                                scale_factor=1.0)  # the real factor is measured after training
     # 64x64 crops: a quarter of the pixels per image, so four times the images a second.
     vae_loss: AutoencoderLoss = AutoencoderLoss(kl_weight=1e-6, mse_weight=1.0, crop=64)
-    vae_train: TrainSettings = TrainSettings(steps=4500, batch_size=16, lr=1e-3, warmup_steps=100,
-                                             lr_decay_until=4500, ema_decay=0.999, bf16=True,
+    vae_train: TrainSettings = TrainSettings(steps=6000, batch_size=16, lr=1e-3, warmup_steps=100,
+                                             lr_decay_until=6000, ema_decay=0.999, bf16=True,
                                              checkpoint_every=250, log_every=50)
     vae_items: int = 1_000_000        # shapes renders stage 1 draws from (rendered on the fly, never stored)
     scale_images: int = 512           # images the scale factor 1/std is measured on
