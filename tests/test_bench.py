@@ -220,3 +220,18 @@ def test_the_report_names_the_models_the_cases_ran_on():
     assert "built-in" in models_named(SD15, ["builtin"]) and SD15.name not in models_named(SD15, ["builtin"])
     both = models_named(SD15, ["load", "approx-builtin"])
     assert SD15.name in both and "built-in" in both
+
+
+def test_machine_info_reads_a_version_from_the_module_when_its_metadata_is_missing(monkeypatch):
+    import importlib.metadata
+
+    import diffusers
+
+    from core.bench.machine import machine_info
+
+    def no_metadata(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", no_metadata)   # as a copied package on a GPU machine
+    info = machine_info("cpu")
+    assert info["diffusers"] == diffusers.__version__

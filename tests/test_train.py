@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from core.errors import LatentDeskError
 from core.families import EOS_ID, UNET_PREFIX, VAE_PREFIX
+from core.train import loop as loop_module
 from core.train.autoencoder import (
     AutoencoderLoss,
     AutoencoderStage,
@@ -43,7 +44,7 @@ from core.train.diffusion import (
     build_latent_cache,
 )
 from core.train.export import TEXT_PREFIX, ModelDefaults, export_model
-from core.train.loop import EMA, Distributed, TrainSettings, train
+from core.train.loop import EMA, Distributed, TrainSettings, attention_for_training, train
 from core.unet import UNetConfig
 from core.vae import VAEConfig
 
@@ -618,3 +619,30 @@ def test_snapshot_exports_an_unfinished_runs_ema_weights_and_refuses_another_aut
         export_snapshot(run, vae, "sha256:0000", tmp_path / "x.safetensors", ModelDefaults())
     with pytest.raises(LatentDeskError, match="no training checkpoint"):
         export_snapshot(tmp_path, vae, ae_id, tmp_path / "x.safetensors", ModelDefaults())
+
+
+def test_training_on_the_cpu_runs_attention_through_the_plain_kernel(tmp_path, monkeypatch):
+    """The default CPU (flash) attention's backward was 40 % of a stage-2 step; training avoids it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def kernels(run) -> set[str]:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        return {event.key for event in prof.key_averages()}
+
+    def step():
+        q = torch.randn(2, 4, 64, 16, requires_grad=True)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
+
+    def in_training():
+        with attention_for_training(torch.device("cpu")):
+            step()
+
+    assert any("flash" in name for name in kernels(step))          # what inference uses here
+    assert not any("flash" in name for name in kernels(in_training))
+    # and the training loop takes its steps under it
+    entered = []
+    monkeypatch.setattr(loop_module, "attention_for_training",
+                        lambda device: entered.append(device.type) or attention_for_training(device))
+    train(diffusion_stage(), settings(steps=2, lr=1e-3), tmp_path, ONE, io.StringIO())
+    assert entered == ["cpu", "cpu"]
