@@ -96,7 +96,8 @@ def _single_file_parts(path: Path, parts, dtype: torch.dtype, device) -> Loaded:
         family = embedded.family
 
     def read_component(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: file.read(k, dtype).to(device) for k in file.keys() if k.startswith(prefix)}
+        read = file.read_many([k for k in file.keys() if k.startswith(prefix)], dtype)
+        return {k[len(prefix):]: v.to(device) for k, v in read.items()}
 
     def shapes(prefix: str) -> dict[str, tuple[int, ...]]:
         return {k[len(prefix):]: s for k, s in file.shapes.items() if k.startswith(prefix)}
@@ -177,7 +178,8 @@ def load_vae(path: str | Path, *, scale_factor: float, dtype: torch.dtype = torc
     file = SafetensorsFile(path)
     keys = file.keys()
     prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in keys) else ""
-    state = {k[len(prefix):]: file.read(k, dtype).to(device) for k in keys if k.startswith(prefix)}
+    state = {k[len(prefix):]: v.to(device) for k, v in file.read_many([k for k in keys if k.startswith(prefix)],
+                                                                       dtype).items()}
     if not any(k.startswith(("encoder.", "decoder.")) for k in state):
         raise ModelLoadError(path, "not a VAE: no encoder.* / decoder.* tensors")
     if any(".down_blocks." in k or ".up_blocks." in k for k in state):  # saved in diffusers' layout

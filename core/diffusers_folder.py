@@ -108,7 +108,7 @@ def read_weights(component: Path, dtype: torch.dtype, device) -> dict[str, torch
         for key in file.keys():
             if key in state:
                 raise ModelLoadError(file.path, f"tensor {key!r} appears in two shards")
-            state[key] = file.read(key, dtype).to(device)
+        state |= {key: tensor.to(device) for key, tensor in file.read_many(file.keys(), dtype).items()}
     return state
 
 

@@ -2,9 +2,10 @@
 
 We parse the header ourselves instead of handing the file to a library first:
 the checks below turn every way a file can be broken or hostile into one
-`ModelLoadError` that names the file and the reason, and reading each tensor
-with `readinto` straight into its final dtype means a model is never held
-twice in memory (no memory map pages, no intermediate full copy).
+`ModelLoadError` that names the file and the reason. Tensors are read with
+`readinto` straight into their final dtype, or through one reused staging
+buffer where they are converted, so a model is never held twice in memory
+(no memory map of the file, no intermediate full copy).
 """
 
 from __future__ import annotations
@@ -77,21 +78,43 @@ class SafetensorsFile:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: e.shape for k, e in self.entries.items()}
 
-    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """One tensor, converted to `dtype` (float tensors only), checked for NaN/Inf."""
-        entry = self.entries[key]
-        stored = DTYPES[entry.dtype]
-        target = dtype if (dtype is not None and entry.dtype in FLOAT_DTYPES) else stored
-        raw = torch.empty(entry.shape, dtype=stored)
-        with open(self.path, "rb") as f:
-            f.seek(entry.begin)
-            if raw.numel():
-                got = f.readinto(memoryview(raw.view(-1).view(torch.uint8).numpy()))
-                if got != entry.end - entry.begin:
+    def read_many(self, keys: list[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Tensors by key, floats converted to `dtype`, each checked for NaN/Inf.
+
+        Tensors that change dtype are read through one staging buffer, reused for all of them:
+        a fresh buffer per tensor meant faulting in the file's size of new memory a second time
+        (about 0.45 s a GB on the 2-core machine; loading a 2 GB fp16 file went from 0.73 to 0.40 of
+        diffusers' time, docs/PERFORMANCE.md).
+        """
+        entries = sorted(((k, self.entries[k]) for k in keys), key=lambda item: item[1].begin)
+        targets = {k: dtype if (dtype is not None and e.dtype in FLOAT_DTYPES) else DTYPES[e.dtype] for k, e in entries}
+        converted = [e.end - e.begin for k, e in entries if targets[k] != DTYPES[e.dtype]]
+        staging = torch.empty(max(converted, default=0), dtype=torch.uint8)
+        out = {}
+        with open(self.path, "rb", buffering=0) as f:
+            for key, entry in entries:
+                stored, target = DTYPES[entry.dtype], targets[key]
+                nbytes = entry.end - entry.begin
+                final = torch.empty(entry.shape, dtype=target)
+                raw = final if target == stored else staging[:nbytes].view(stored).view(entry.shape)
+                f.seek(entry.begin)
+                if nbytes and _read_fully(f, raw) != nbytes:
                     raise ModelLoadError(self.path, f"file ends inside tensor {key!r} (truncated download?)")
-        if entry.dtype in FLOAT_DTYPES and raw.numel() and not all_finite(raw):
-            raise ModelLoadError(self.path, f"tensor {key!r} contains NaN or infinite values; the file is damaged")
-        return raw if target == stored else raw.to(target)
+                if entry.dtype in FLOAT_DTYPES and nbytes and not all_finite(raw):
+                    raise ModelLoadError(self.path, f"tensor {key!r} contains NaN or infinite values; the file is damaged")
+                out[key] = final if target == stored else final.copy_(raw)
+        return out
+
+
+def _read_fully(f, into: torch.Tensor) -> int:
+    """readinto until `into` is full or the file ends (an unbuffered read may return less)."""
+    view, got = memoryview(into.view(-1).view(torch.uint8).numpy()), 0   # bytes: numpy has no bfloat16
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 def all_finite(tensor: torch.Tensor) -> bool:

@@ -234,3 +234,22 @@ def test_the_finiteness_check_accepts_huge_finite_values():
     # Values whose sum overflows float32 are still finite weights: the check must not add them up.
     assert all_finite(torch.full((8,), 3e38))
     assert all_finite(torch.tensor([torch.finfo(torch.bfloat16).max] * 4, dtype=torch.bfloat16))
+
+
+def test_tensors_of_every_dtype_read_back_exactly_and_converted_ones_do_not_share_memory(tmp_path):
+    from core.safetensors_io import SafetensorsFile
+    g = torch.Generator().manual_seed(0)
+    tensors = {"bf16": torch.randn(3, 4, generator=g).bfloat16(), "fp16": torch.randn(5, generator=g).half(),
+               "fp16b": torch.randn(2, 2, generator=g).half(), "ints": torch.arange(4), "scalar": torch.tensor(2.5),
+               "empty": torch.zeros(0, 3), "fp32": torch.randn(6, generator=g)}
+    save_file(tensors, str(tmp_path / "x.safetensors"))
+    file = SafetensorsFile(tmp_path / "x.safetensors")
+    stored = file.read_many(file.keys())
+    assert all(stored[k].dtype == v.dtype and torch.equal(stored[k], v) for k, v in tensors.items())
+    widened = file.read_many(file.keys(), torch.float32)
+    for key, value in tensors.items():
+        expected = value.float() if value.is_floating_point() else value
+        assert widened[key].dtype == expected.dtype and torch.equal(widened[key], expected), key
+    # the converted tensors came through one staging buffer: each must own its memory
+    pointers = [widened[k].data_ptr() for k in ("bf16", "fp16", "fp16b")]
+    assert len(set(pointers)) == 3

@@ -646,3 +646,92 @@ def test_training_on_the_cpu_runs_attention_through_the_plain_kernel(tmp_path, m
                         lambda device: entered.append(device.type) or attention_for_training(device))
     train(diffusion_stage(), settings(steps=2, lr=1e-3), tmp_path, ONE, io.StringIO())
     assert entered == ["cpu", "cpu"]
+
+
+# --- the text encoder's caption-parsing loss ---------------------------------------------------------
+
+def labelled_cache() -> LatentCache:
+    """tiny_cache with two phrasings an item and labels for 2 attributes of 3 and 2 classes."""
+    from core.tokenizer import ClipTokenizer
+    tokenizer = ClipTokenizer()
+    cache = tiny_cache()
+    ids = torch.tensor([[tokenizer(f"item {i} take {k}", EOS_ID) for k in range(2)] for i in range(4)])
+    labels = torch.tensor([[[i % 3, -1], [-1, k]] for i in range(4) for k in [i % 2]])   # (4, 2, 2)
+    return LatentCache(cache.mean, cache.logvar, ids, cache.scale_factor, labels, (3, 2))
+
+
+def test_shapes_captions_come_with_the_class_of_each_attribute_they_name():
+    from core.shapes.dataset import ShapesDataset
+    from core.shapes.world import ATTRIBUTE_VALUES, ATTRIBUTES
+    data = ShapesDataset(0, 40, captions_per_item=3)
+    assert data.label_classes == (12, 12, 6, 3, 9)
+    unnamed = named = 0
+    for i in range(40):
+        scene = data.scene_and_caption(i)[0]
+        for (text, mentioned), labels in zip(data.phrasings(i), data.caption_labels(i), strict=True):
+            for attribute, label in zip(ATTRIBUTES, labels, strict=True):
+                if attribute in mentioned:
+                    named += 1
+                    assert ATTRIBUTE_VALUES[attribute][label] == getattr(scene, attribute)
+                    assert getattr(scene, attribute) in text
+                else:
+                    unnamed += 1
+                    assert label == -1
+    assert named > 200 and unnamed > 50
+
+
+def test_attribute_labels_follow_the_drawn_phrasing_and_dropped_captions_name_nothing():
+    stage = diffusion_stage(cache=labelled_cache(), caption_dropout=0.3, attribute_loss=0.5)
+    rows = [0, 1, 2, 3] * 100
+    inputs = stage.inputs(rows, BatchRandom(0, 0, 400, slice(0, 400)))
+    dropped = (inputs["ids"] == stage.empty_ids).all(dim=1)
+    assert 0.2 < dropped.float().mean() < 0.4 and (inputs["labels"][dropped] == -1).all()
+    kept_rows = torch.tensor(rows)[~dropped]
+    for row, ids, labels in zip(kept_rows, inputs["ids"][~dropped], inputs["labels"][~dropped], strict=True):
+        k = next(k for k in range(2) if torch.equal(ids, stage.cache.ids[row, k]))
+        assert torch.equal(labels, stage.cache.labels[row, k])
+    # without the loss, inputs are what they were (no labels drawn or passed)
+    assert "labels" not in diffusion_stage(cache=labelled_cache()).inputs(rows, BatchRandom(0, 0, 400, slice(0, 400)))
+
+
+def test_attribute_loss_trains_a_head_on_the_eos_token_that_export_leaves_out(tmp_path):
+    stage = diffusion_stage(cache=labelled_cache(), caption_dropout=0.0, attribute_loss=1.0)
+    objective = stage.objective
+    inputs = stage.inputs([0, 1, 2, 3], BatchRandom(0, 0, 4, slice(0, 4)))
+    out = objective(**inputs)
+    # a zero head says "uniform" to every caption: cross-entropy ln(classes), averaged over attributes
+    expected = (torch.log(torch.tensor(3.0)) + torch.log(torch.tensor(2.0))) / 2
+    assert torch.allclose(out["attributes"], expected, atol=1e-5)
+    assert torch.allclose(out["loss"], out["diffusion"] + out["attributes"], atol=1e-6)
+    out["loss"].backward()
+    assert objective.attribute_head.weight.grad.abs().sum() > 0
+
+    trained = train(stage, settings(steps=30, batch_size=4, lr=1e-2, log_every=10), tmp_path / "run", ONE, io.StringIO())
+    logged = [json.loads(line)["attributes"] for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
+    assert logged[-1] < 0.5 * logged[0]
+    path = export_model(tmp_path / "m.safetensors", trained.objective.unet, build_autoencoder(VAE, seed=0),
+                        trained.objective.text_model, ModelDefaults(size=32))
+    with safe_open(path, "pt") as f:
+        assert not any("attribute" in key for key in f.keys())
+    from core.train.diffusion import export_snapshot   # the run's checkpoint holds the head too
+    snapshot, step = export_snapshot(tmp_path / "run", build_autoencoder(VAE, seed=0), "none",
+                                     tmp_path / "snap.safetensors", ModelDefaults(size=32))
+    assert step == 30 and snapshot.is_file()
+
+    with pytest.raises(LatentDeskError, match="attributes are known"):
+        diffusion_stage(attribute_loss=0.5)            # tiny_cache has no labels
+    with pytest.raises(LatentDeskError, match=">= 0"):
+        diffusion_stage(cache=labelled_cache(), attribute_loss=-1.0)
+
+
+def test_latent_cache_keeps_labels_and_their_classes(tmp_path):
+    cache = labelled_cache()
+    cache.save(tmp_path / "c.safetensors", "f")
+    back = LatentCache.load(tmp_path / "c.safetensors", "f")
+    assert torch.equal(back.labels, cache.labels) and back.label_classes == (3, 2)
+    assert LatentCache.load(tmp_path / "c.safetensors", "g") is None
+    from core.shapes.dataset import ShapesDataset
+    data = ShapesDataset(0, 3, captions_per_item=2)
+    built = build_latent_cache(build_autoencoder(VAE, seed=0).eval(), data, stream=io.StringIO())
+    assert built.labels.shape == (3, 2, 5) and built.label_classes == data.label_classes
+    assert built.labels[1].tolist() == data.caption_labels(1)

@@ -23,7 +23,7 @@ import torch
 from PIL import PngImagePlugin
 
 from core.shapes.captions import EMPTY_PROB, caption
-from core.shapes.world import Scene, render, render_array, sample_scene
+from core.shapes.world import ATTRIBUTE_VALUES, ATTRIBUTES, Scene, attribute_labels, render, render_array, sample_scene
 
 SPLITS = {"train": 0, "heldout": 1}
 
@@ -52,6 +52,9 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
+    # classes of each attribute in `caption_labels`, ATTRIBUTES order
+    label_classes = tuple(len(ATTRIBUTE_VALUES[a]) for a in ATTRIBUTES)
+
     def scene_and_caption(self, i: int) -> tuple[Scene, str, frozenset[str]]:
         """Item i without the picture (cheap: for evaluation prompts and bookkeeping)."""
         if not 0 <= i < self.length:
@@ -61,12 +64,20 @@ class ShapesDataset(torch.utils.data.Dataset):
         text, mentioned = caption(scene, rng, templates=self.split, empty_prob=self.empty_prob)
         return scene, text, mentioned
 
-    def captions(self, i: int) -> list[str]:
-        """`captions_per_item` phrasings of scene i: its own caption first, then others drawn anew."""
-        scene, text, _ = self.scene_and_caption(i)
+    def phrasings(self, i: int) -> list[tuple[str, frozenset[str]]]:
+        """`captions_per_item` (caption, attributes it names) of scene i: its own first, then others drawn anew."""
+        scene, text, mentioned = self.scene_and_caption(i)
         more = [caption(scene, np.random.default_rng((self.seed, SPLITS[self.split], i, k)), templates=self.split,
-                        empty_prob=self.empty_prob)[0] for k in range(1, self.captions_per_item)]
-        return [text, *more]
+                        empty_prob=self.empty_prob) for k in range(1, self.captions_per_item)]
+        return [(text, mentioned), *more]
+
+    def captions(self, i: int) -> list[str]:
+        return [text for text, _ in self.phrasings(i)]
+
+    def caption_labels(self, i: int) -> list[list[int]]:
+        """For each phrasing of item i, the class of every attribute it names (-1 where it names none)."""
+        scene = self.scene_and_caption(i)[0]
+        return [attribute_labels(scene, mentioned) for _, mentioned in self.phrasings(i)]
 
     def __getitem__(self, i: int) -> Sample:
         scene, text, mentioned = self.scene_and_caption(i)

@@ -51,6 +51,14 @@ POSITIONS: dict[str, tuple[int, int]] = {
     "bottom left": (0, 2), "bottom": (1, 2), "bottom right": (2, 2),
 }
 ATTRIBUTES = ("background", "color", "shape", "size", "position")
+# The words each attribute can take, in a fixed order: class indices for a caption's attributes.
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {"background": COLORS, "color": COLORS, "shape": SHAPES,
+                                                "size": tuple(SIZES), "position": tuple(POSITIONS)}
+
+
+def attribute_labels(scene: Scene, mentioned: frozenset[str]) -> list[int]:
+    """Per attribute (ATTRIBUTES order), the index of the scene's value where the caption names it, else -1."""
+    return [ATTRIBUTE_VALUES[a].index(getattr(scene, a)) if a in mentioned else -1 for a in ATTRIBUTES]
 
 STAR_INNER = 0.4  # inner radius / outer radius (SHAPES.md); a true pentagram would be 0.382
 # Area of each shape over s^2 and its centroid inside the unit box (the checker reads

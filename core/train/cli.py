@@ -74,6 +74,8 @@ def add_train_commands(subparsers) -> None:
                     help="the text encoder's learning rate as a multiple of --lr")
     df.add_argument("--shapes-captions", type=int, default=R.captions_per_item, metavar="K",
                     help="--shapes: phrase each scene K ways, one picked at random each time it is drawn")
+    df.add_argument("--attribute-loss", type=float, default=R.attribute_loss, metavar="WEIGHT",
+                    help="the text encoder also learns to name each caption's attributes (--shapes only; 0 = off)")
     df.add_argument("--caption-dropout", type=float, default=R.caption_dropout,
                     help="share of samples trained with the empty caption (for classifier-free guidance)")
     df.add_argument("--guidance", type=float, default=R.defaults.guidance, help="the model's default guidance")
@@ -237,6 +239,7 @@ def run_train_diffusion(args) -> int:
     path = train_diffusion(vae, autoencoder_id(args.autoencoder), dataset, name, args.out, unet, text,
                            _settings(args, R.diffusion_train), caption_dropout=args.caption_dropout,
                            defaults=defaults, target=target, text_lr_scale=args.text_lr_scale,
+                           attribute_loss=args.attribute_loss if args.shapes else 0.0,
                            export_dtype=args.export_dtype, processes=processes)
     if path is not None:
         print(f"diffusion: model written to {path}")
@@ -284,7 +287,7 @@ def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
                            shapes_name(seed, items, phrasings), second, recipe.unet, recipe.text,
                            recipe.diffusion_train, caption_dropout=recipe.caption_dropout, defaults=recipe.defaults,
                            target=recipe.target, text_lr_scale=recipe.text_lr_scale,
-                           export_dtype=recipe.export_dtype, export_path=out / BUILTIN_FILE, processes=processes)
+                           attribute_loss=recipe.attribute_loss, export_dtype=recipe.export_dtype, export_path=out / BUILTIN_FILE, processes=processes)
     if processes.is_main:
         reports = {name: json.loads((out / name / f"{name}.json").read_text()) for name in ("autoencoder", "diffusion")}
         write_json(out / "builtin.json", {"model": str(path), "size_bytes": path.stat().st_size, **reports,

@@ -157,13 +157,21 @@ class LatentCache:
     logvar: Tensor        # (N, z, h, w) posterior log-variances
     ids: Tensor           # (N, K, 77) token ids of each item's K captions, EOS-padded
     scale_factor: float   # the autoencoder's: diffusion runs on z * scale_factor
+    # Where the data knows what each caption says (the shapes world): (N, K, A) class of each of A
+    # attributes, -1 where the caption leaves it out, and how many classes each attribute has.
+    labels: Tensor | None = None
+    label_classes: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return self.mean.shape[0]
 
     def save(self, path: Path, fingerprint: str) -> None:
-        save_tensors(path, {"mean": self.mean, "logvar": self.logvar, "ids": self.ids},
-                     {"fingerprint": fingerprint, "scale_factor": repr(self.scale_factor)})
+        tensors = {"mean": self.mean, "logvar": self.logvar, "ids": self.ids}
+        metadata = {"fingerprint": fingerprint, "scale_factor": repr(self.scale_factor)}
+        if self.labels is not None:
+            tensors["labels"] = self.labels
+            metadata["label_classes"] = json.dumps(list(self.label_classes))
+        save_tensors(path, tensors, metadata)
 
     @classmethod
     def load(cls, path: Path, fingerprint: str) -> LatentCache | None:
@@ -178,7 +186,10 @@ class LatentCache:
                 ids = f.get_tensor("ids")
                 if ids.dim() == 2:  # a cache written before items had several captions
                     ids = ids[:, None]
-                return cls(f.get_tensor("mean"), f.get_tensor("logvar"), ids, float(metadata["scale_factor"]))
+                labelled = "labels" in f.keys()
+                return cls(f.get_tensor("mean"), f.get_tensor("logvar"), ids, float(metadata["scale_factor"]),
+                           f.get_tensor("labels") if labelled else None,
+                           tuple(json.loads(metadata["label_classes"])) if labelled else ())
         except (SafetensorError, OSError, KeyError, ValueError):
             return None
 
@@ -193,10 +204,12 @@ def build_latent_cache(vae: AutoencoderKL, dataset, batch_size: int = 32, stream
 
     A dataset with a `captions(i)` method (the shapes world) gives each item several phrasings, all
     kept; the trainer picks one at random each time it draws the item. Others have one caption an item.
+    A dataset with `caption_labels(i)` and `label_classes` also gives what each caption names (labels).
     """
     device = next(vae.parameters()).device
     tokenizer = ClipTokenizer()
-    means, logvars, ids = [], [], []
+    labelled = hasattr(dataset, "caption_labels")
+    means, logvars, ids, labels = [], [], [], []
     progress = Progress("encoding latents", len(dataset), 0, stream)
     for start in range(0, len(dataset), batch_size):
         items = [image_and_caption(dataset, i) for i in range(start, min(start + batch_size, len(dataset)))]
@@ -206,19 +219,31 @@ def build_latent_cache(vae: AutoencoderKL, dataset, batch_size: int = 32, stream
         for i, (_, caption) in enumerate(items, start):
             captions = dataset.captions(i) if hasattr(dataset, "captions") else [caption]
             ids.append([token_ids(tokenizer, text) for text in captions])
+            if labelled:
+                labels.append(dataset.caption_labels(i))
         done = start + len(items)
         if done % (batch_size * 20) == 0 or done == len(dataset):
             progress.update(done, {})
     return LatentCache(torch.cat(means), torch.cat(logvars), torch.tensor(ids, dtype=torch.int64),
-                       vae.config.scale_factor)
+                       vae.config.scale_factor, torch.tensor(labels, dtype=torch.int64) if labelled else None,
+                       tuple(dataset.label_classes) if labelled else ())
 
 
 # --- the objective and the stage --------------------------------------------------------------------
 
 class DiffusionObjective(nn.Module):
-    """The eps- or v-prediction loss of a UNet conditioned on a jointly trained text encoder."""
+    """The eps- or v-prediction loss of a UNet conditioned on a jointly trained text encoder.
 
-    def __init__(self, unet: UNet, text_model: CLIPTextModel, target: NoiseTarget = NoiseTarget()):
+    With `attribute_loss` > 0 and `label_classes`, the text encoder also learns to say what a caption
+    names: a linear head reads the caption's final-normed EOS token (the pooled embedding, and the
+    token that fills the context's padding) and is scored by cross-entropy on each named attribute,
+    weighed by `attribute_loss`. The diffusion loss alone lets the small encoder merge words the UNet
+    has not learnt to use yet (position words, recipe item 10), after which nothing brings them back.
+    The head is training-only: the exported model is the UNet and the text encoder.
+    """
+
+    def __init__(self, unet: UNet, text_model: CLIPTextModel, target: NoiseTarget = NoiseTarget(),
+                 label_classes: tuple[int, ...] = (), attribute_loss: float = 0.0):
         super().__init__()
         self.unet = unet
         # The same wrapper inference uses, so training conditions exactly as sampling will.
@@ -226,13 +251,21 @@ class DiffusionObjective(nn.Module):
         self.prediction = target.prediction
         self.snr_weight_range = target.snr_weight_range
         self.register_buffer("alphas_cumprod", target.schedule.alphas_cumprod.clone(), persistent=False)
+        self.label_classes, self.attribute_loss = tuple(label_classes), attribute_loss
+        if attribute_loss > 0:
+            self.attribute_head = nn.Linear(text_model.config.hidden_size, sum(self.label_classes))
+            # zero: the head starts knowing nothing and pushes nothing into the encoder at step 0
+            nn.init.zeros_(self.attribute_head.weight)
+            nn.init.zeros_(self.attribute_head.bias)
 
     @property
     def text_model(self) -> CLIPTextModel:
         return self.text_encoder.models[0]
 
-    def forward(self, latents: Tensor, timesteps: Tensor, noise: Tensor, ids: Tensor) -> dict[str, Tensor]:
-        """latents x_0 (B, 4, h, w), already scaled; timesteps (B,) int; noise like latents; ids (B, 77)."""
+    def forward(self, latents: Tensor, timesteps: Tensor, noise: Tensor, ids: Tensor,
+                labels: Tensor | None = None) -> dict[str, Tensor]:
+        """latents x_0 (B, 4, h, w), already scaled; timesteps (B,) int; noise like latents; ids (B, 77);
+        labels (B, A) class per attribute, -1 where unnamed (needed with attribute_loss)."""
         abar = self.alphas_cumprod[timesteps][:, None, None, None]      # (B, 1, 1, 1)
         noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise        # q(x_t | x_0), DDPM eq. 4
         context, pooled = self.text_encoder([ids])                       # (B, 77, width), (B, width) or None
@@ -242,14 +275,29 @@ class DiffusionObjective(nn.Module):
         else:
             target = noise
         if self.snr_weight_range is None:
-            return {"loss": F.mse_loss(prediction, target)}
+            return self._with_attributes(F.mse_loss(prediction, target), context, ids, labels)
         # An error e in x0 is an error e·sqrt(SNR + 1) in v and e·sqrt(SNR) in ε, so the plain loss
         # already weighs x0 errors by SNR + 1 (v) or SNR (ε); rescale that to the clamped SNR.
         snr = abar / (1 - abar)
         natural = snr + 1 if self.prediction == "v" else snr
         weight = snr.clamp(*self.snr_weight_range) / natural                # (B, 1, 1, 1)
         per_sample = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
-        return {"loss": (weight.flatten() * per_sample).mean()}
+        return self._with_attributes((weight.flatten() * per_sample).mean(), context, ids, labels)
+
+    def _with_attributes(self, loss: Tensor, context: Tensor, ids: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
+        if not self.attribute_loss:
+            return {"loss": loss}
+        if labels is None:
+            raise LatentDeskError("training with an attribute loss needs each caption's labels")
+        eos = context[torch.arange(len(ids), device=ids.device), (ids == EOS_ID).int().argmax(dim=1)]
+        logits = self.attribute_head(eos.float()).split(self.label_classes, dim=1)
+        named = labels >= 0
+        # mean cross-entropy over the attributes the batch names (a batch of empty captions adds 0)
+        per_attribute = [F.cross_entropy(z, y, ignore_index=-1, reduction="sum") / named[:, a].sum().clamp(min=1)
+                         for a, (z, y) in enumerate(zip(logits, labels.unbind(1), strict=True))]
+        attributes = torch.stack(per_attribute).mean()
+        return {"loss": loss + self.attribute_loss * attributes, "diffusion": loss.detach(),
+                "attributes": attributes.detach()}
 
 
 class DiffusionStage:
@@ -259,7 +307,7 @@ class DiffusionStage:
 
     def __init__(self, cache: LatentCache, unet_config: UNetConfig, text_config: TextEncoderConfig,
                  data_name: str, autoencoder: str, caption_dropout: float = 0.1, seed: int = 0,
-                 target: NoiseTarget = NoiseTarget(), text_lr_scale: float = 1.0):
+                 target: NoiseTarget = NoiseTarget(), text_lr_scale: float = 1.0, attribute_loss: float = 0.0):
         if not 0 <= caption_dropout < 1:
             raise LatentDeskError(f"caption dropout must be in [0, 1), not {caption_dropout!r}")
         if unet_config.in_channels != cache.mean.shape[1]:
@@ -270,7 +318,14 @@ class DiffusionStage:
         if text_lr_scale <= 0:
             raise LatentDeskError(f"the text encoder's learning-rate scale must be > 0, not {text_lr_scale!r}")
         self.target, self.text_lr_scale = target, text_lr_scale
-        self.objective = DiffusionObjective(*build_networks(unet_config, text_config, seed), target)
+        if attribute_loss < 0:
+            raise LatentDeskError(f"the attribute loss weight must be >= 0, not {attribute_loss!r}")
+        if attribute_loss and cache.labels is None:
+            raise LatentDeskError("an attribute loss needs data whose captions' attributes are known (--shapes); "
+                                  "these captions come without them")
+        self.attribute_loss = attribute_loss
+        self.objective = DiffusionObjective(*build_networks(unet_config, text_config, seed), target,
+                                            cache.label_classes, attribute_loss)
         self.length = len(cache)
         self.empty_ids = torch.tensor(token_ids(ClipTokenizer(), ""), dtype=torch.int64)
 
@@ -282,13 +337,14 @@ class DiffusionStage:
         timesteps = random.randint(self.target.schedule.num_timesteps)
         noise = training_noise(random, shape, self.target)
         dropped = random.rand() < self.caption_dropout                    # (B,)
-        captions = self.cache.ids[rows]                                   # (B, K, 77)
-        if captions.shape[1] > 1:  # drawn last, so a cache of one caption an item draws as before
-            captions = captions[torch.arange(len(rows)), random.randint(captions.shape[1])]
-        else:
-            captions = captions[:, 0]
-        ids = torch.where(dropped[:, None], self.empty_ids, captions)
-        return {"latents": latents, "timesteps": timesteps, "noise": noise, "ids": ids}
+        phrasing = torch.zeros(len(rows), dtype=torch.int64)
+        if self.cache.ids.shape[1] > 1:  # drawn last, so a cache of one caption an item draws as before
+            phrasing = random.randint(self.cache.ids.shape[1])
+        ids = torch.where(dropped[:, None], self.empty_ids, self.cache.ids[rows, phrasing])
+        drawn = {"latents": latents, "timesteps": timesteps, "noise": noise, "ids": ids}
+        if self.attribute_loss:
+            drawn["labels"] = self.cache.labels[rows, phrasing].masked_fill(dropped[:, None], -1)
+        return drawn
 
     def param_groups(self) -> list[dict]:
         """The UNet at the schedule's learning rate, the text encoder at `text_lr_scale` times it."""
@@ -305,6 +361,8 @@ class DiffusionStage:
                      "init_seed": self.seed, "target": asdict(self.target)}
         if self.text_lr_scale != 1.0:   # stated only when set, so earlier runs still resume
             described["text_lr_scale"] = self.text_lr_scale
+        if self.attribute_loss:
+            described |= {"attribute_loss": self.attribute_loss, "label_classes": list(self.cache.label_classes)}
         return described
 
 
@@ -326,7 +384,7 @@ def prepare_cache(vae: AutoencoderKL, dataset, folder: Path, fingerprint: str, p
 def train_diffusion(vae: AutoencoderKL, autoencoder_id: str, dataset, data_name: str, folder: str | Path,
                     unet_config: UNetConfig, text_config: TextEncoderConfig, settings: TrainSettings, *,
                     caption_dropout: float, defaults: ModelDefaults, target: NoiseTarget = NoiseTarget(),
-                    text_lr_scale: float = 1.0,
+                    text_lr_scale: float = 1.0, attribute_loss: float = 0.0,
                     export_dtype: str = "fp16",
                     export_path: str | Path | None = None, processes: Distributed | None = None,
                     stream=None) -> Path | None:
@@ -336,10 +394,13 @@ def train_diffusion(vae: AutoencoderKL, autoencoder_id: str, dataset, data_name:
     """
     processes = processes or Distributed.from_env()
     folder = Path(folder)
-    fingerprint = json.dumps({"autoencoder": autoencoder_id, "data": data_name, "items": len(dataset)})
+    fingerprint = {"autoencoder": autoencoder_id, "data": data_name, "items": len(dataset)}
+    if hasattr(dataset, "caption_labels"):   # a cache made before labels existed is made again
+        fingerprint["labels"] = True
+    fingerprint = json.dumps(fingerprint)
     cache = prepare_cache(vae, dataset, folder, fingerprint, processes, stream)
     stage = DiffusionStage(cache, unet_config, text_config, data_name, autoencoder_id, caption_dropout,
-                           settings.seed, target, text_lr_scale)
+                           settings.seed, target, text_lr_scale, attribute_loss)
     trained = train(stage, settings, folder, processes, stream)
     path = None
     if processes.is_main:
@@ -374,7 +435,8 @@ def export_snapshot(folder: str | Path, vae: AutoencoderKL, autoencoder: str, ou
     unet_config = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in described["unet"].items()})
     text_config = TextEncoderConfig(**described["text_encoder"])
     target = NoiseTarget(**{k: tuple(v) if isinstance(v, list) else v for k, v in described.get("target", {}).items()})
-    objective = DiffusionObjective(*build_networks(unet_config, text_config, 0), target)
+    objective = DiffusionObjective(*build_networks(unet_config, text_config, 0), target,
+                                   tuple(described.get("label_classes", ())), described.get("attribute_loss", 0.0))
     objective.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     parameters = dict(objective.named_parameters())
     with torch.no_grad():
