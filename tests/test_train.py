@@ -713,7 +713,7 @@ def test_attribute_loss_trains_a_head_on_the_eos_token_that_export_leaves_out(tm
                         trained.objective.text_model, ModelDefaults(size=32))
     with safe_open(path, "pt") as f:
         assert not any("attribute" in key for key in f.keys())
-    from core.train.diffusion import export_snapshot   # the run's checkpoint holds the head too
+    from core.train.diffusion import export_snapshot  # the run's checkpoint holds the head too
     snapshot, step = export_snapshot(tmp_path / "run", build_autoencoder(VAE, seed=0), "none",
                                      tmp_path / "snap.safetensors", ModelDefaults(size=32))
     assert step == 30 and snapshot.is_file()

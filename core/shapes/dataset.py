@@ -23,7 +23,15 @@ import torch
 from PIL import PngImagePlugin
 
 from core.shapes.captions import EMPTY_PROB, caption
-from core.shapes.world import ATTRIBUTE_VALUES, ATTRIBUTES, Scene, attribute_labels, render, render_array, sample_scene
+from core.shapes.world import (
+    ATTRIBUTE_VALUES,
+    ATTRIBUTES,
+    Scene,
+    attribute_labels,
+    render,
+    render_array,
+    sample_scene,
+)
 
 SPLITS = {"train": 0, "heldout": 1}
 
