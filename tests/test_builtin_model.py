@@ -56,12 +56,7 @@ def test_golden_image(builtin):
 
 
 def test_golden_image_shows_what_the_prompt_asks():
-    """The reference itself, read back by the checker: a guard against committing a bad golden image.
-
-    The shipped model is an interim one (docs/BUILTIN_MODEL.md): it draws the named colours and size
-    (97 % and 98 % on held-out captions) but the named shape only 57 % of the time and the named place
-    rarely (issue 4). The golden seed's star comes out as a blob the checker reads as a diamond, so shape
-    and position are not held to the prompt here.
-    """
+    """The reference itself, read back by the checker: a guard against committing a bad golden image."""
     seen = measure(Image.open(GOLDEN).convert("RGB"))
-    assert (seen.color, seen.background, seen.size) == ("red", "blue", "large")
+    assert (seen.color, seen.background, seen.shape, seen.size, seen.position) == (
+        "red", "blue", "star", "large", "top left")
