@@ -22,20 +22,25 @@ from core.request import GenerationRequest
 if TYPE_CHECKING:   # the window imports this module before torch has loaded
     from core.latent_rgb import LatentToRGB
     from core.model import DiffusionModel
+    from core.preview_decoder import PreviewDecoder
 
 
 class PreviewMode(enum.Enum):
     """How a step's preview is made; `app/preview.py` `make_previewer` is the one place that maps a
     mode to a previewer."""
 
-    AUTO = "auto"    # VAE decodes as often as they cost <= 10 % of sampling time, the fast map between
+    # The order is the preview menu's order.
+    AUTO = "auto"    # the tiny decoder every step when the model has one; else VAE decodes while all previews
+                     # together cost <= 8 % of the sampling time, the fast map between them
     VAE = "vae"      # the predicted clean latent through the model's own VAE decoder, every step
+    TINY = "tiny"    # a small network trained to imitate the VAE decoder (core/preview_decoder.py), full size
     FAST = "fast"    # a linear latent→RGB map fitted to the model's VAE when it loaded (core/latent_rgb.py)
     OFF = "off"      # progress only
 
     @property
     def label(self) -> str:
-        return {"auto": "Auto", "vae": "VAE every step", "fast": "Fast", "off": "Off"}[self.value]
+        return {"auto": "Auto", "vae": "VAE every step", "tiny": "Tiny decoder", "fast": "Fast",
+                "off": "Off"}[self.value]
 
 
 class PreviewOptions:
@@ -62,6 +67,8 @@ class LoadedModel:
     spec: str                 # "builtin" or the path, as GenerationRequest.model stores it
     hash: str | None          # A1111's "Model hash"
     latent_rgb: LatentToRGB | None = None   # the Fast preview's map, fitted to this model's VAE at load
+    preview_decoder: PreviewDecoder | None = None   # the Tiny preview's network, when the model has one
+    preview_note: str | None = None   # why a preview-decoder file beside the model was not used, for the user
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Which models the user can pick, and loading one (a blocking call the window runs off-thread).
 
     scan_models(folder) -> [Path]       .safetensors files and diffusers folders in the models folder
-    load(path, spec, known_hash) -> LoadedModel
+    load(path, spec, known_hash) -> LoadedModel      with the model's preview decoder, when it has one
     describe(model) -> "tiny · Stable Diffusion 1.x · CPU"
 """
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:   # the window imports this module before the engine (torch) h
     import torch
 
     from core.model import DiffusionModel
+    from core.preview_decoder import PreviewDecoder
 
 MODEL_SUFFIXES = (".safetensors",)
 REFUSED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")   # pickles: core refuses them with a reason
@@ -49,7 +50,26 @@ def load(path: Path, spec: str, known_hash: str | None = None, precision: str = 
 
     model = load_model(path, dtype=precision_dtype(precision))
     digest = known_hash or model_hash(path)
-    return LoadedModel(model, spec, digest, fit_latent_to_rgb(model.vae))
+    decoder, note = load_preview_decoder_beside(path, model)
+    return LoadedModel(model, spec, digest, fit_latent_to_rgb(model.vae), decoder, note)
+
+
+def load_preview_decoder_beside(path: Path, model: DiffusionModel) -> tuple[PreviewDecoder | None, str | None]:
+    """The model's own preview decoder (`x.preview.safetensors`), if there is one, and why not if it is
+    unusable. Only a preview depends on it, so a broken file costs the Tiny preview, never the model."""
+    from core.errors import LatentDeskError
+    from core.preview_decoder import load_preview_decoder, preview_decoder_path
+
+    decoder_path = preview_decoder_path(path)
+    if not decoder_path.is_file():
+        return None, None
+    config = model.vae.config
+    try:
+        decoder = load_preview_decoder(decoder_path, config.z_channels, config.downsample_factor)
+    except (LatentDeskError, OSError) as error:
+        return None, f"The tiny preview decoder was not loaded, so previews use the fast map: {error}"
+    # It stays float32 (~100 KB, and its forward casts the latents to its own dtype) on the model's device.
+    return decoder.to(model.device), None
 
 
 def device_name(device: torch.device) -> str:

@@ -2,8 +2,10 @@
 
     make_previewer(mode, loaded) -> Previewer | None    the one place a preview mode becomes code
     VaePreview(model)(step, noisy) -> QImage            the predicted clean latent x0 through the VAE
+    TinyPreview(decoder)(step, noisy) -> QImage         x0 through the model's tiny preview decoder, full size
     FastPreview(latent_rgb)(step, noisy) -> QImage      the linear latent→RGB map fitted at load
-    AutoPreview(vae, fast)(step, noisy) -> QImage       VAE decodes within a time budget, Fast between
+    AutoPreview(vae, between)(step, noisy) -> QImage    VAE decodes while all previews stay within a time
+                                                        budget, Fast between them (models without a tiny decoder)
     pixels_to_qimage(x) -> QImage                       (3, H, W) in about [-1, 1] → RGB888, copied
 """
 
@@ -21,8 +23,9 @@ from app.jobs import LoadedModel, PreviewMode
 from core.generate import StepInfo
 from core.latent_rgb import LatentToRGB
 from core.model import DiffusionModel
+from core.preview_decoder import PreviewDecoder
 
-AUTO_SHARE = 0.08   # Auto spends at most this share of the sampling time on VAE decodes (the issue: <= 10 %)
+AUTO_SHARE = 0.08   # Auto spends at most this share of the sampling time on previews (the issue: <= 10 %)
 
 
 class Previewer(Protocol):
@@ -42,6 +45,19 @@ class VaePreview:
         return pixels_to_qimage(pixels[0])
 
 
+class TinyPreview:
+    """Decode the first image of the batch through the network trained to imitate this model's VAE:
+    full size like the VAE, at a few % of a sampling step."""
+
+    def __init__(self, decoder: PreviewDecoder):
+        self.decoder = decoder
+
+    def __call__(self, step: StepInfo, noisy: bool) -> QImage:
+        with torch.no_grad():
+            pixels = self.decoder(shown_latents(step, noisy))
+        return pixels_to_qimage(pixels[0])
+
+
 class FastPreview:
     """One latent pixel → one RGB pixel by the linear map fitted to this VAE (the view scales it up)."""
 
@@ -53,15 +69,17 @@ class FastPreview:
 
 
 class AutoPreview:
-    """A VAE decode whenever the decodes so far plus the next stay within `share` of the sampling time
-    so far; the fast map otherwise. A model whose decode is cheap next to a step gets a VAE frame at
-    most steps; a large model at 512 px gets one every few steps, and the fast map between them."""
+    """A VAE decode whenever the previews so far plus the next decode stay within `share` of the
+    sampling time so far; the `between` previewer otherwise. Every preview's time counts, the
+    between-previewer's too: the bar is what previews together add to a run. A model whose decode is
+    cheap next to a step gets a VAE frame at most steps; a large model at 512 px gets one every few
+    steps, and the between-previewer's frames between them."""
 
-    def __init__(self, vae: Previewer, fast: Previewer, share: float = AUTO_SHARE,
+    def __init__(self, vae: Previewer, between: Previewer, share: float = AUTO_SHARE,
                  clock: Callable[[], float] = time.perf_counter):
-        self.vae, self.fast, self.share, self.clock = vae, fast, share, clock
+        self.vae, self.between, self.share, self.clock = vae, between, share, clock
         self.started = clock()
-        self.spent = 0.0                   # seconds in VAE decodes so far
+        self.spent = 0.0                   # seconds in previews of either kind so far
         self.decode_seconds: float | None = None
 
     def __call__(self, step: StepInfo, noisy: bool) -> QImage:
@@ -69,13 +87,13 @@ class AutoPreview:
         sampling = now - self.started - self.spent
         # Without a measured decode yet, try one once a step's time is known: it measures the cost.
         estimate = self.decode_seconds if self.decode_seconds is not None else 0.0
-        if step.i > 0 and self.spent + estimate <= self.share * sampling:
-            image = self.vae(step, noisy)
-            took = self.clock() - now
-            self.spent += took
+        decode = step.i > 0 and self.spent + estimate <= self.share * sampling
+        image = (self.vae if decode else self.between)(step, noisy)
+        took = self.clock() - now
+        self.spent += took
+        if decode:
             self.decode_seconds = took
-            return image
-        return self.fast(step, noisy)
+        return image
 
 
 def shown_latents(step: StepInfo, noisy: bool) -> torch.Tensor:
@@ -88,14 +106,25 @@ def shown_latents(step: StepInfo, noisy: bool) -> torch.Tensor:
 
 
 def make_previewer(mode: PreviewMode, loaded: LoadedModel) -> Previewer | None:
+    """Auto is the tiny decoder at every step when the model has one: it already shows the whole image,
+    and one VAE decode among them would cost more than the rest of the run's previews together (1.6
+    sampling steps on the built-in model). Without one, Auto is VAE decodes within the time budget and
+    the fast map between them. Tiny falls back to the fast map, and both to the VAE every step when the
+    model has nothing cheaper."""
+    if mode is PreviewMode.OFF:
+        return None
     fast = FastPreview(loaded.latent_rgb) if loaded.latent_rgb is not None else None
-    if mode is PreviewMode.VAE or (mode is PreviewMode.AUTO and fast is None):
-        return VaePreview(loaded.model)
     if mode is PreviewMode.FAST:
         return fast
-    if mode is PreviewMode.AUTO:
-        return AutoPreview(VaePreview(loaded.model), fast)
-    return None
+    tiny = TinyPreview(loaded.preview_decoder) if loaded.preview_decoder is not None else None
+    vae = VaePreview(loaded.model)
+    if mode is PreviewMode.VAE:
+        return vae
+    if tiny is not None:
+        return tiny
+    if mode is PreviewMode.AUTO and fast is not None:
+        return AutoPreview(vae, fast)
+    return fast if mode is PreviewMode.TINY and fast is not None else vae
 
 
 def pixels_to_qimage(x: torch.Tensor) -> QImage:

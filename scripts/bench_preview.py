@@ -1,6 +1,6 @@
 """What per-step previews cost: txt2img wall time with a preview mode vs without (issue 5).
 
-    python scripts/bench_preview.py [--model builtin] [--mode vae|auto|fast] [--runs 5] [--steps 20] [--size PX]
+    python scripts/bench_preview.py [--model builtin] [--mode vae|auto|tiny|fast] [--runs 5] [--steps 20] [--size PX]
     python scripts/bench_preview.py --sd15 --mode auto --runs 3 --size 512   # SD1.5-shaped, random weights
 
 Each run generates the same request twice, once with the app's previewer called after every step
@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def load(args):
     from app.jobs import LoadedModel
+    from app.models import load_preview_decoder_beside
     from core.checkpoint import load_model
     from core.latent_rgb import fit_latent_to_rgb
     from core.resources import resolve_model
@@ -36,14 +37,17 @@ def load(args):
     else:
         path = resolve_model(args.model)
         model = load_model(path)
-    return LoadedModel(model, str(path), None, fit_latent_to_rgb(model.vae))
+    decoder, note = load_preview_decoder_beside(path, model)   # as the app loads it
+    if note:
+        print(note, file=sys.stderr)
+    return LoadedModel(model, str(path), None, fit_latent_to_rgb(model.vae), decoder)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="builtin")
     parser.add_argument("--sd15", action="store_true", help="an SD1.5-shaped model with random weights")
-    parser.add_argument("--mode", default="vae", choices=("vae", "auto", "fast"))
+    parser.add_argument("--mode", default="vae", choices=("vae", "auto", "tiny", "fast"))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int)

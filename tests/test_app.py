@@ -27,6 +27,12 @@ from app.main import main
 from app.settings import AppPaths, open_settings, read
 from app.window import MainWindow
 from core.metadata import read_parameters, save_png, to_infotext
+from core.preview_decoder import (
+    PreviewDecoder,
+    PreviewDecoderConfig,
+    preview_decoder_path,
+    save_preview_decoder,
+)
 from core.request import GenerationRequest
 from tests.tiny_models import write_single_file
 
@@ -431,6 +437,69 @@ def test_models_folder_is_scanned_on_start(open_window, folders, tiny_model):
     (folders.models_dir / "mine.safetensors").write_bytes(tiny_model.read_bytes())
     window = open_window(model=None, small=False)
     assert str(folders.models_dir / "mine.safetensors") in window.panel.model_picker.specs()
+
+
+# -- the tiny preview decoder ----------------------------------------------------------------------
+
+def model_with_preview_decoder(folder: Path, tiny_model: Path, decoder_bytes: bytes | None = None) -> Path:
+    """A copy of the tiny model with `tiny.preview.safetensors` beside it: a random decoder made for
+    its VAE (4 latent channels, 2x), or `decoder_bytes` as they are."""
+    path = folder / "tiny.safetensors"
+    path.write_bytes(tiny_model.read_bytes())
+    if decoder_bytes is None:
+        save_preview_decoder(preview_decoder_path(path), PreviewDecoder(PreviewDecoderConfig(latent_channels=4, factor=2, width=8)))
+    else:
+        preview_decoder_path(path).write_bytes(decoder_bytes)
+    return path
+
+
+def test_a_preview_decoder_beside_the_model_loads_with_it_in_either_precision(tiny_model, tmp_path):
+    import torch
+
+    from app import models
+    from app.preview import TinyPreview, make_previewer
+    from core.generate import StepInfo
+
+    path = model_with_preview_decoder(tmp_path, tiny_model)
+    for precision in ("float32", "bfloat16"):
+        loaded = models.load(path, str(path), precision=precision)
+        assert loaded.preview_decoder is not None and loaded.preview_note is None
+        previewer = make_previewer(PreviewMode.TINY, loaded)
+        assert isinstance(previewer, TinyPreview)
+        x = torch.randn(1, 4, 8, 8, dtype=loaded.model.dtype)     # latents as the sampler holds them
+        image = previewer(StepInfo(1, 6, x, x, 1.0, 7.0), noisy=False)
+        assert (image.width(), image.height()) == (16, 16)       # the tiny VAE's 2x
+
+
+def test_a_broken_preview_decoder_leaves_the_model_working_with_the_fast_preview(open_window, qtbot, tmp_path,
+                                                                                 tiny_model):
+    path = model_with_preview_decoder(tmp_path, tiny_model, bytes(range(256)))   # a header length of ~500 PB
+    window = open_window(model=path)
+    assert window.model.model.name == "tiny" and window.model.preview_decoder is None
+    assert window.message_bar.kind == "warning"
+    assert "tiny.preview.safetensors" in window.message_bar.text() and "fast map" in window.message_bar.text()
+    modes = window.panel.preview_mode
+    modes.setCurrentIndex(modes.findData(PreviewMode.TINY.value))
+    message = run(qtbot, window)
+
+    assert isinstance(message, Finished) and len(message.frames) == 6
+    assert all(f is not None and f.width() == 32 for f in message.frames)   # the fast map: 1 px per latent px
+
+
+def test_tiny_decoder_previews_are_full_size_and_the_choice_is_remembered(open_window, qtbot, tmp_path,
+                                                                         tiny_model):
+    path = model_with_preview_decoder(tmp_path, tiny_model)
+    first = open_window(model=path)
+    assert first.model.preview_decoder is not None and "preview" not in first.message_bar.text()
+    modes = first.panel.preview_mode
+    modes.setCurrentIndex(modes.findData(PreviewMode.TINY.value))
+    message = run(qtbot, first)
+    assert isinstance(message, Finished) and len(message.frames) == 6
+    assert all(f is not None and (f.width(), f.height()) == (64, 64) for f in message.frames)
+    first.close()
+
+    second = open_window(model=path, small=False)
+    assert second.panel.preview_choice() == (PreviewMode.TINY, False)
 
 
 # -- history and settings -------------------------------------------------------------------------

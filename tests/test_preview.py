@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from app.jobs import LoadedModel, PreviewMode
-from app.preview import AutoPreview, FastPreview, VaePreview, make_previewer
+from app.preview import AutoPreview, FastPreview, TinyPreview, VaePreview, make_previewer
 from core.generate import StepInfo
 from core.latent_rgb import LatentToRGB, fit_latent_to_rgb
+from core.preview_decoder import PreviewDecoder, PreviewDecoderConfig
 
 # Small enough that the decoded colours stay inside [-1, 1], where the fit does not clip them.
 TRUE_WEIGHT = 0.25 * torch.tensor([[0.5, -0.2, 0.1, 0.0], [0.1, 0.4, -0.3, 0.2], [-0.2, 0.1, 0.2, 0.5]])
@@ -64,6 +66,29 @@ def test_fast_preview_is_one_pixel_per_latent_pixel():
     assert image.pixelColor(2, 1).red() == int(expected[0, 1, 2])
 
 
+def tiny_decoder() -> PreviewDecoder:
+    return PreviewDecoder(PreviewDecoderConfig(latent_channels=4, factor=8, width=8)).eval()
+
+
+def qimage_array(image) -> np.ndarray:
+    """An RGB888 QImage's pixels as (H, W, 3) uint8, its row padding dropped."""
+    rows = np.frombuffer(image.constBits(), np.uint8).reshape(image.height(), image.bytesPerLine())
+    return rows[:, :3 * image.width()].reshape(image.height(), image.width(), 3)
+
+
+def test_tiny_preview_is_full_size_and_shows_the_decoders_own_output():
+    torch.manual_seed(0)
+    decoder = tiny_decoder()
+    shown = step(side=5)
+    image = TinyPreview(decoder)(shown, noisy=False)
+    assert (image.width(), image.height()) == (40, 40)               # 5 latent pixels × 8, like the VAE
+    with torch.no_grad():
+        out = decoder(shown.denoised[:1])[0]                         # the clean prediction, not the noisy x
+    expected = ((out / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert 0 < expected.std()                                         # a random net: the check sees real pixels
+    assert np.array_equal(qimage_array(image), expected)
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0
@@ -105,15 +130,80 @@ def test_auto_decodes_every_step_when_decoding_is_nearly_free():
     assert kinds == ["fast"] + ["vae"] * 9
 
 
-@pytest.mark.parametrize("mode,kind", [(PreviewMode.VAE, VaePreview), (PreviewMode.FAST, FastPreview),
-                                       (PreviewMode.AUTO, AutoPreview), (PreviewMode.OFF, type(None))])
+def test_auto_counts_the_between_previews_time_against_its_budget():
+    """A between-previewer costing 5 % of a step leaves 3 % of the 8 % for VAE decodes; each takes
+    0.25 s in place of a 0.05 s between-preview, so at most 0.03 / 0.2 = 15 % of 40 steps, 6, decode.
+    Counting only the decodes' time would allow 0.08 / 0.25 = 32 %, about 12."""
+    clock = FakeClock()
+    kinds = []
+
+    def vae(step, noisy):
+        kinds.append("vae")
+        clock.now += 0.25
+
+    def between(step, noisy):
+        kinds.append("between")
+        clock.now += 0.05
+
+    auto = AutoPreview(vae, between, share=0.08, clock=clock)
+    for i in range(40):
+        clock.now += 1.0
+        auto(step(i), noisy=False)
+    sampling = 40 * 1.0
+    assert 2 <= kinds.count("vae") <= 6 and len(kinds) == 40
+    assert auto.spent == pytest.approx(clock.now - sampling)              # every preview's time is counted
+    assert auto.spent <= 0.08 * sampling + 0.05                           # within budget but for one step
+
+
+def test_auto_never_decodes_when_the_between_preview_alone_spends_the_budget():
+    clock = FakeClock()
+    kinds = []
+
+    def between(step, noisy):
+        kinds.append("between")
+        clock.now += 0.2               # more than the whole 8 % share of a 1 s step
+
+    auto = AutoPreview(lambda s, n: kinds.append("vae"), between, share=0.08, clock=clock)
+    for i in range(20):
+        clock.now += 1.0
+        auto(step(i), noisy=False)
+    assert kinds == ["between"] * 20
+
+
+def loaded_with(latent_rgb: bool, decoder: bool) -> LoadedModel:
+    mapping = LatentToRGB(TRUE_WEIGHT, TRUE_BIAS, 1.0) if latent_rgb else None
+    return LoadedModel(SimpleNamespace(vae=LinearVae()), "builtin", None, mapping,
+                       tiny_decoder() if decoder else None)
+
+
+@pytest.mark.parametrize("mode,kind", [(PreviewMode.VAE, VaePreview), (PreviewMode.TINY, TinyPreview),
+                                       (PreviewMode.FAST, FastPreview), (PreviewMode.AUTO, AutoPreview),
+                                       (PreviewMode.OFF, type(None))])
 def test_each_mode_has_its_previewer(mode, kind):
     from core.model import DiffusionModel
 
-    model = SimpleNamespace(vae=LinearVae())
-    loaded = LoadedModel(model, "builtin", None, LatentToRGB(TRUE_WEIGHT, TRUE_BIAS, 1.0))
-    assert isinstance(make_previewer(mode, loaded), kind)
+    # Without a tiny decoder, so that Auto is the budgeted mix (with one, Auto is the tiny decoder: below).
+    assert isinstance(make_previewer(mode, loaded_with(latent_rgb=True, decoder=mode is PreviewMode.TINY)), kind)
     assert DiffusionModel  # the real type is what LoadedModel holds in the app; a stand-in suffices here
+
+
+def test_the_menu_lists_tiny_between_vae_and_fast():
+    assert [mode.label for mode in PreviewMode] == ["Auto", "VAE every step", "Tiny decoder", "Fast", "Off"]
+
+
+@pytest.mark.parametrize("latent_rgb,decoder,tiny_kind,auto_kind", [
+    (True, True, TinyPreview, TinyPreview),       # a tiny decoder: Auto shows it every step, never the VAE
+    (True, False, FastPreview, AutoPreview),      # no decoder file: the fast map stands in for it
+    (False, False, VaePreview, VaePreview),       # nothing cheaper: the VAE every step
+])
+def test_tiny_and_auto_fall_back_to_what_the_model_has(latent_rgb, decoder, tiny_kind, auto_kind):
+    loaded = loaded_with(latent_rgb, decoder)
+    assert type(make_previewer(PreviewMode.TINY, loaded)) is tiny_kind
+    auto = make_previewer(PreviewMode.AUTO, loaded)
+    assert type(auto) is auto_kind
+    if auto_kind is AutoPreview:
+        assert type(auto.between) is FastPreview
+    assert type(make_previewer(PreviewMode.VAE, loaded)) is VaePreview    # VAE every step stays the VAE
 
 
 def test_auto_without_a_fitted_map_decodes_every_step():

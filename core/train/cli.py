@@ -4,6 +4,7 @@
     latentdesk train diffusion --autoencoder FILE|DIR (--data DIR | --shapes) --out DIR [...]
     latentdesk train builtin --out DIR          # both stages with BUILTIN_RECIPE, then DIR/builtin.safetensors
     latentdesk train snapshot RUN --autoencoder FILE|DIR --out FILE   # an unfinished stage-2 run's model
+    latentdesk train preview --model M (--data DIR | --shapes) --out DIR [--install]   # M's tiny preview decoder
 
 Every command resumes from the checkpoint in its --out folder when there is one: run
 the same command again after an interruption. Defaults are the built-in recipe's.
@@ -29,6 +30,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core.errors import LatentDeskError
+from core.preview_decoder import PreviewDecoderConfig
+from core.train.preview import PREVIEW_EVAL_ITEMS, PREVIEW_ITEMS, PREVIEW_TRAIN
 from core.train.recipe import BUILTIN_RECIPE, BuiltinRecipe
 
 R = BUILTIN_RECIPE
@@ -103,6 +106,18 @@ def add_train_commands(subparsers) -> None:
     snap.add_argument("--sampler", default=R.defaults.sampler)
     snap.add_argument("--size", type=int, default=R.defaults.size)
     snap.set_defaults(handler=run_train_snapshot)
+
+    pv = stages.add_parser("preview", help="a model's tiny preview decoder, trained to imitate its VAE decoder")
+    pv.add_argument("--model", default="builtin", help="the model whose VAE it imitates: builtin, a file or a folder")
+    _data_args(pv)
+    _run_args(pv, PREVIEW_TRAIN)
+    pv.add_argument("--items", type=int, default=PREVIEW_ITEMS, help="training images (each encoded and decoded once)")
+    pv.add_argument("--eval-items", type=int, default=PREVIEW_EVAL_ITEMS, help="held-out images the PSNR is measured on")
+    pv.add_argument("--width", type=int, default=PreviewDecoderConfig.width, help="channels of its hidden layers")
+    pv.add_argument("--blocks", type=int, default=PreviewDecoderConfig.blocks, help="residual blocks per resolution")
+    pv.add_argument("--install", action="store_true",
+                    help="also put the decoder beside the model (<model>.preview.safetensors), where the app finds it")
+    pv.set_defaults(handler=run_train_preview)
 
     builtin = stages.add_parser("builtin", help="reproduce the shipped built-in model (both stages, fixed recipe)")
     builtin.add_argument("--out", required=True, help="working folder; rerun the same command to resume")
@@ -256,6 +271,49 @@ def run_train_snapshot(args) -> int:
                                  args.out, defaults)
     print(f"the model at step {step} (EMA weights) -> {path}")
     return 0
+
+
+def run_train_preview(args) -> int:
+    import shutil
+
+    from core.checkpoint import load_model
+    from core.metadata import model_hash
+    from core.preview_decoder import preview_decoder_path
+    from core.resources import resolve_model
+    from core.train.data import shapes
+    from core.train.preview import train_preview_decoder
+
+    model_path = resolve_model(args.model)
+    vae = load_model(model_path).vae.requires_grad_(False)
+    if args.shapes:
+        dataset, name = shapes(args.seed, args.items), shapes_name(args.seed, args.items)
+        eval_dataset = shapes(args.seed, args.eval_items, "heldout")
+    else:   # a folder has no held-out part: its last images are held out, the first ones trained on
+        folder, name = _dataset(args, args.items)
+        if len(folder) < 2:
+            raise LatentDeskError(f"{args.data}: a preview decoder needs at least 2 images, it has {len(folder)}")
+        held = max(1, min(args.eval_items, len(folder) // 5))
+        dataset = torch_subset(folder, range(len(folder) - held))
+        eval_dataset = torch_subset(folder, range(len(folder) - held, len(folder)))
+    config = PreviewDecoderConfig(vae.config.z_channels, vae.config.downsample_factor, args.width, args.blocks)
+    report = train_preview_decoder(vae, f"{model_path.name} {model_hash(model_path)}", dataset, eval_dataset, name,
+                                   args.out, config, _settings(args, PREVIEW_TRAIN), items=args.items,
+                                   eval_items=args.eval_items)
+    psnr = report["psnr_vs_vae_db"]
+    print(f"preview decoder: {psnr['all']:.2f} dB against the VAE on {report['eval_items']} held-out images "
+          f"({', '.join(f'{k} {v:.1f}' for k, v in psnr.items() if k != 'all')}) -> {report['path']}")
+    if args.install:
+        target = preview_decoder_path(model_path)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(report["path"], tmp)
+        os.replace(tmp, target)
+        print(f"installed beside the model: {target}")
+    return 0
+
+
+def torch_subset(dataset, indices):
+    import torch
+    return torch.utils.data.Subset(dataset, list(indices))
 
 
 def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
