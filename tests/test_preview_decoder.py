@@ -168,3 +168,35 @@ def test_cli_trains_a_models_preview_decoder_and_installs_it_beside_the_model(tm
     assert installed.is_file() and not list(tmp_path.glob("*.tmp"))
     decoder = load_preview_decoder(installed, latent_channels=4, factor=8)
     assert decoder(torch.zeros(1, 4, 16, 16)).shape == (1, 3, 128, 128)
+
+
+def test_cli_trains_on_a_folder_of_images_holding_its_last_ones_out(tmp_path):
+    from PIL import Image
+
+    from tests.tiny_models import write_single_file
+
+    model = write_single_file("sd1", tmp_path / "tiny.safetensors")   # a VAE of factor 2, 4 channels
+    images = tmp_path / "pictures"
+    images.mkdir()
+    for i in range(10):
+        Image.new("RGB", (72, 72), (25 * i, 200 - 15 * i, 90)).save(images / f"{i}.png")
+    run = subprocess.run([sys.executable, "-m", "core.cli", "train", "preview", "--model", str(model), "--data",
+                          str(images), "--size", "64", "--out", str(tmp_path / "run"), "--steps", "3",
+                          "--batch-size", "2", "--log-every", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "run" / "preview.json").read_text())
+    assert report["eval_items"] == 2 and report["items"] == 8      # the last fifth held out, the rest trained on
+    assert report["config"]["factor"] == 2 and report["config"]["latent_channels"] == 4
+    assert not (tmp_path / "tiny.preview.safetensors").exists()   # installed only when asked
+
+
+def test_cli_refuses_a_folder_of_one_image(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "one"
+    images.mkdir()
+    Image.new("RGB", (32, 32), "red").save(images / "a.png")
+    run = subprocess.run([sys.executable, "-m", "core.cli", "train", "preview", "--data", str(images),
+                          "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2 and "at least 2 images" in run.stderr

@@ -153,6 +153,8 @@ def train_preview_decoder(vae: AutoencoderKL, vae_name: str, dataset, eval_datas
     """
     folder = Path(folder)
     processes = Distributed(device=next(vae.parameters()).device)
+    # Not cached on disk: at SD sizes the decodes would take gigabytes. A resumed run makes them again
+    # (the same ones: the data and seed fix them), then continues from its checkpoint.
     pairs = teacher_pairs(vae, dataset, items, settings.seed, stream=stream)
     stage = PreviewDecoderStage(pairs, config, data_name, vae_name, settings.seed)
     trained = train(stage, settings, folder, processes, stream)
