@@ -281,23 +281,26 @@ def run_train_preview(args) -> int:
     from core.preview_decoder import preview_decoder_path
     from core.resources import resolve_model
     from core.train.data import shapes
+    from core.train.loop import Distributed
     from core.train.preview import train_preview_decoder
 
     model_path = resolve_model(args.model)
-    vae = load_model(model_path).vae.requires_grad_(False)
+    device = Distributed.from_env(args.device).device   # one process; this picks the GPU or the CPU threads
+    vae = load_model(model_path, device=device).vae.requires_grad_(False)
+    items = (args.shapes_items or args.items) if args.shapes else args.items
     if args.shapes:
-        dataset, name = shapes(args.seed, args.items), shapes_name(args.seed, args.items)
+        dataset, name = shapes(args.seed, items), shapes_name(args.seed, items)
         eval_dataset = shapes(args.seed, args.eval_items, "heldout")
     else:   # a folder has no held-out part: its last images are held out, the first ones trained on
         folder, name = _dataset(args, args.items)
         if len(folder) < 2:
             raise LatentDeskError(f"{args.data}: a preview decoder needs at least 2 images, it has {len(folder)}")
         held = max(1, min(args.eval_items, len(folder) // 5))
-        dataset = torch_subset(folder, range(len(folder) - held))
-        eval_dataset = torch_subset(folder, range(len(folder) - held, len(folder)))
+        dataset = _subset(folder, range(len(folder) - held))
+        eval_dataset = _subset(folder, range(len(folder) - held, len(folder)))
     config = PreviewDecoderConfig(vae.config.z_channels, vae.config.downsample_factor, args.width, args.blocks)
     report = train_preview_decoder(vae, f"{model_path.name} {model_hash(model_path)}", dataset, eval_dataset, name,
-                                   args.out, config, _settings(args, PREVIEW_TRAIN), items=args.items,
+                                   args.out, config, _settings(args, PREVIEW_TRAIN), items=items,
                                    eval_items=args.eval_items)
     psnr = report["psnr_vs_vae_db"]
     print(f"preview decoder: {psnr['all']:.2f} dB against the VAE on {report['eval_items']} held-out images "
@@ -311,7 +314,7 @@ def run_train_preview(args) -> int:
     return 0
 
 
-def torch_subset(dataset, indices):
+def _subset(dataset, indices):
     import torch
     return torch.utils.data.Subset(dataset, list(indices))
 
