@@ -24,25 +24,10 @@ from core.preview_decoder import (
 from core.train.loop import TrainSettings
 from core.train.preview import PreviewDecoderStage, _blur, preview_psnr, teacher_pairs, train_preview_decoder
 from core.vae import AutoencoderKL, VAEConfig
+from tests.test_train import Pictures
 
 ROOT = Path(__file__).resolve().parents[1]
 VAE = VAEConfig(base_channels=8, channel_mult=(1, 1, 1, 1), num_res_blocks=1, norm_groups=4, scale_factor=0.5)
-
-
-class Squares(torch.utils.data.Dataset):
-    """n 32x32 images: a coloured square on a dark ground, placed by the index."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        image = torch.full((3, 32, 32), -0.8)
-        top, left = (i * 5) % 16, (i * 7) % 16
-        image[i % 3, top:top + 12, left:left + 12] = 0.9
-        return image, ""
 
 
 def tiny_vae() -> AutoencoderKL:
@@ -124,7 +109,7 @@ def test_blur_keeps_flat_latents_and_smooths_an_impulse():
 
 def test_teacher_pairs_are_the_vaes_decodes_of_clean_blended_and_blurred_latents():
     vae = tiny_vae()
-    data = Squares(6)
+    data = Pictures(6, size=32)
     pairs = teacher_pairs(vae, data, 6, seed=0)
     assert pairs.latents.shape == (6, 4, 4, 4) and pairs.images.shape == (6, 3, 32, 32)
     clean = vae.encode_latents(torch.stack([data[i][0] for i in range(6)]), sample=False)
@@ -139,11 +124,11 @@ def test_training_makes_the_decoder_agree_with_the_vae(tmp_path):
     vae = tiny_vae()
     config = PreviewDecoderConfig(latent_channels=4, factor=8, width=16)
     settings = TrainSettings(steps=60, batch_size=8, lr=3e-3, seed=0, log_every=20, checkpoint_every=60)
-    train_data, eval_data = (torch.utils.data.Subset(Squares(30), r) for r in (range(24), range(24, 30)))
+    train_data, eval_data = (torch.utils.data.Subset(Pictures(30, size=32), r) for r in (range(24), range(24, 30)))
     held_out = teacher_pairs(vae, eval_data, 6, seed=1)
-    untrained = PreviewDecoderStage(held_out, config, "squares", "tiny").objective.decoder
+    untrained = PreviewDecoderStage(held_out, config, "pictures", "tiny").objective.decoder
     before = preview_psnr(untrained, held_out)["all"]
-    report = train_preview_decoder(vae, "tiny", train_data, eval_data, "squares", tmp_path, config, settings,
+    report = train_preview_decoder(vae, "tiny", train_data, eval_data, "pictures", tmp_path, config, settings,
                                    items=24, eval_items=6)
     after = report["psnr_vs_vae_db"]["all"]
     assert after > before + 3, (before, after)

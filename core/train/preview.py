@@ -79,9 +79,10 @@ def teacher_pairs(vae: AutoencoderKL, dataset, n: int, seed: int = 0, batch_size
     share = 0.2 + 0.6 * torch.rand(n, 1, 1, 1, generator=generator)            # how much of the partner
     sigma = 0.5 + 1.5 * torch.rand(n, generator=generator)
     kind = torch.arange(n) % len(KINDS)
-    blended = (1 - share) * latents + share * partner
-    latents = torch.where((kind == 1)[:, None, None, None], blended, latents)
-    latents = torch.where((kind == 2)[:, None, None, None], _blur(latents, sigma), latents)
+    blend, blur = kind == 1, kind == 2
+    latents[blend] = (1 - share[blend]) * latents[blend] + share[blend] * partner[blend]
+    if blur.any():   # fewer than 3 items have none, and padding an empty batch is an error
+        latents[blur] = _blur(latents[blur], sigma[blur])
     decoded = []
     for z in latents.split(batch_size):
         decoded.append(vae.decode_latents(z.to(device)).float().clamp(-1, 1).cpu().half())
