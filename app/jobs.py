@@ -20,9 +20,10 @@ from core.guidance_scale import GuidanceScale
 from core.request import GenerationRequest
 
 if TYPE_CHECKING:   # the window imports this module before torch has loaded
+    from torch import nn
+
     from core.latent_rgb import LatentToRGB
     from core.model import DiffusionModel
-    from core.preview_decoder import PreviewDecoder
 
 
 class PreviewMode(enum.Enum):
@@ -67,7 +68,7 @@ class LoadedModel:
     spec: str                 # "builtin" or the path, as GenerationRequest.model stores it
     hash: str | None          # A1111's "Model hash"
     latent_rgb: LatentToRGB | None = None   # the Fast preview's map, fitted to this model's VAE at load
-    preview_decoder: PreviewDecoder | None = None   # the Tiny preview's network, when the model has one
+    preview_decoder: nn.Module | None = None   # the Tiny preview's network (ours or TAESD), when the model has one
     preview_note: str | None = None   # why a preview-decoder file beside the model was not used, for the user
 
 

@@ -14,9 +14,9 @@ from app.jobs import LoadedModel
 
 if TYPE_CHECKING:   # the window imports this module before the engine (torch) has loaded
     import torch
+    from torch import nn
 
     from core.model import DiffusionModel
-    from core.preview_decoder import PreviewDecoder
 
 MODEL_SUFFIXES = (".safetensors",)
 REFUSED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")   # pickles: core refuses them with a reason
@@ -31,11 +31,18 @@ def is_model_path(path: Path) -> bool:
     return path.suffix.lower() in MODEL_SUFFIXES + REFUSED_SUFFIXES or is_diffusers_folder(path)
 
 
+def is_preview_decoder_file(path: Path) -> bool:
+    """Files that live beside models but draw previews: ours (`x.preview.safetensors`) and TAESD's."""
+    name = path.name.lower()
+    return name.endswith(".preview.safetensors") or (name.startswith("tae") and ("_decoder." in name or "_encoder." in name))
+
+
 def scan_models(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir()
-             if (p.is_file() and p.suffix.lower() in MODEL_SUFFIXES) or is_diffusers_folder(p)]
+             if (p.is_file() and p.suffix.lower() in MODEL_SUFFIXES and not is_preview_decoder_file(p))
+             or is_diffusers_folder(p)]
     return sorted(found, key=lambda p: p.name.lower())
 
 
@@ -54,16 +61,23 @@ def load(path: Path, spec: str, known_hash: str | None = None, precision: str = 
     return LoadedModel(model, spec, digest, fit_latent_to_rgb(model.vae), decoder, note)
 
 
-def load_preview_decoder_beside(path: Path, model: DiffusionModel) -> tuple[PreviewDecoder | None, str | None]:
-    """The model's own preview decoder (`x.preview.safetensors`), if there is one, and why not if it is
-    unusable. Only a preview depends on it, so a broken file costs the Tiny preview, never the model."""
+def load_preview_decoder_beside(path: Path, model: DiffusionModel) -> tuple[nn.Module | None, str | None]:
+    """The model's preview decoder, if there is one, and why not if it is unusable: its own
+    (`x.preview.safetensors`, ours or a TAESD file renamed), else TAESD's for a Stable Diffusion model
+    when it lies in the same folder under its usual name (`taesd_decoder.safetensors`, or
+    `taesdxl_decoder.safetensors` for SDXL). Only a preview depends on it, so a broken file costs the
+    Tiny preview, never the model."""
     from core.errors import LatentDeskError
     from core.preview_decoder import load_preview_decoder, preview_decoder_path
+    from core.taesd import taesd_file_for
 
+    config = model.vae.config
     decoder_path = preview_decoder_path(path)
     if not decoder_path.is_file():
-        return None, None
-    config = model.vae.config
+        taesd = taesd_file_for(model.family.name, config.scale_factor)
+        decoder_path = path.parent / taesd if taesd is not None else None
+        if decoder_path is None or not decoder_path.is_file():
+            return None, None
     try:
         decoder = load_preview_decoder(decoder_path, config.z_channels, config.downsample_factor)
     except (LatentDeskError, OSError) as error:

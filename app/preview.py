@@ -4,8 +4,9 @@
     VaePreview(model)(step, noisy) -> QImage            the predicted clean latent x0 through the VAE
     TinyPreview(decoder)(step, noisy) -> QImage         x0 through the model's tiny preview decoder, full size
     FastPreview(latent_rgb)(step, noisy) -> QImage      the linear latent→RGB map fitted at load
-    AutoPreview(vae, between)(step, noisy) -> QImage    VAE decodes while all previews stay within a time
-                                                        budget, Fast between them (models without a tiny decoder)
+    AutoPreview(full, between)(step, noisy) -> QImage|None   full-size previews (the tiny decoder, else the VAE)
+                                                        while all previews stay within a time budget; between
+                                                        them the fast map, or nothing (the last frame stays)
     pixels_to_qimage(x) -> QImage                       (3, H, W) in about [-1, 1] → RGB888, copied
 """
 
@@ -23,13 +24,12 @@ from app.jobs import LoadedModel, PreviewMode
 from core.generate import StepInfo
 from core.latent_rgb import LatentToRGB
 from core.model import DiffusionModel
-from core.preview_decoder import PreviewDecoder
 
 AUTO_SHARE = 0.08   # Auto spends at most this share of the sampling time on previews (the issue: <= 10 %)
 
 
 class Previewer(Protocol):
-    def __call__(self, step: StepInfo, noisy: bool) -> QImage: ...
+    def __call__(self, step: StepInfo, noisy: bool) -> QImage | None: ...
 
 
 class VaePreview:
@@ -49,7 +49,7 @@ class TinyPreview:
     """Decode the first image of the batch through the network trained to imitate this model's VAE:
     full size like the VAE, at a few % of a sampling step."""
 
-    def __init__(self, decoder: PreviewDecoder):
+    def __init__(self, decoder: torch.nn.Module):
         self.decoder = decoder
 
     def __call__(self, step: StepInfo, noisy: bool) -> QImage:
@@ -69,15 +69,15 @@ class FastPreview:
 
 
 class AutoPreview:
-    """A VAE decode whenever the previews so far plus the next decode stay within `share` of the
-    sampling time so far; the `between` previewer otherwise. Every preview's time counts, the
-    between-previewer's too: the bar is what previews together add to a run. A model whose decode is
-    cheap next to a step gets a VAE frame at most steps; a large model at 512 px gets one every few
-    steps, and the between-previewer's frames between them."""
+    """A full-size preview (`full`: a VAE or tiny-decoder decode) whenever the previews so far plus the
+    next one stay within `share` of the sampling time so far; the `between` previewer otherwise. Every
+    preview's time counts, the between-previewer's too: the bar is what previews together add to a run.
+    A model whose decode is cheap next to a step gets a full frame at most steps; a large model at 512 px
+    gets one every few steps, and the between-previewer's frames between them."""
 
-    def __init__(self, vae: Previewer, between: Previewer, share: float = AUTO_SHARE,
+    def __init__(self, full: Previewer, between: Previewer, share: float = AUTO_SHARE,
                  clock: Callable[[], float] = time.perf_counter):
-        self.vae, self.between, self.share, self.clock = vae, between, share, clock
+        self.full, self.between, self.share, self.clock = full, between, share, clock
         self.started = clock()
         self.spent = 0.0                   # seconds in previews of either kind so far
         self.decode_seconds: float | None = None
@@ -88,7 +88,7 @@ class AutoPreview:
         # Without a measured decode yet, try one once a step's time is known: it measures the cost.
         estimate = self.decode_seconds if self.decode_seconds is not None else 0.0
         decode = step.i > 0 and self.spent + estimate <= self.share * sampling
-        image = (self.vae if decode else self.between)(step, noisy)
+        image = (self.full if decode else self.between)(step, noisy)
         took = self.clock() - now
         self.spent += took
         if decode:
@@ -106,11 +106,13 @@ def shown_latents(step: StepInfo, noisy: bool) -> torch.Tensor:
 
 
 def make_previewer(mode: PreviewMode, loaded: LoadedModel) -> Previewer | None:
-    """Auto is the tiny decoder at every step when the model has one: it already shows the whole image,
-    and one VAE decode among them would cost more than the rest of the run's previews together (1.6
-    sampling steps on the built-in model). Without one, Auto is VAE decodes within the time budget and
-    the fast map between them. Tiny falls back to the fast map, and both to the VAE every step when the
-    model has nothing cheaper."""
+    """Auto with a tiny decoder (the model's own or TAESD) shows its frames within the time budget and
+    keeps the last frame between them, never the VAE: one VAE decode would cost more than the run's other
+    previews together (1.6 sampling steps on the built-in model), and the fast map's blur between sharp
+    frames flickers. The built-in model's decoder fits the budget at every step; TAESD on SD1.5 at 512 px
+    (0.95 s against a ~7 s step on 2 cores) about every other step. Without a tiny decoder, Auto is VAE
+    decodes within the budget and the fast map between them. Tiny falls back to the fast map, and both to
+    the VAE every step when the model has nothing cheaper."""
     if mode is PreviewMode.OFF:
         return None
     fast = FastPreview(loaded.latent_rgb) if loaded.latent_rgb is not None else None
@@ -121,10 +123,15 @@ def make_previewer(mode: PreviewMode, loaded: LoadedModel) -> Previewer | None:
     if mode is PreviewMode.VAE:
         return vae
     if tiny is not None:
-        return tiny
+        return AutoPreview(tiny, keep_last_frame) if mode is PreviewMode.AUTO else tiny
     if mode is PreviewMode.AUTO and fast is not None:
         return AutoPreview(vae, fast)
     return fast if mode is PreviewMode.TINY and fast is not None else vae
+
+
+def keep_last_frame(step: StepInfo, noisy: bool) -> None:
+    """No new image: the window keeps showing the last one."""
+    return None
 
 
 def pixels_to_qimage(x: torch.Tensor) -> QImage:

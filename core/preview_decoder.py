@@ -3,7 +3,8 @@
     PreviewDecoderConfig               its size: latent channels, scale factor, width, blocks
     PreviewDecoder(config)(latents)    latents as diffusion sees them (B, C, h, w) -> (B, 3, h*f, w*f), about [-1, 1]
     save_preview_decoder(path, decoder, about)   one .safetensors, the config in its metadata
-    load_preview_decoder(path, latent_channels, factor)   checked against the VAE; ModelLoadError if unusable
+    load_preview_decoder(path, latent_channels, factor)   ours or a TAESD file, checked against the VAE;
+                                       ModelLoadError if unusable
     preview_decoder_path(model_path)   where a model's preview decoder lives: `<model>.preview.safetensors`
 
 Why it exists: the built-in model's VAE decode (16x16x4 -> 128x128) costs about 1.6 of its sampling
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from core.errors import ModelLoadError
 from core.safetensors_io import SafetensorsFile
+from core.taesd import is_taesd, load_taesd_decoder
 
 CONFIG_KEY = "latentdesk.preview_decoder"   # metadata entry holding the config as JSON
 SUFFIX = ".preview.safetensors"
@@ -100,12 +102,16 @@ def save_preview_decoder(path: str | Path, decoder: PreviewDecoder, about: dict[
 
 
 def load_preview_decoder(path: str | Path, latent_channels: int | None = None,
-                         factor: int | None = None) -> PreviewDecoder:
-    """Read a preview decoder, refusing one made for another kind of latent (channels, factor)."""
+                         factor: int | None = None) -> nn.Module:
+    """Read a preview decoder, ours or TAESD's (core/taesd.py), refusing one made for another kind of
+    latent (channels, factor). Either maps latents to an image in about [-1, 1]."""
     file = SafetensorsFile(path)             # checks the header; never unpickles
     raw = file.metadata.get(CONFIG_KEY)
+    if raw is None and is_taesd(file.keys()):
+        return load_taesd_decoder(file, latent_channels, factor)
     if raw is None:
-        raise ModelLoadError(path, f"is not a preview decoder (no {CONFIG_KEY!r} in its metadata)")
+        raise ModelLoadError(path, f"is not a preview decoder (neither {CONFIG_KEY!r} in its metadata nor "
+                                   f"TAESD's tensors)")
     try:
         config = PreviewDecoderConfig(**json.loads(raw))
     except (ValueError, TypeError) as error:   # bad JSON, unknown or bad fields

@@ -555,7 +555,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     assert all(torch.allclose(one[k], two[k], atol=1e-4) for k in one)
 
 
-def test_train_builtin_runs_both_stages_and_exports(tmp_path):
+def test_train_builtin_runs_both_stages_and_exports(tmp_path, capsys):
     from core.checkpoint import load_model
     from core.train.cli import run_train_builtin
     from core.train.recipe import BUILTIN_RECIPE as R
@@ -569,6 +569,7 @@ def test_train_builtin_runs_both_stages_and_exports(tmp_path):
     assert model.vae.config.scale_factor == json.loads((tmp_path / "autoencoder/autoencoder.json").read_text())[
         "scale_factor"]
     assert json.loads((tmp_path / "builtin.json").read_text())["recipe"]["diffusion_items"] == 2
+    assert f"latentdesk train preview --model {tmp_path / 'builtin.safetensors'} --shapes" in capsys.readouterr().out
 
 
 def test_snr_weighted_loss_weighs_x0_errors_by_the_clamped_snr():

@@ -356,6 +356,9 @@ def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
                                           "recipe": asdict(recipe)})
         print(f"built-in model written to {path} ({path.stat().st_size / 1e6:.1f} MB); autoencoder PSNR "
               f"{reports['autoencoder']['psnr_db']:.2f} dB; report in {out / 'builtin.json'}")
+        # The window's previews need the tiny decoder too; it is trained on the finished model, so it is a next step.
+        print(f"its preview decoder (about 11 min on a 2-core CPU): latentdesk train preview --model {path} --shapes "
+              f"--out {out / 'preview'} --install")
     return 0
 
 
