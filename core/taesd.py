@@ -20,13 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import ModelLoadError
+from core.families import FAMILIES
 from core.safetensors_io import SafetensorsFile
 
 # The decoder each family's latents need, under the names TAESD's releases use. SD1 and SD2 share
 # the SD VAE's latent space; SDXL's VAE is another one.
 _FILE_FOR_FAMILY = {"sd1": "taesd_decoder.safetensors", "sd2": "taesd_decoder.safetensors",
                     "sdxl": "taesdxl_decoder.safetensors"}
-_LATENT_SCALE = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
 _DIFFUSERS_PREFIX = "decoder.layers."   # AutoencoderTiny keeps no module for the clamp, so its indices are one lower
 _UPSAMPLINGS = 3
 _MAX_WIDTH = 256   # TAESD's releases are 64 wide; a file claiming far more is refused before it costs memory
@@ -35,8 +35,8 @@ _MAX_WIDTH = 256   # TAESD's releases are 64 wide; a file claiming far more is r
 def taesd_file_for(family: str, latent_scale: float) -> str | None:
     """The TAESD file name for a Stable Diffusion model's latents. None for anything else: a model trained
     with its own VAE (its scale factor is not SD's) has another latent space, and TAESD would draw noise."""
-    expected = _LATENT_SCALE.get(family)
-    if expected is None or abs(latent_scale - expected) > 1e-4:
+    known = FAMILIES.get(family)
+    if known is None or abs(latent_scale - known.latent_scale) > 1e-4:
         return None
     return _FILE_FOR_FAMILY[family]
 
@@ -92,7 +92,8 @@ def load_taesd_decoder(file: SafetensorsFile, latent_channels: int | None = None
                        factor: int | None = None) -> TaesdDecoder:
     """Read either layout, refusing a decoder for other latents (channels) or another VAE (factor)."""
     names = {ours: name for name in file.keys() if (ours := _our_name(name)) is not None}
-    first = file.shapes.get(names.get("1.weight", ""))
+    shapes = file.shapes
+    first = shapes.get(names.get("1.weight", ""))
     if first is None or len(first) != 4:
         raise ModelLoadError(file.path, "looks like a TAESD decoder but has no usable first convolution")
     width, channels = first[0], first[1]
@@ -107,7 +108,7 @@ def load_taesd_decoder(file: SafetensorsFile, latent_channels: int | None = None
                                         f"{factor}x")
     decoder = TaesdDecoder(channels, width)
     expected = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}
-    found = {k: file.shapes[names[k]] for k in expected if k in names}
+    found = {k: shapes[names[k]] for k in expected if k in names}
     if found != expected:
         missing = sorted(expected.keys() - found.keys())
         wrong = sorted(k for k in found if found[k] != expected[k])
