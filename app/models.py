@@ -86,6 +86,17 @@ def load_preview_decoder_beside(path: Path, model: DiffusionModel) -> tuple[nn.M
     return decoder.to(model.device), None
 
 
+def tiny_decoder_note(loaded: LoadedModel) -> str:
+    """What "Tiny decoder" means for this model, for the Preview box's tooltip."""
+    from core.taesd import TaesdDecoder
+
+    if loaded.preview_decoder is None:
+        return "Tiny decoder: none loaded for this model, so the fast map draws instead"
+    if isinstance(loaded.preview_decoder, TaesdDecoder):
+        return "Tiny decoder: TAESD, from the file beside the model"
+    return "Tiny decoder: the model's own (its .preview.safetensors)"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         import torch  # loaded already: a model is on this device

@@ -292,6 +292,7 @@ class MainWindow(QMainWindow):
                                      "Drop an image here to start from it.")
         if self.message_bar.kind == "info" and "model" in self.message_bar.text():
             self.message_bar.dismiss()
+        self.panel.preview_mode.setToolTip(models.tiny_decoder_note(loaded))
         if loaded.preview_note:      # the model works; only its Tiny preview does not
             self.message_bar.show_message(loaded.preview_note, "warning")
         self.live.timer.stop()      # the model's defaults just filled the form: that is no edit to react to

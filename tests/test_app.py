@@ -476,6 +476,7 @@ def test_a_broken_preview_decoder_leaves_the_model_working_with_the_fast_preview
     path = model_with_preview_decoder(tmp_path, tiny_model, bytes(range(256)))   # a header length of ~500 PB
     window = open_window(model=path)
     assert window.model.model.name == "tiny" and window.model.preview_decoder is None
+    assert "none loaded" in window.panel.preview_mode.toolTip()
     assert window.message_bar.kind == "warning"
     assert "tiny.preview.safetensors" in window.message_bar.text() and "fast map" in window.message_bar.text()
     modes = window.panel.preview_mode
@@ -492,6 +493,7 @@ def test_tiny_decoder_previews_are_full_size_and_the_choice_is_remembered(open_w
     first = open_window(model=path)
     assert first.model.preview_decoder is not None and "preview" not in first.message_bar.text()
     modes = first.panel.preview_mode
+    assert modes.toolTip() == "Tiny decoder: the model's own (its .preview.safetensors)"
     modes.setCurrentIndex(modes.findData(PreviewMode.TINY.value))
     message = run(qtbot, first)
     assert isinstance(message, Finished) and len(message.frames) == 6

@@ -96,7 +96,7 @@ def fake_model(family, scale: float = 0.18215, factor: int = 8, channels: int = 
 
 
 def test_the_app_finds_taesd_beside_a_stable_diffusion_model_and_its_own_decoder_first(files, tmp_path):
-    from app.models import load_preview_decoder_beside, scan_models
+    from app.models import load_preview_decoder_beside, scan_models, tiny_decoder_note
 
     _, folder = files
     model = tmp_path / "sd15.safetensors"
@@ -105,6 +105,7 @@ def test_the_app_finds_taesd_beside_a_stable_diffusion_model_and_its_own_decoder
     (tmp_path / "taesd_decoder.safetensors").write_bytes((folder / "taesd_decoder.safetensors").read_bytes())
     decoder, note = load_preview_decoder_beside(model, fake_model(SD1))
     assert isinstance(decoder, TaesdDecoder) and note is None
+    assert "TAESD" in tiny_decoder_note(SimpleNamespace(preview_decoder=decoder))   # the Preview box's tooltip
     assert load_preview_decoder_beside(model, fake_model(SDXL, 0.13025)) == (None, None)   # needs taesdxl
     assert load_preview_decoder_beside(model, fake_model(SD1, 0.17575)) == (None, None)    # other latents
     decoder, note = load_preview_decoder_beside(model, fake_model(SD1, factor=2))
