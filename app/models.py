@@ -33,7 +33,7 @@ def is_model_path(path: Path) -> bool:
 
 def is_preview_decoder_file(path: Path) -> bool:
     """Files that live beside models but draw previews: ours (`x.preview.safetensors`) and TAESD's."""
-    name = path.name.lower()
+    name = path.name.lower()   # the suffix is core.preview_decoder.SUFFIX, not imported: it would load torch at start-up
     return name.endswith(".preview.safetensors") or (name.startswith("tae") and ("_decoder." in name or "_encoder." in name))
 
 

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,12 @@ from core.preview_decoder import (
 )
 from core.train.loop import TrainSettings
 from core.train.preview import PreviewDecoderStage, _blur, preview_psnr, teacher_pairs, train_preview_decoder
-from core.vae import AutoencoderKL, VAEConfig
+from core.vae import AutoencoderKL
+from tests.test_train import VAE as TRAIN_VAE
 from tests.test_train import Pictures
 
 ROOT = Path(__file__).resolve().parents[1]
-VAE = VAEConfig(base_channels=8, channel_mult=(1, 1, 1, 1), num_res_blocks=1, norm_groups=4, scale_factor=0.5)
+VAE = replace(TRAIN_VAE, scale_factor=0.5)   # test_train's tiny 8x VAE
 
 
 def tiny_vae() -> AutoencoderKL:
