@@ -77,6 +77,7 @@ class MainWindow(QMainWindow):
         self.worker = GenerationWorker(self)
         self.model: LoadedModel | None = None
         self.loading: str | None = None
+        self.load_failure: tuple[str, str] | None = None     # (spec, message) of the last failed load
         self.job: Job | None = None                 # the newest job handed to the worker
         self.shown_steps: list[int] = []            # steps of `job` whose preview was shown
         self.last_message = None
@@ -176,6 +177,7 @@ class MainWindow(QMainWindow):
         p.model_picker.modelChosen.connect(self.open_model)
         p.speedups.precisionChanged.connect(self._precision_changed)
         p.model_picker.openFileRequested.connect(self.choose_model_file)
+        p.model_picker.retryRequested.connect(self.open_model)
         p.model_picker.openFolderRequested.connect(self.choose_model_folder)
         p.init_well.filesDropped.connect(lambda paths: self.drop_paths(paths))
         p.init_well.imageDropped.connect(self.use_image_data)
@@ -266,14 +268,18 @@ class MainWindow(QMainWindow):
         try:
             known = self.hashes.get(path) if path is not None else None
             loaded = await asyncio.to_thread(models.load, path, spec, known, self.panel.speedups.precision())
-        except (LatentDeskError, OSError, MemoryError, RuntimeError, ValueError, ImportError) as e:
-            # ImportError: the engine itself first loads here (torch in a broken install, say)
+        except Exception as e:      # noqa: BLE001 - any failure must end in "failed, because …", never "Loading…"
+            # ImportError, FileNotFoundError from a dependency's data: the engine itself first loads
+            # here, so a broken install (or bundle) shows up as this model failing to open.
+            log.error("could not open the model %s", spec, exc_info=e)
             if serial == self._load_serial:
                 self._model_failed(spec, e)
             return
         if serial != self._load_serial:
             return          # the user picked another model meanwhile
         self.loading = None
+        self.load_failure = None
+        self.panel.model_picker.set_failed(None)
         self.hashes.put(path, loaded.hash)
         previous, self.model = self.model, loaded
         family = loaded.model.family
@@ -304,13 +310,20 @@ class MainWindow(QMainWindow):
         if isinstance(error, MemoryError):
             reason = "there is not enough memory to load it"
         message = f"Could not open the model {spec_label(spec)}: {reason}"
-        self.message_bar.show_message(message, "error", [("Open model file…", self.choose_model_file)])
+        self.load_failure = (spec, message)
+        self.panel.model_picker.set_failed(spec)
+        self._show_load_failure()
         self.statusBar().showMessage("The model could not be opened", 6000)
         self.panel.model_picker.set_current(self.model.spec if self.model else None)
         self.model_label.setText(models.describe(self.model.model) if self.model else "No model")
         if self.model is None:
             self.preview.set_placeholder("No model loaded. Open a .safetensors file or a diffusers folder (Ctrl+O).")
         self.modelFailed.emit(message)
+
+    def _show_load_failure(self) -> None:
+        spec, message = self.load_failure
+        self.message_bar.show_message(message, "error", [("Try again", lambda: self.open_model(spec)),
+                                                         ("Open model file…", self.choose_model_file)])
 
     def _remember_model(self, spec: str) -> None:
         self.settings.setValue("model", spec)
@@ -346,6 +359,9 @@ class MainWindow(QMainWindow):
         A Live run keeps the last seed even in Random mode, so the picture changes only by the edit.
         """
         if self.model is None:
+            if self.load_failure and not self.loading:
+                self._show_load_failure()       # why there is no model, not only that there is none
+                return
             what = "The model is still loading" if self.loading else "No model is loaded"
             self.message_bar.show_message(f"{what}; the image can be made once one is ready.", "warning")
             return

@@ -7,7 +7,8 @@
 # LATENTDESK_CUDA_BUILD=1 build/build.sh (without it, CUDA libraries are left out of the bundle).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q "pyinstaller==6.22.3"
+# PyInstaller at the version (and hashes) pinned in requirements/build.txt, as every install is.
+python -m pip install -q --require-hashes -r requirements/build.txt
 python -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/work build/latentdesk.spec
 du -sh dist/LatentDesk
 echo "built dist/LatentDesk/LatentDesk; check it with: QT_QPA_PLATFORM=offscreen dist/LatentDesk/LatentDesk --self-test"

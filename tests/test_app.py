@@ -432,6 +432,42 @@ def test_no_model_then_a_bad_model_then_a_good_one(open_window, qtbot, tmp_path,
     assert isinstance(run(qtbot, window), Finished)
 
 
+def test_a_start_model_that_fails_says_why_and_offers_try_again(qtbot, event_loop_on_qt, folders, tiny_model,
+                                                                monkeypatch, caplog):
+    """The frozen app once failed to build its text encoder (a dependency's data file was not bundled):
+    the window must name that reason, keep naming it when Generate is pressed, log the traceback,
+    and offer "Try again" and "Open model file…" in the banner and the model picker."""
+    from app import models
+    from app.widgets.model_picker import RETRY
+
+    real_load, calls = models.load, []
+
+    def broken_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise FileNotFoundError("Cannot load dependency data, is `kernels` correctly installed?")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load", broken_once)
+    window = MainWindow(folders, open_settings(folders), builtin=tiny_model)
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.modelFailed, timeout=30_000):
+        window.show()
+    bar = window.message_bar
+    assert "Built-in model" in bar.text() and "kernels" in bar.text() and bar.kind == "error"
+    assert bar.button("Try again") is not None and bar.button("Open model file…") is not None
+    assert any("kernels" in (r.exc_text or "") for r in caplog.records), "no traceback in the log"
+    picker = window.panel.model_picker
+    assert picker.findData(RETRY) >= 0 and "Built-in model" in picker.itemText(picker.findData(RETRY))
+
+    window.generate()          # the reason stays in view, not "no model is loaded"
+    assert "kernels" in bar.text() and bar.button("Try again") is not None
+
+    with qtbot.waitSignal(window.modelLoaded, timeout=60_000):
+        picker.activated.emit(picker.findData(RETRY))
+    assert window.model is not None and picker.findData(RETRY) < 0 and window.load_failure is None
+
+
 def test_models_folder_is_scanned_on_start(open_window, folders, tiny_model):
     folders.models_dir.mkdir(parents=True)
     (folders.models_dir / "mine.safetensors").write_bytes(tiny_model.read_bytes())

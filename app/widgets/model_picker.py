@@ -9,7 +9,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox
 
 BUILTIN = "builtin"
-OPEN_FILE, OPEN_FOLDER = "open-file", "open-folder"
+OPEN_FILE, OPEN_FOLDER, RETRY = "open-file", "open-folder", "retry"
+ACTIONS = (OPEN_FILE, OPEN_FOLDER, RETRY)
 
 
 def spec_label(spec: str) -> str:
@@ -23,12 +24,14 @@ class ModelPicker(QComboBox):
     modelChosen = Signal(str)          # "builtin" or a path
     openFileRequested = Signal()
     openFolderRequested = Signal()
+    retryRequested = Signal(str)       # the spec whose load failed
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setAccessibleName("Model")
         self.setToolTip("The model that makes the images. Drop a .safetensors file on the window to open it.")
         self._current: str | None = None
+        self._failed: str | None = None
         self.activated.connect(self._activated)
 
     def set_models(self, builtin_present: bool, specs: list[str]) -> None:
@@ -48,11 +51,23 @@ class ModelPicker(QComboBox):
         self.addItem("Open model file…", OPEN_FILE)
         self.addItem("Open diffusers folder…", OPEN_FOLDER)
         self.blockSignals(False)
+        self.set_failed(self._failed)
+        self._select(self._current)
+
+    def set_failed(self, spec: str | None) -> None:
+        """Offer "Try again" for `spec`, the model whose load just failed (None: nothing failed)."""
+        self._failed = spec
+        self.blockSignals(True)
+        if (index := self.findData(RETRY)) >= 0:
+            self.removeItem(index)
+        if spec is not None:
+            self.insertItem(self.findData(OPEN_FILE), f"Try again: {spec_label(spec)}", RETRY)
+        self.blockSignals(False)
         self._select(self._current)
 
     def specs(self) -> list[str]:
         return [self.itemData(i) for i in range(self.count())
-                if self.itemData(i) not in (None, BUILTIN, OPEN_FILE, OPEN_FOLDER)]
+                if self.itemData(i) not in (None, BUILTIN, *ACTIONS)]
 
     def set_current(self, spec: str | None) -> None:
         """Show `spec` as the chosen model (adding it if new) without asking to load it."""
@@ -73,8 +88,11 @@ class ModelPicker(QComboBox):
 
     def _activated(self, index: int) -> None:
         data = self.itemData(index)
-        if data in (OPEN_FILE, OPEN_FOLDER):
+        if data in ACTIONS:
             self._select(self._current)     # an action, not a choice: keep showing the current model
-            (self.openFileRequested if data == OPEN_FILE else self.openFolderRequested).emit()
+            if data == RETRY:
+                self.retryRequested.emit(self._failed)
+            else:
+                (self.openFileRequested if data == OPEN_FILE else self.openFolderRequested).emit()
         elif data is not None and data != self._current:
             self.modelChosen.emit(data)
