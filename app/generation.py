@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import torch
 
-from app.jobs import Failed, Finished, Job, Message, PreviewMode, StepPreview, StepRecord, Stopped
+from app.jobs import Failed, Finished, Job, Message, PreviewMode, StepPreview, StepRecord, Stopped, Unsaved
 from app.preview import make_previewer, pil_to_qimage
 from core import __version__
 from core.errors import LatentDeskError
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def run_job(job: Job, post_preview) -> Message:
-    """Generate, preview every step, save every image. Runs in the worker thread; never raises."""
+    """Generate, preview every step, save every image (not for Live runs). Runs in the worker thread."""
     started = time.perf_counter()
     records: list[StepRecord] = []
     frames: list = []          # every step's preview image: the window's timeline replays them
@@ -73,16 +73,25 @@ def run_job(job: Job, post_preview) -> Message:
         return Stopped(job.id, result.steps_done, tuple(records))
 
     images = tuple(pil_to_qimage(image) for image in result.images)
-    paths, save_error = [], None
+    paths, unsaved, errors = [], [], []
     loaded = job.model
-    for image, seed in zip(result.images, result.seeds, strict=True):
+    for image, preview, seed in zip(result.images, images, result.seeds, strict=True):
         request = replace(job.request, seed=seed, batch=1)
         infotext = to_infotext(request, loaded.model.name, loaded.hash, f"Latent Desk {__version__}",
                                [record.guidance for record in records], precision=precision_name(loaded.model))
-        try:
+        if not job.save:
+            unsaved.append(Unsaved(image, preview, infotext, job.output_dir))
+            continue
+        try:        # every image gets its own try: one that cannot be written must not cost the others
             paths.append(save_png(image, job.output_dir, infotext))
-        except LatentDeskError as e:
-            save_error = str(e)
-            break
-    return Finished(job.id, job.request, images, tuple(paths), tuple(records),
-                    time.perf_counter() - started, state["sent"], save_error, tuple(frames))
+        except Exception as e:      # noqa: BLE001 - LatentDeskError for OSError, anything else logged too
+            if not isinstance(e, LatentDeskError):
+                log.exception("saving image failed")
+            errors.append(str(e))
+            unsaved.append(Unsaved(image, preview, infotext, job.output_dir))
+    save_error = None
+    if errors:
+        save_error = errors[0] if len(errors) == len(images) else \
+            f"{len(errors)} of {len(images)} images could not be saved: {errors[0]}"
+    return Finished(job.id, job.request, images, tuple(paths), tuple(records), time.perf_counter() - started,
+                    state["sent"], save_error, tuple(frames), tuple(unsaved), not job.save)

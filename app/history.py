@@ -1,5 +1,6 @@
 """The history strip: every saved image as a thumbnail, newest first, read back from the output
-folder on start so it survives restarts.
+folder on start so it survives restarts; and every image that is *not* saved yet (its save failed,
+or Live mode made it), marked "not saved", until the user saves, copies or discards it.
 
     list_outputs(folder) -> [Path]             the newest PNGs first, capped
     read_thumbnails(paths) -> [(Path, QImage)]  blocking; the window runs it off the GUI thread
@@ -18,12 +19,15 @@ from PySide6.QtGui import QColor, QDesktopServices, QIcon, QImage, QImageReader,
 from PySide6.QtWidgets import QApplication, QListView, QListWidget, QListWidgetItem, QMenu, QMessageBox
 
 from app import theme
+from app.jobs import Unsaved
 from core.errors import LatentDeskError
 from core.metadata import read_parameters
 
 THUMB = 88
 MAX_ITEMS = 300
 PATH_ROLE = Qt.ItemDataRole.UserRole
+UNSAVED_ROLE = Qt.ItemDataRole.UserRole + 1     # an app.jobs.Unsaved, for an image not on disk
+LIVE_ROLE = Qt.ItemDataRole.UserRole + 2        # True for the newest Live result (one is kept)
 
 
 def list_outputs(folder: Path, cap: int = MAX_ITEMS) -> list[Path]:
@@ -78,10 +82,24 @@ def move_to_trash(path: Path) -> bool:
     return bool(result[0] if isinstance(result, tuple) else result)
 
 
+def marked_unsaved(image: QImage) -> QPixmap:
+    """The thumbnail with a "not saved" band across its foot."""
+    pixmap = QPixmap.fromImage(image)
+    painter = QPainter(pixmap)
+    band = pixmap.rect().adjusted(0, pixmap.height() - max(14, pixmap.height() // 5), 0, 0)
+    painter.fillRect(band, QColor(theme.DANGER))
+    painter.setPen(QColor("white"))
+    painter.drawText(band, Qt.AlignmentFlag.AlignCenter, "not saved")
+    painter.end()
+    return pixmap
+
+
 class HistoryStrip(QListWidget):
     viewRequested = Signal(Path)
+    viewImageRequested = Signal(QImage, str)    # an unsaved image, and its title
     useAsInitRequested = Signal(Path)
     reuseRequested = Signal(Path)
+    saveRequested = Signal(QListWidgetItem)     # an unsaved item the user wants on disk
     message = Signal(str, str)       # text, kind ("info" | "warning" | "error")
 
     def __init__(self, parent=None):
@@ -99,7 +117,7 @@ class HistoryStrip(QListWidget):
         self.setSelectionMode(QListView.SelectionMode.SingleSelection)
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.DefaultContextMenu)
         self.setAccessibleName("History")
-        self.itemActivated.connect(lambda item: self.viewRequested.emit(item.data(PATH_ROLE)))
+        self.itemActivated.connect(self._view)
         # Deleting asks first only where the trash is not available; tests replace this.
         self.confirm_delete = self._ask_delete
 
@@ -111,8 +129,46 @@ class HistoryStrip(QListWidget):
             self.insertItem(0, item)
         else:
             self.addItem(item)
-        while self.count() > MAX_ITEMS:
-            self.takeItem(self.count() - 1)
+        saved = [i for i in range(self.count()) if self.item(i).data(UNSAVED_ROLE) is None]
+        for row in reversed(saved[MAX_ITEMS:]):     # the oldest saved go; an unsaved image never does
+            self.takeItem(row)
+
+    def add_unsaved(self, unsaved: Unsaved, live: bool = False) -> QListWidgetItem:
+        """An image not on disk; a Live result replaces the previous Live result."""
+        if live:
+            for item in self.unsaved_items():
+                if item.data(LIVE_ROLE):
+                    self.takeItem(self.row(item))
+        thumb = unsaved.preview.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio,
+                                       Qt.TransformationMode.SmoothTransformation)
+        item = QListWidgetItem(QIcon(marked_unsaved(thumb)), "")
+        item.setData(UNSAVED_ROLE, unsaved)
+        item.setData(LIVE_ROLE, live)
+        first = unsaved.infotext.split("\n", 1)[0][:120]
+        item.setToolTip(f"{'Live result, ' if live else ''}not saved: right-click to save it\n{first}")
+        self.insertItem(0, item)
+        return item
+
+    def unsaved_items(self, live: bool | None = None) -> list[QListWidgetItem]:
+        """Items not on disk; `live` True/False picks only the Live result or only the others."""
+        items = [self.item(i) for i in range(self.count()) if self.item(i).data(UNSAVED_ROLE) is not None]
+        return [item for item in items if live is None or bool(item.data(LIVE_ROLE)) == live]
+
+    def mark_saved(self, item: QListWidgetItem, path: Path) -> None:
+        unsaved: Unsaved = item.data(UNSAVED_ROLE)
+        thumb = unsaved.preview.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio,
+                                       Qt.TransformationMode.SmoothTransformation)
+        item.setIcon(QIcon(QPixmap.fromImage(thumb)))
+        item.setData(UNSAVED_ROLE, None)
+        item.setData(LIVE_ROLE, False)
+        item.setData(PATH_ROLE, path)
+        item.setToolTip(caption(path))
+
+    def _view(self, item: QListWidgetItem) -> None:
+        if (unsaved := item.data(UNSAVED_ROLE)) is not None:
+            self.viewImageRequested.emit(unsaved.preview, "not saved")
+        else:
+            self.viewRequested.emit(item.data(PATH_ROLE))
 
     def paintEvent(self, event) -> None:
         super().paintEvent(event)
@@ -124,7 +180,7 @@ class HistoryStrip(QListWidget):
                              "Double-click to view, right-click for more, drag one onto the well to vary it.")
 
     def paths(self) -> list[Path]:
-        return [self.item(i).data(PATH_ROLE) for i in range(self.count())]
+        return [path for i in range(self.count()) if (path := self.item(i).data(PATH_ROLE)) is not None]
 
     def remove_path(self, path: Path) -> None:
         for i in range(self.count()):
@@ -134,7 +190,8 @@ class HistoryStrip(QListWidget):
 
     def mimeData(self, items) -> QMimeData:
         mime = QMimeData()
-        mime.setUrls([QUrl.fromLocalFile(str(item.data(PATH_ROLE))) for item in items])
+        mime.setUrls([QUrl.fromLocalFile(str(item.data(PATH_ROLE))) for item in items
+                      if item.data(PATH_ROLE) is not None])
         return mime
 
     # -- the per-image menu ------------------------------------------------------------------
@@ -152,16 +209,32 @@ class HistoryStrip(QListWidget):
         menu.addAction("Delete", lambda: self.delete(path))
         return menu
 
+    def menu_for_unsaved(self, item: QListWidgetItem) -> QMenu:
+        unsaved: Unsaved = item.data(UNSAVED_ROLE)
+        menu = QMenu(self)
+        menu.addAction("Save", lambda: self.saveRequested.emit(item))
+        menu.addAction("View large", lambda: self._view(item))
+        menu.addSeparator()
+        menu.addAction("Copy image", lambda: QApplication.clipboard().setImage(unsaved.preview))
+        menu.addAction("Copy parameters", lambda: QApplication.clipboard().setText(unsaved.infotext))
+        menu.addSeparator()
+        menu.addAction("Discard", lambda: self.takeItem(self.row(item)))
+        return menu
+
     def contextMenuEvent(self, event) -> None:
         item = self.itemAt(event.pos()) if event.reason() != event.Reason.Keyboard else self.currentItem()
         if item is None:
             return
-        self.menu_for(item.data(PATH_ROLE)).exec(event.globalPos())
+        menu = self.menu_for(item.data(PATH_ROLE)) if item.data(UNSAVED_ROLE) is None else self.menu_for_unsaved(item)
+        menu.exec(event.globalPos())
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         item = self.currentItem()
         if item is not None and event.key() == Qt.Key.Key_Delete:
-            self.delete(item.data(PATH_ROLE))
+            if item.data(UNSAVED_ROLE) is not None:
+                self.takeItem(self.row(item))      # discarding an unsaved image is what Delete means
+            else:
+                self.delete(item.data(PATH_ROLE))
             return
         super().keyPressEvent(event)
 

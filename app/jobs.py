@@ -81,6 +81,7 @@ class Job:
     guidance: GuidanceScale                       # live: the slider sets it while the job runs
     preview: PreviewOptions                       # live: the preview menu sets it
     cancel: threading.Event = field(default_factory=threading.Event)
+    save: bool = True         # False for Live runs: their images stay in the window until the user saves one
 
 
 class StepRecord(NamedTuple):
@@ -102,6 +103,16 @@ class StepPreview(NamedTuple):
     rate: float | None        # steps per second so far (None after the first step)
 
 
+class Unsaved(NamedTuple):
+    """A finished image that is not on disk: its save failed, or a Live run made it. The window keeps
+    it (history strip, marked "not saved") until the user saves, copies or discards it."""
+
+    image: object             # the PIL image, saved as it is when the user asks
+    preview: QImage
+    infotext: str
+    output_dir: Path
+
+
 class Finished(NamedTuple):
     job: int
     request: GenerationRequest
@@ -112,6 +123,8 @@ class Finished(NamedTuple):
     previews_sent: int
     save_error: str | None = None
     frames: tuple[QImage | None, ...] = ()   # every step's preview, for the denoising timeline
+    unsaved: tuple[Unsaved, ...] = ()        # the images not in `paths`, every one of them
+    live: bool = False
 
 
 class Stopped(NamedTuple):

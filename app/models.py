@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,18 @@ MODEL_SUFFIXES = (".safetensors",)
 REFUSED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")   # pickles: core refuses them with a reason
 
 
+def quietly(test: Callable[[Path], bool], path: Path) -> bool:
+    """`test(path)` (Path.exists, Path.is_file, …), False where the path cannot be looked at: Python
+    3.11-3.13 raise PermissionError for a path under a folder the user may not read, and the window
+    asks these while it opens, where an exception would abort the app."""
+    try:
+        return test(path)
+    except OSError:
+        return False
+
+
 def is_diffusers_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "model_index.json").is_file()
+    return quietly(Path.is_dir, path) and quietly(Path.is_file, path / "model_index.json")
 
 
 def is_model_path(path: Path) -> bool:
@@ -38,10 +49,13 @@ def is_preview_decoder_file(path: Path) -> bool:
 
 
 def scan_models(folder: Path) -> list[Path]:
-    if not folder.is_dir():
+    """The models in `folder`; what cannot be read there (the folder, or a subfolder) is left out."""
+    try:
+        entries = list(folder.iterdir()) if quietly(Path.is_dir, folder) else []
+    except OSError:
         return []
-    found = [p for p in folder.iterdir()
-             if (p.is_file() and p.suffix.lower() in MODEL_SUFFIXES and not is_preview_decoder_file(p))
+    found = [p for p in entries
+             if (p.suffix.lower() in MODEL_SUFFIXES and not is_preview_decoder_file(p) and quietly(Path.is_file, p))
              or is_diffusers_folder(p)]
     return sorted(found, key=lambda p: p.name.lower())
 
@@ -110,3 +124,21 @@ def describe(model: DiffusionModel) -> str:
     from core.precision import precision_name  # a model is loaded: the engine is imported already
     precision = precision_name(model)
     return f"{model.name} · {model.family.title}" + (f" · {precision}" if precision else "")
+
+
+def needs_room(path: Path, precision: str, current: LoadedModel) -> bool:
+    """True when `path` fits in memory only once `current` is released (the window then closes it
+    first); False when it fits beside it, or would not fit either way (the loader says so)."""
+    from core.memory import available_bytes, weights_bytes
+    from core.precision import precision_dtype
+
+    try:
+        needed = weights_bytes(path, precision_dtype(precision))
+    except Exception:       # noqa: BLE001 - an unreadable file: the load itself will say why
+        return False
+    free = available_bytes(current.model.device)
+    held = sum(t.numel() * t.element_size() for net in (current.model.unet, current.model.vae)
+               for t in net.state_dict().values())
+    held += sum(t.numel() * t.element_size() for encoder in current.model.text_encoder.models
+                for t in encoder.state_dict().values())
+    return free is not None and 0.9 * free < needed <= 0.9 * (free + held)

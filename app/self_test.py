@@ -34,6 +34,7 @@ async def run_self_test(model: str | None = None, timeout: float = 300.0) -> str
     if model:
         settings.setValue("model", str(Path(model).resolve()))
     window = MainWindow(paths, settings)    # starts loading the model once the event loop runs
+    window.confirm_close = lambda unsaved, running: "discard"     # nothing of the user's to keep
     loaded = asyncio.get_running_loop().create_future()
     window.modelLoaded.connect(lambda spec: loaded.done() or loaded.set_result(None))
     window.modelFailed.connect(lambda message: loaded.done() or loaded.set_result(message))

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QMenu,
+    QMessageBox,
     QProgressBar,
     QSplitter,
     QToolButton,
@@ -33,12 +34,12 @@ from PySide6.QtWidgets import (
 )
 
 from app import models
-from app.history import THUMB, HistoryStrip, Thumb, caption, list_outputs, read_thumbnails
+from app.history import THUMB, UNSAVED_ROLE, HistoryStrip, Thumb, caption, list_outputs, read_thumbnails
 from app.icon import app_icon
 from app.init_image import read_init_image, size_for, write_pasted
 from app.jobs import Failed, Finished, Job, LoadedModel, PreviewOptions, StepPreview, Stopped
 from app.live import LiveMode
-from app.settings import AppPaths, HashCache, open_settings, read
+from app.settings import AppPaths, HashCache, StoredSettings, absolute_path_or_empty, open_settings, read
 from app.widgets.controls import ControlsPanel
 from app.widgets.image_view import ImageDialog, ImageView
 from app.widgets.init_image import dropped_paths
@@ -48,7 +49,7 @@ from app.widgets.timeline import Timeline
 from app.worker import GenerationWorker
 from core.errors import LatentDeskError
 from core.guidance_scale import GuidanceScale
-from core.metadata import read_parameters, request_from_infotext
+from core.metadata import read_parameters, remove_stale_temporaries, request_from_infotext, save_png
 from core.request import GenerationRequest
 from core.resources import builtin_model_path
 
@@ -70,7 +71,8 @@ class MainWindow(QMainWindow):
     def __init__(self, paths: AppPaths, settings: QSettings | None = None, builtin: Path | None = _DEFAULT):
         super().__init__()
         self.settings = settings if settings is not None else open_settings(paths)
-        chosen = read(self.settings, "output_dir", "")      # the user's own choice wins over the default
+        stored = StoredSettings(self.settings)      # every saved value checked: a bad one must not stop the window
+        chosen = stored.get("output_dir", "", absolute_path_or_empty)   # the user's own choice wins over the default
         self.paths = dataclasses.replace(paths, output_dir=Path(chosen)) if chosen else paths
         self.builtin = builtin_model_path() if builtin is _DEFAULT else builtin
         self.hashes = HashCache(self.settings)
@@ -86,6 +88,7 @@ class MainWindow(QMainWindow):
         self._load_serial = 0
         self._tasks: set[asyncio.Task] = set()
         self._last_result: Path | None = None
+        self.confirm_close = self._ask_close     # tests replace it
 
         self.setWindowTitle("Latent Desk")
         self.setWindowIcon(app_icon())
@@ -94,13 +97,17 @@ class MainWindow(QMainWindow):
         self.live = LiveMode(lambda: self.generate(live=True), lambda: self.model is not None
                              and bool(self.panel.values().prompt), self)
         self._connect()
-        self._restored = self.panel.restore(self.settings)
+        self._restored = self.panel.restore(stored)
         self._restore_window()
         self._fill_model_picker()
+        if stored.unusable:
+            log.warning("unusable settings in %s: %s", self.settings.fileName(), stored.unusable)
+            self.message_bar.show_message(stored.message(), "warning")
         self.preview_options.set(*self.panel.preview_choice())
         self.panel.prompt.setFocus()
         self.spawn(self.load_history())
         self.spawn(self._open_start_model())
+        self.worker.start()
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -187,6 +194,8 @@ class MainWindow(QMainWindow):
         self.worker.preview_ready.connect(self._show_preview)
         self.worker.message.connect(self._on_message)
         self.history.viewRequested.connect(self.view_image)
+        self.history.viewImageRequested.connect(self._show_image)
+        self.history.saveRequested.connect(self.save_unsaved)
         self.history.useAsInitRequested.connect(lambda path: self.spawn(self.set_init_image(path, offer=False)))
         self.history.reuseRequested.connect(self.reuse_parameters)
         self.history.message.connect(lambda text, kind: self.message_bar.show_message(text, kind))
@@ -218,17 +227,19 @@ class MainWindow(QMainWindow):
     # -- models --------------------------------------------------------------------------------
 
     def _fill_model_picker(self) -> None:
-        recent = [s for s in read(self.settings, "models/recent", "").split("\n") if s and Path(s).exists()]
+        recent = [s for s in read(self.settings, "models/recent", "").split("\n")
+                  if s and models.quietly(Path.exists, Path(s))]
         scanned = [str(p) for p in models.scan_models(self.paths.models_dir)]
         self.panel.model_picker.set_models(self.builtin_present, scanned + recent)
 
     @property
     def builtin_present(self) -> bool:
-        return self.builtin is not None and self.builtin.is_file()
+        return self.builtin is not None and models.quietly(Path.is_file, self.builtin)
 
     async def _open_start_model(self) -> None:
         last = read(self.settings, "model", "")
-        if last and (last == BUILTIN and self.builtin_present or last != BUILTIN and Path(last).exists()):
+        if last and (last == BUILTIN and self.builtin_present
+                     or last != BUILTIN and models.quietly(Path.exists, Path(last))):
             await self.load_model(last)
         elif self.builtin_present:
             await self.load_model(BUILTIN)
@@ -266,8 +277,14 @@ class MainWindow(QMainWindow):
         if self.model is None:
             self.preview.set_placeholder(f"Loading {spec_label(spec)}…")
         try:
+            precision = self.panel.speedups.precision()
+            if self.model is not None and path is not None and \
+                    await asyncio.to_thread(models.needs_room, path, precision, self.model):
+                if serial != self._load_serial:
+                    return
+                self._release_model(spec)
             known = self.hashes.get(path) if path is not None else None
-            loaded = await asyncio.to_thread(models.load, path, spec, known, self.panel.speedups.precision())
+            loaded = await asyncio.to_thread(models.load, path, spec, known, precision)
         except Exception as e:      # noqa: BLE001 - any failure must end in "failed, because …", never "Loading…"
             # ImportError, FileNotFoundError from a dependency's data: the engine itself first loads
             # here, so a broken install (or bundle) shows up as this model failing to open.
@@ -303,6 +320,15 @@ class MainWindow(QMainWindow):
             self.message_bar.show_message(loaded.preview_note, "warning")
         self.live.timer.stop()      # the model's defaults just filled the form: that is no edit to react to
         self.modelLoaded.emit(spec)
+
+    def _release_model(self, spec: str) -> None:
+        """Close the loaded model so that `spec` fits in memory: two would not (a run with it stops)."""
+        name = self.model.model.name
+        self.worker.cancel()
+        self.model = None
+        self.timeline.clear()
+        self.message_bar.show_message(f"{name} was closed to make room for {spec_label(spec)}: both do not fit "
+                                      "in memory at once.", "info")
 
     def _model_failed(self, spec: str, error: Exception) -> None:
         self.loading = None
@@ -373,7 +399,7 @@ class MainWindow(QMainWindow):
         request = self.build_request(seed)
         self.preview_options.set(*self.panel.preview_choice())
         job = Job(next(self._job_ids), request, self.model, self.paths.output_dir,
-                  GuidanceScale(request.guidance), self.preview_options)
+                  GuidanceScale(request.guidance), self.preview_options, save=not live)
         replacing = self.job is not None
         self.job, self.shown_steps = job, []
         self.timeline.clear()
@@ -434,7 +460,8 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Saved {saved}" if saved else "Done", 6000)
             if message.save_error:
                 self.message_bar.show_message(
-                    f"{message.save_error} The image is still shown: right-click it to copy it.", "error")
+                    f"{message.save_error} Nothing is lost: the images not saved stay in the history strip, "
+                    "marked \"not saved\"; right-click one to save or copy it.", "error")
         elif isinstance(message, Stopped):
             self.progress.setValue(0)
             self.progress_label.setText(f"cancelled after {message.steps_done} steps")
@@ -447,10 +474,34 @@ class MainWindow(QMainWindow):
         self.jobDone.emit(message)
 
     def _add_results(self, message: Finished) -> None:
-        for path, image in zip(message.paths, message.images, strict=False):
+        every_one_saved = len(message.paths) == len(message.images)
+        for i, path in enumerate(message.paths):
+            # after a failed save the images no longer line up with the paths: read the file back
+            image = message.images[i] if every_one_saved else QImage(str(path))
             thumb = image.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
             self.history.add_image(Thumb(path, thumb, caption(path)))
-            self._last_result = path
+        for unsaved in message.unsaved:
+            self.history.add_unsaved(unsaved, live=message.live)
+        # "Use as init image" on the shown result: this run's file, never an older run's
+        self._last_result = message.paths[0] if message.paths else None
+
+    def save_unsaved(self, item) -> None:
+        self.spawn(self._save_unsaved(item))
+
+    async def _save_unsaved(self, item) -> bool:
+        unsaved = item.data(UNSAVED_ROLE)
+        if unsaved is None:
+            return True
+        try:
+            path = await asyncio.to_thread(save_png, unsaved.image, self.paths.output_dir, unsaved.infotext)
+        except LatentDeskError as e:
+            self.message_bar.show_message(f"{e} The image stays in the history strip.", "error")
+            return False
+        if self.history.row(item) >= 0:
+            self.history.mark_saved(item, path)
+        self._last_result = path
+        self.statusBar().showMessage(f"Saved {path.name}", 6000)
+        return True
 
     # -- output folder -------------------------------------------------------------------------
 
@@ -473,12 +524,14 @@ class MainWindow(QMainWindow):
         self.paths = dataclasses.replace(self.paths, output_dir=folder)
         self.settings.setValue("output_dir", str(folder))
         self._show_output_dir()
-        self.history.clear()
+        for path in self.history.paths():      # the old folder's pictures go; unsaved images stay
+            self.history.remove_path(path)
         self.spawn(self.load_history())
 
     # -- history -------------------------------------------------------------------------------
 
     async def load_history(self) -> None:
+        await asyncio.to_thread(remove_stale_temporaries, self.paths.output_dir)    # a crash's half-written saves
         paths = await asyncio.to_thread(list_outputs, self.paths.output_dir)
         thumbs = await asyncio.to_thread(read_thumbnails, paths)
         known = set(self.history.paths())
@@ -492,7 +545,10 @@ class MainWindow(QMainWindow):
         if image.isNull():
             self.message_bar.show_message(f"{path.name} cannot be read any more.", "error")
             return
-        dialog = ImageDialog(image, path.name, self)
+        self._show_image(image, path.name)
+
+    def _show_image(self, image: QImage, title: str) -> None:
+        dialog = ImageDialog(image, title, self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.show()
 
@@ -504,7 +560,7 @@ class MainWindow(QMainWindow):
             return
         request, warnings = request_from_infotext(text, self.build_request(0))
         if text is not None and "Steps:" in text:
-            self.panel.apply_request(request)
+            warnings += self.panel.apply_request(request)
         if warnings:
             self.message_bar.show_message(" ".join(warnings), "warning")
 
@@ -514,6 +570,8 @@ class MainWindow(QMainWindow):
             return
         menu = QMenu(self)
         menu.addAction("Copy image", lambda: QApplication.clipboard().setImage(image))
+        if live := self.history.unsaved_items(live=True):
+            menu.addAction("Save the Live result", lambda: self.save_unsaved(live[0]))
         if self._last_result is not None:
             path = self._last_result
             menu.addAction("Use as init image", lambda: self.spawn(self.set_init_image(path, offer=False)))
@@ -564,9 +622,9 @@ class MainWindow(QMainWindow):
         prompt = request.prompt if len(request.prompt) <= 60 else request.prompt[:57] + "…"
 
         def restore() -> None:
-            self.panel.apply_request(request)
-            if warnings:
-                self.message_bar.show_message(" ".join(warnings), "warning")
+            changed = warnings + self.panel.apply_request(request)
+            if changed:
+                self.message_bar.show_message(" ".join(changed), "warning")
 
         self.message_bar.show_message(
             f"{path.name} was made with “{prompt}”, {request.steps} steps, seed {request.seed}. "
@@ -612,6 +670,29 @@ class MainWindow(QMainWindow):
         if isinstance(splitter, QByteArray) and not splitter.isEmpty():
             self.splitter.restoreState(splitter)
 
+    def _ask_close(self, unsaved: int, running: bool) -> str:
+        """"save", "discard" or "cancel": what to do with unsaved images (and a run) on closing."""
+        lost = [f"{unsaved} image{'s are' if unsaved > 1 else ' is'} not saved"] if unsaved else []
+        lost += ["an image is being made"] if running else []
+        box = QMessageBox(QMessageBox.Icon.Warning, "Quit Latent Desk", f"{' and '.join(lost).capitalize()}.", parent=self)
+        save = box.addButton("Save and quit" if unsaved else "Quit", QMessageBox.ButtonRole.AcceptRole)
+        discard = box.addButton("Quit without saving", QMessageBox.ButtonRole.DestructiveRole) if unsaved else None
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        clicked = box.clickedButton()
+        return "save" if clicked is save else "discard" if clicked is discard else "cancel"
+
+    def _save_all_now(self, items) -> bool:
+        """Save `items` before quitting; False (and a message) when one could not be written."""
+        for item in items:
+            unsaved = item.data(UNSAVED_ROLE)
+            try:
+                self.history.mark_saved(item, save_png(unsaved.image, self.paths.output_dir, unsaved.infotext))
+            except LatentDeskError as e:
+                self.message_bar.show_message(f"{e} Quitting was cancelled so the image is not lost.", "error")
+                return False
+        return True
+
     def save_settings(self) -> None:
         self.panel.save(self.settings)
         self.settings.setValue("window/geometry", self.saveGeometry())
@@ -619,8 +700,14 @@ class MainWindow(QMainWindow):
         self.settings.sync()
 
     def closeEvent(self, event) -> None:
+        unsaved = self.history.unsaved_items(live=False)
+        if unsaved or self.job is not None:
+            answer = self.confirm_close(len(unsaved), self.job is not None)
+            if answer == "cancel" or (answer == "save" and not self._save_all_now(unsaved)):
+                event.ignore()
+                return
         self.save_settings()
-        self.statusBar().showMessage("Stopping…")
+        self.hide()     # a step or a VAE decode may take seconds to end: the window goes now, not then
         self.worker.shutdown()          # cancels a run in flight and waits for the thread to end
         for task in list(self._tasks):
             task.cancel()

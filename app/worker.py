@@ -1,6 +1,7 @@
 """The diffusion loop off the GUI thread: one job at a time, in one long-lived QThread.
 
     worker = GenerationWorker()
+    worker.start()
     worker.message.connect(...)        # Finished | Stopped | Failed, one per job, never dropped
     worker.preview_ready.connect(...)  # a StepPreview waits in worker.mailbox
     worker.submit(job)                 # a job already running is cancelled; the new one runs next
@@ -17,11 +18,14 @@ taken yet, so a slow window shows the newest frame and never works through a bac
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from PySide6.QtCore import QObject, QThread, Signal
 
-from app.jobs import Job, StepPreview, Stopped
+from app.jobs import Failed, Job, Message, StepPreview, Stopped
+
+log = logging.getLogger(__name__)
 
 
 class Mailbox:
@@ -100,11 +104,20 @@ class _Runner(QThread):
                     return
                 job, self._pending = self._pending, None
                 self._current = job
-            from app.generation import run_job  # the engine loads here, off the GUI thread, on first use
-            message = run_job(job, self._post_preview)
+            message = self._run(job)
             with self._cond:
                 self._current = None
             self._worker.message.emit(message)
+
+    def _run(self, job: Job) -> Message:
+        """One job's final message, whatever happens: an exception that ended this thread would
+        leave the window busy for good."""
+        try:
+            from app.generation import run_job  # the engine loads here, off the GUI thread, on first use
+            return run_job(job, self._post_preview)
+        except Exception as e:      # noqa: BLE001 - the one place nothing may pass
+            log.exception("the generation worker failed")
+            return Failed(job.id, f"Generation failed unexpectedly ({type(e).__name__}: {e}).")
 
     def _post_preview(self, preview: StepPreview) -> None:
         if self._worker.mailbox.put(preview):
@@ -121,6 +134,10 @@ class GenerationWorker(QObject):
         super().__init__(parent)
         self.mailbox = Mailbox()
         self._runner = _Runner(self)
+
+    def start(self) -> None:
+        """Start the thread. The window does this last in its constructor: a constructor that raised
+        with the thread running would destroy a running QThread, and Qt aborts the process."""
         self._runner.start()
 
     def submit(self, job: Job) -> None:

@@ -20,15 +20,18 @@ import torch
 
 from core import diffusers_folder, embedded_config
 from core.assemble import blame, check_context_width, load_text_encoder
-from core.convert_unet import unet_config_from_shapes
+from core.convert_unet import check_stated_unet, unet_config_from_shapes
 from core.convert_vae import (
+    check_stated_vae,
+    diffusers_vae_config_from_shapes,
     fix_attention_shapes,
-    vae_config_from_diffusers,
     vae_config_from_shapes,
+    vae_shapes_from_diffusers,
     vae_state_from_diffusers,
 )
 from core.errors import LatentDeskError, ModelLoadError
 from core.families import FAMILIES, UNET_PREFIX, VAE_PREFIX, Family
+from core.memory import check_load_fits
 from core.model import DiffusionModel, Loaded
 from core.prediction import PREDICTIONS, decide_prediction
 from core.safetensors_io import SafetensorsFile
@@ -77,12 +80,15 @@ def replace_parts(model: DiffusionModel, path: str | Path, parts: tuple[str, ...
 
 def load_parts(path: Path, parts, *, dtype: torch.dtype, device) -> Loaded:
     try:
+        check_load_fits(path, dtype, torch.device(device))
         if path.is_dir():
             return diffusers_folder.load_parts(path, parts, dtype=dtype, device=device)
         return _single_file_parts(path, parts, dtype, device)
     except torch.OutOfMemoryError:
         gc.collect()
         raise ModelLoadError(path, "not enough memory to load this model") from None
+    except OSError as e:   # a folder or file that cannot be listed or read (permissions, a drive gone)
+        raise ModelLoadError(e.filename or path, f"cannot be read ({e.strerror or e})") from None
 
 
 def _single_file_parts(path: Path, parts, dtype: torch.dtype, device) -> Loaded:
@@ -102,8 +108,10 @@ def _single_file_parts(path: Path, parts, dtype: torch.dtype, device) -> Loaded:
     def shapes(prefix: str) -> dict[str, tuple[int, ...]]:
         return {k[len(prefix):]: s for k, s in file.shapes.items() if k.startswith(prefix)}
 
-    if embedded is not None:
+    if embedded is not None:   # stated, so held against the tensors before anything is built or read
         unet_config, vae_config = embedded.unet, embedded.vae
+        _derived(path, f"UNet ({UNET_PREFIX}*)", lambda: check_stated_unet(unet_config, shapes(UNET_PREFIX)))
+        _derived(path, f"VAE ({VAE_PREFIX}*)", lambda: check_stated_vae(vae_config, shapes(VAE_PREFIX)))
     else:
         unet_config = _derived(path, f"UNet ({UNET_PREFIX}*)",
                                lambda: unet_config_from_shapes(shapes(UNET_PREFIX), family.heads_for))
@@ -176,37 +184,23 @@ def load_vae(path: str | Path, *, scale_factor: float, dtype: torch.dtype = torc
     if path.is_dir():
         return diffusers_folder.load_vae_folder(path, dtype=dtype, device=device, scale_factor=scale_factor)
     file = SafetensorsFile(path)
-    keys = file.keys()
-    prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in keys) else ""
-    state = {k[len(prefix):]: v.to(device) for k, v in file.read_many([k for k in keys if k.startswith(prefix)],
-                                                                       dtype).items()}
-    if not any(k.startswith(("encoder.", "decoder.")) for k in state):
+    prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in file.keys()) else ""
+    shapes = {k[len(prefix):]: s for k, s in file.shapes.items() if k.startswith(prefix)}
+    if not any(k.startswith(("encoder.", "decoder.")) for k in shapes):
         raise ModelLoadError(path, "not a VAE: no encoder.* / decoder.* tensors")
-    if any(".down_blocks." in k or ".up_blocks." in k for k in state):  # saved in diffusers' layout
-        shapes = {k: tuple(t.shape) for k, t in state.items()}
-        config = _derived(path, "VAE", lambda: vae_config_from_diffusers(_diffusers_vae_config(shapes, scale_factor)))
+    # 1. The config, read off the shapes and checked against all of them: nothing read or built yet.
+    diffusers_layout = any(".down_blocks." in k or ".up_blocks." in k for k in shapes)
+    if diffusers_layout:
+        config = _derived(path, "VAE", lambda: diffusers_vae_config_from_shapes(shapes, scale_factor))
+        _derived(path, "VAE", lambda: check_stated_vae(config, vae_shapes_from_diffusers(shapes, config)))
+    else:
+        # Some VAE files also carry the training-only discriminator (loss.*) or EMA copies: not read.
+        shapes = {k: s for k, s in shapes.items() if k.startswith(VAE_PARTS)}
+        config = _derived(path, "VAE", lambda: vae_config_from_shapes(shapes, scale_factor))
+    # 2. The tensors.
+    state = {k[len(prefix):]: v.to(device) for k, v in file.read_many([prefix + k for k in shapes], dtype).items()}
+    if diffusers_layout:
         state = _derived(path, "VAE", lambda: vae_state_from_diffusers(state, config))
         return fill(build_on_meta(lambda: AutoencoderKL(config)), state, path, lambda k: k)
-    # Some VAE files also carry the training-only discriminator (loss.*) or EMA copies.
-    state = {k: v for k, v in state.items() if k.startswith(VAE_PARTS)}
-    config = _derived(path, "VAE", lambda: vae_config_from_shapes({k: tuple(v.shape) for k, v in state.items()},
-                                                                  scale_factor))
     return fill(build_on_meta(lambda: AutoencoderKL(config)), fix_attention_shapes(state), path,
                 lambda k: prefix + k)
-
-
-def _diffusers_vae_config(shapes: dict[str, tuple[int, ...]], scale_factor: float) -> dict:
-    """A diffusers-layout VAE file without its config.json: read the config off the shapes."""
-    levels = sorted({int(k.split(".")[2]) for k in shapes if k.startswith("encoder.down_blocks.")})
-    channels = [shapes[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"][0] for i in levels]
-    per_level = {int(k.split(".")[4]) for k in shapes if k.startswith("encoder.down_blocks.0.resnets.")}
-    return {
-        "in_channels": shapes["encoder.conv_in.weight"][1],
-        "out_channels": shapes["decoder.conv_out.weight"][0],
-        "block_out_channels": channels,
-        "down_block_types": ["DownEncoderBlock2D"] * len(channels),
-        "up_block_types": ["UpDecoderBlock2D"] * len(channels),
-        "layers_per_block": len(per_level),
-        "latent_channels": shapes["decoder.conv_in.weight"][1],
-        "scaling_factor": scale_factor,
-    }

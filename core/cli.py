@@ -4,7 +4,7 @@
                         [--steps N] [--guidance G] [--sampler NAME] [--seed S] [--width W --height H]
                         [--init-image PATH --strength S] [--batch N] [--clip-skip N]
                         [--deep-cache [N]] [--deep-cache-blocks K] [--deep-cache-start F] [--guidance-cutoff [F]]
-                        (--out FILE.png | --out-dir DIR)
+                        (--out FILE.png | --out-dir DIR)        # --out: .png only, in a folder that exists
     latentdesk inspect MODEL [--prediction epsilon|v] [--json]
     latentdesk train autoencoder|diffusion|builtin ...   (core/train/cli.py)
     latentdesk eval shapes ... | latentdesk bench ...     (core/measure_cli.py)
@@ -22,16 +22,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from core import __version__
-from core.errors import LatentDeskError
+from core.errors import LatentDeskError, ModelLoadError
 from core.measure_cli import add_measure_commands
-from core.request import GenerationRequest
-from core.speedups import (
-    DEEP_CACHE_BLOCKS,
-    DEEP_CACHE_INTERVAL,
-    DEEP_CACHE_START,
-    GUIDANCE_CUTOFF,
-    check_speedups,
-)
+from core.request import MAX_SEED, GenerationRequest
+from core.speedups import DEEP_CACHE_BLOCKS, DEEP_CACHE_INTERVAL, DEEP_CACHE_START, GUIDANCE_CUTOFF
 from core.train.cli import add_train_commands
 
 
@@ -51,11 +45,18 @@ def main(argv: list[str] | None = None) -> int:
             return args.handler(args)
         return {"inspect": run_inspect, "generate": run_generate}[args.command](args)
     except LatentDeskError as e:
-        print(f"latentdesk: {e}", file=sys.stderr)
-        return 2
+        return refuse(str(e))
+    except OSError as e:      # a path the user gave that cannot be read or written
+        return refuse(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
     except KeyboardInterrupt:
         print("latentdesk: interrupted", file=sys.stderr)
         return 130
+
+
+def refuse(reason: str) -> int:
+    """Exit status 2 and the reason on one line: a message built from a file's contents can hold newlines."""
+    print(f"latentdesk: {' '.join(reason.split())}", file=sys.stderr)
+    return 2
 
 
 def add_generate_command(commands) -> None:
@@ -80,8 +81,10 @@ def add_generate_command(commands) -> None:
     g.add_argument("--prediction", choices=("epsilon", "v"), help="override the detected prediction type")
     add_speedup_arguments(g)
     out = g.add_mutually_exclusive_group(required=True)
-    out.add_argument("--out", help="the PNG to write (one image)")
-    out.add_argument("--out-dir", help="a folder; images are numbered 00000.png, 00001.png, ...")
+    out.add_argument("--out", help="the PNG to write (one image): the name must end in .png (a PNG keeps the "
+                                   "settings; other formats are refused) and its folder must exist; a name "
+                                   "already taken gets -1, -2, ... added, nothing is overwritten")
+    out.add_argument("--out-dir", help="a folder (created if missing); images are numbered 00000.png, 00001.png, ...")
 
 
 def add_speedup_arguments(parser) -> None:
@@ -102,27 +105,36 @@ def add_speedup_arguments(parser) -> None:
 
 
 def run_generate(args) -> int:
-    from core.checkpoint import load_model
-    from core.generate import generate
+    from core.generate import check_request, generate
     from core.images import default_size_for, load_image
-    from core.metadata import model_hash, save_png, to_infotext
+    from core.metadata import model_hash, remove_stale_temporaries, save_png, to_infotext
     from core.precision import precision_dtype, precision_name
     from core.progress import ProgressBar
-    from core.resources import resolve_model
 
+    # 1. Everything the user typed is checked before the model loads (seconds to minutes).
     prompts = read_prompts(args)
-    if args.out and len(prompts) * args.batch > 1:
-        raise LatentDeskError(f"--out names one file but {len(prompts) * args.batch} images were asked for; "
-                              "use --out-dir")
+    images = len(prompts) * args.batch
+    if args.out and images > 1:
+        raise LatentDeskError(f"--out names one file but {images} images were asked for; use --out-dir")
     if (args.width is None) != (args.height is None):
         raise LatentDeskError("give both --width and --height, or neither")
     speedups = dict(deep_cache_interval=args.deep_cache, deep_cache_blocks=args.deep_cache_blocks,
                     deep_cache_start=args.deep_cache_start, guidance_cutoff=args.guidance_cutoff)
-    check_speedups(GenerationRequest(**speedups))   # before the model loads: a bad value fails at once
-    if args.out_dir:
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    path = resolve_model(args.model)
-    model = load_model(path, prediction=args.prediction, dtype=precision_dtype(args.precision))
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    # The model's defaults stand in for what the user left out: they always pass.
+    given = GenerationRequest(steps=pick(args.steps, 1), guidance=pick(args.guidance, 1.0), seed=seed,
+                              width=pick(args.width, 512), height=pick(args.height, 512), batch=args.batch,
+                              clip_skip=args.clip_skip, init_image=args.init_image, strength=args.strength, **speedups)
+    if not 0 <= seed <= MAX_SEED - max(images - 1, 0):     # image i uses seed + i
+        raise LatentDeskError(f"--seed must be a whole number from 0 to {MAX_SEED - max(images - 1, 0)}"
+                              + (f" (the {images} images use seed to seed + {images - 1})" if images > 1 else "")
+                              + f", not {seed}")
+    check_request(given)
+    out = output_path(args)
+    remove_stale_temporaries(out.parent if args.out else out)     # the half-written saves of a crash
+
+    # 2. The model, then the images.
+    path, model = load_named_model(args.model, prediction=args.prediction, dtype=precision_dtype(args.precision))
     precision = precision_name(model)   # recorded only when not exact
     width, height = args.width, args.height
     if width is None:
@@ -130,7 +142,6 @@ def run_generate(args) -> int:
             width, height = default_size_for(load_image(args.init_image), max_side=model.family.default_size)
         else:
             width = height = model.family.default_size
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     family = model.family
     base = GenerationRequest(negative_prompt=args.negative, steps=pick(args.steps, family.default_steps),
                              guidance=pick(args.guidance, family.default_guidance),
@@ -150,7 +161,7 @@ def run_generate(args) -> int:
         for image, image_seed in zip(result.images, result.seeds, strict=True):
             infotext = to_infotext(replace(request, seed=image_seed, batch=1), name, digest, f"Latent Desk {__version__}",
                                    precision=precision)
-            written = save_png(image, args.out or args.out_dir, infotext)
+            written = save_png(image, out, infotext)
             progress.close()
             print(written)
     return 0
@@ -158,6 +169,48 @@ def run_generate(args) -> int:
 
 def pick(given, default):
     return default if given is None else given
+
+
+def output_path(args) -> Path:
+    """--out's file or --out-dir's folder (created), checked: a mistake here must not cost a model load,
+    nor leave a surprise behind (save_png makes a folder of any name not ending in .png)."""
+    if args.out:
+        out = Path(args.out)
+        if out.suffix.lower() != ".png":
+            raise LatentDeskError(f"--out {out}: the name must end in .png; Latent Desk writes PNG files, which "
+                                  "keep the settings (for a folder of numbered images, use --out-dir)")
+        if out.is_dir():
+            raise LatentDeskError(f"--out {out} is a folder; to write numbered images into it, use --out-dir")
+        if not out.parent.is_dir():
+            problem = "is not a folder" if out.parent.exists() else "does not exist"
+            raise LatentDeskError(f"--out {out}: the folder {out.parent} {problem}")
+        return out
+    folder = Path(args.out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise LatentDeskError(f"--out-dir {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LatentDeskError(f"--out-dir {folder}: the folder cannot be made ({e.strerror or e})") from None
+    return folder
+
+
+def load_named_model(spec: str, **options):
+    """(path, model) for the model the user named. The loader says what is wrong with a file
+    (ModelLoadError); whatever else a damaged or hostile file makes it raise is told in one line too,
+    never as a traceback: the file is the user's input."""
+    from core.checkpoint import load_model
+    from core.resources import resolve_model
+
+    path = resolve_model(spec)
+    try:
+        return path, load_model(path, **options)
+    except LatentDeskError:
+        raise
+    except MemoryError:
+        raise ModelLoadError(path, "there is not enough memory to load it") from None
+    except Exception as e:      # noqa: BLE001 - RecursionError, ValueError, KeyError, ... from the file's contents
+        raise ModelLoadError(path, f"cannot be loaded ({type(e).__name__}: {e})") from None
 
 
 def read_prompts(args) -> list[str]:
@@ -174,10 +227,7 @@ def read_prompts(args) -> list[str]:
 
 
 def run_inspect(args) -> int:
-    from core.checkpoint import load_model
-    from core.resources import resolve_model
-
-    model = load_model(resolve_model(args.model), prediction=args.prediction)
+    _, model = load_named_model(args.model, prediction=args.prediction)
     report = {
         "family": model.family.name,
         "title": model.family.title,

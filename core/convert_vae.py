@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import fields
 
 import torch
 from torch import Tensor
 
-from core.errors import LatentDeskError
+from core.errors import LatentDeskError, shown
+from core.limits import (
+    MAX_BLOCKS,
+    MAX_CHANNELS,
+    MAX_LEVELS,
+    check_vae_config,
+    numbered_parts,
+    positive_real,
+    whole,
+)
 from core.vae import AutoencoderKL, VAEConfig
 
 # Mid-block attention weights, 1x1 convs in the original. diffusers stores them as
@@ -20,6 +30,10 @@ from core.vae import AutoencoderKL, VAEConfig
 _ATTN_WEIGHT = re.compile(r"(^|\.)mid\.attn_1\.(q|k|v|proj_out)\.weight$")
 
 _VAE_ROOTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+_LEVEL_KEY = re.compile(r"encoder\.down\.([0-9]{1,9})\.")
+_BLOCK_KEY = re.compile(r"encoder\.down\.0\.block\.([0-9]{1,9})\.")
+_DIFFUSERS_LEVEL_KEY = re.compile(r"encoder\.down_blocks\.([0-9]{1,9})\.")
+_DIFFUSERS_BLOCK_KEY = re.compile(r"encoder\.down_blocks\.0\.resnets\.([0-9]{1,9})\.")
 
 
 # --- diffusers -> ours -------------------------------------------------------
@@ -28,15 +42,20 @@ def vae_config_from_diffusers(cfg: Mapping) -> VAEConfig:
     """VAEConfig from a diffusers `vae/config.json`; refuses what our module cannot be."""
     kind = cfg.get("_class_name", "AutoencoderKL")
     if kind != "AutoencoderKL":
-        raise LatentDeskError(f"VAE type {kind!r} is not supported; only AutoencoderKL.")
+        raise LatentDeskError(f"VAE type {shown(kind)} is not supported; only AutoencoderKL.")
     for key in ("block_out_channels", "layers_per_block", "latent_channels"):
         if key not in cfg:
             raise LatentDeskError(f"VAE config.json lacks {key!r}.")
-    widths = tuple(int(w) for w in cfg["block_out_channels"])
-    down, up = list(cfg.get("down_block_types", [])), list(cfg.get("up_block_types", []))
+    # Every number is checked for kind and range as it is read: they size the network built later.
+    widths = cfg["block_out_channels"]
+    if not isinstance(widths, list | tuple) or not 1 <= len(widths) <= MAX_LEVELS:
+        raise LatentDeskError(f"VAE block_out_channels must list 1 to {MAX_LEVELS} widths, not {shown(widths)}.")
+    widths = tuple(whole("block_out_channels", w, 1, MAX_CHANNELS) for w in widths)
+    down, up = (cfg.get(name, []) for name in ("down_block_types", "up_block_types"))
+    down, up = (list(v) if isinstance(v, list | tuple) else v for v in (down, up))   # config.json or diffusers' tuples
     if down != ["DownEncoderBlock2D"] * len(widths) or up != ["UpDecoderBlock2D"] * len(widths):
         raise LatentDeskError(
-            f"VAE block types down={down}, up={up} are not supported; expected "
+            f"VAE block types down={shown(down)}, up={shown(up)} are not supported; expected "
             f"{len(widths)} x DownEncoderBlock2D / UpDecoderBlock2D (one per block_out_channels entry)."
         )
     unsupported = {
@@ -52,22 +71,44 @@ def vae_config_from_diffusers(cfg: Mapping) -> VAEConfig:
     }
     for key, (value, wanted) in unsupported.items():
         if value != wanted:
-            raise LatentDeskError(f"VAE setting {key}={value!r} is not supported (only {wanted!r}).")
-    base = widths[0] if widths else 0
-    if base <= 0 or any(w % base for w in widths):
+            raise LatentDeskError(f"VAE setting {key}={shown(value)} is not supported (only {wanted!r}).")
+    base = widths[0]
+    if any(w % base for w in widths):
         raise LatentDeskError(f"VAE block_out_channels {list(widths)} are not multiples of the first entry.")
     config = VAEConfig(
-        in_channels=int(cfg.get("in_channels", 3)),
-        out_channels=int(cfg.get("out_channels", 3)),
+        in_channels=whole("in_channels", cfg.get("in_channels", 3), 1, MAX_CHANNELS),
+        out_channels=whole("out_channels", cfg.get("out_channels", 3), 1, MAX_CHANNELS),
         base_channels=base,
         channel_mult=tuple(w // base for w in widths),
-        num_res_blocks=int(cfg["layers_per_block"]),
-        z_channels=int(cfg["latent_channels"]),
-        norm_groups=int(cfg.get("norm_num_groups", 32)),
-        scale_factor=float(cfg.get("scaling_factor", 0.18215)),
+        num_res_blocks=whole("layers_per_block", cfg["layers_per_block"], 1, MAX_BLOCKS),
+        z_channels=whole("latent_channels", cfg["latent_channels"], 1, MAX_CHANNELS),
+        norm_groups=whole("norm_num_groups", cfg.get("norm_num_groups", 32), 1, MAX_CHANNELS),
+        scale_factor=positive_real("scaling_factor", cfg.get("scaling_factor", 0.18215)),
     )
-    _check_config(config)
+    check_vae_config(config)
     return config
+
+
+def diffusers_vae_config_from_shapes(shapes: Mapping[str, tuple[int, ...]], scale_factor: float) -> VAEConfig:
+    """A diffusers-layout VAE file without its config.json: the config read off the shapes."""
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in shapes or len(shapes[key]) != 4:
+            raise LatentDeskError(f"These VAE weights lack a 4-D {key!r}; not a Stable Diffusion VAE.")
+        return shapes[key]
+
+    levels = numbered_parts(shapes, _DIFFUSERS_LEVEL_KEY, "the VAE's encoder down_blocks")
+    per_level = numbered_parts(shapes, _DIFFUSERS_BLOCK_KEY, "the VAE's encoder down_blocks.0 resnets")
+    channels = [shape(f"encoder.down_blocks.{i}.resnets.0.conv1.weight")[0] for i in range(levels)]
+    return vae_config_from_diffusers({
+        "in_channels": shape("encoder.conv_in.weight")[1],
+        "out_channels": shape("decoder.conv_out.weight")[0],
+        "block_out_channels": channels,
+        "down_block_types": ["DownEncoderBlock2D"] * len(channels),
+        "up_block_types": ["UpDecoderBlock2D"] * len(channels),
+        "layers_per_block": per_level,
+        "latent_channels": shape("decoder.conv_in.weight")[1],
+        "scaling_factor": scale_factor,
+    })
 
 
 _RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
@@ -93,14 +134,14 @@ def _rename(key: str, levels: int) -> str | None:
         return f"{m[1]}.mid.block_{int(m[2]) + 1}.{_RESNET[m[3]]}.{leaf}"
     if (m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(\w+(?:\.0)?)", path)) and m[2] in _ATTN:
         return f"{m[1]}.mid.attn_1.{_ATTN[m[2]]}.{leaf}"
-    if m := re.fullmatch(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(.+)", path):
+    if m := re.fullmatch(r"(encoder|decoder)\.(down|up)_blocks\.([0-9]{1,9})\.(.+)", path):
         side, way, i, rest = m[1], m[2], int(m[3]), m[4]
         if (side, way) not in (("encoder", "down"), ("decoder", "up")) or i >= levels:
             return None
         # diffusers numbers decoder blocks in the order they run (coarse first);
         # the original numbers them by level, like the encoder.
         level = i if way == "down" else levels - 1 - i
-        if (r := re.fullmatch(r"resnets\.(\d+)\.(\w+)", rest)) and r[2] in _RESNET:
+        if (r := re.fullmatch(r"resnets\.([0-9]{1,9})\.(\w+)", rest)) and r[2] in _RESNET:
             return f"{side}.{way}.{level}.block.{r[1]}.{_RESNET[r[2]]}.{leaf}"
         if rest == f"{way}samplers.0.conv":
             return f"{side}.{way}.{level}.{way}sample.conv.{leaf}"
@@ -113,15 +154,23 @@ def vae_state_from_diffusers(sd: Mapping[str, Tensor], config: VAEConfig) -> dic
     Tensors are shared with `sd`, not copied; Linear attention weights become
     (C, C, 1, 1) views.
     """
-    levels = len(config.channel_mult)
-    out: dict[str, Tensor] = {}
-    for key, tensor in sd.items():
+    out = fix_attention_shapes(_renamed(sd, len(config.channel_mult)))
+    _check_shapes({k: tuple(v.shape) for k, v in out.items()}, config)
+    return out
+
+
+def vae_shapes_from_diffusers(shapes: Mapping[str, tuple[int, ...]], config: VAEConfig) -> dict[str, tuple[int, ...]]:
+    """The shapes `vae_state_from_diffusers` would give, from a file's header: checkable before reading."""
+    return {k: _as_4d(k, tuple(s)) for k, s in _renamed(shapes, len(config.channel_mult)).items()}
+
+
+def _renamed(sd: Mapping, levels: int) -> dict:
+    out = {}
+    for key, value in sd.items():
         ours = _rename(key, levels)
         if ours is None:
-            raise LatentDeskError(f"VAE weight {key!r} does not belong to a supported diffusers AutoencoderKL.")
-        out[ours] = tensor
-    out = fix_attention_shapes(out)
-    _check_shapes({k: tuple(v.shape) for k, v in out.items()}, config)
+            raise LatentDeskError(f"VAE weight {shown(key)} does not belong to a supported diffusers AutoencoderKL.")
+        out[ours] = value
     return out
 
 
@@ -146,11 +195,16 @@ def vae_config_from_shapes(
     def shape(key: str) -> tuple[int, ...]:
         if key not in vae:
             raise LatentDeskError(f"These VAE weights lack {key!r}; not a Stable Diffusion VAE.")
+        if len(vae[key]) != 4:
+            raise LatentDeskError(f"The VAE tensor {key!r} has shape {vae[key]}; a VAE's has 4 dimensions.")
         return vae[key]
 
     base, in_channels = shape("encoder.conv_in.weight")[:2]          # (ch, in, 3, 3)
-    levels = 1 + max((int(m[1]) for k in vae if (m := re.match(r"encoder\.down\.(\d+)\.", k))), default=-1)
-    blocks = 1 + max((int(m[1]) for k in vae if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))), default=-1)
+    if base < 1:
+        raise LatentDeskError("The VAE's first convolution has no output channels.")
+    # Counted from the blocks the keys name, with no gaps: one stray key must not make 100,000 blocks.
+    levels = numbered_parts(vae, _LEVEL_KEY, "the VAE's encoder levels")
+    blocks = numbered_parts(vae, _BLOCK_KEY, "the VAE's encoder blocks")
     widths = [shape(f"encoder.down.{i}.block.0.conv2.weight")[0] for i in range(max(levels, 1))]
     if any(w % base for w in widths):
         raise LatentDeskError(f"VAE level widths {widths} are not multiples of the first conv's {base}.")
@@ -164,7 +218,7 @@ def vae_config_from_shapes(
         norm_groups=norm_groups,
         scale_factor=scale_factor,
     )
-    _check_config(config)
+    check_vae_config(config)
     # Everything else (decoder depth, quant convs, attention) must then match exactly.
     _check_shapes(vae, config)
     return config
@@ -176,12 +230,15 @@ def _as_4d(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 # --- checks -------------------------------------------------------------------
 
-def _check_config(config: VAEConfig) -> None:
-    widths = [config.base_channels * m for m in config.channel_mult]
-    if not widths or min(widths) <= 0 or config.num_res_blocks < 1 or config.z_channels < 1:
-        raise LatentDeskError(f"Not a usable VAE: {config}.")
-    if any(w % config.norm_groups for w in widths):
-        raise LatentDeskError(f"VAE channel counts {widths} do not split into {config.norm_groups} norm groups.")
+def check_stated_vae(config: VAEConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """A config a file states (`latentdesk.config`, a diffusers config.json) against its tensors' shapes
+    (original layout), before anything is built from it: bounded, then equal to what the shapes show."""
+    check_vae_config(config)
+    seen = vae_config_from_shapes(shapes, config.scale_factor, norm_groups=config.norm_groups)
+    for name in (f.name for f in fields(config)):
+        if getattr(config, name) != getattr(seen, name):
+            raise LatentDeskError(f"the config says {name} = {getattr(config, name)!r} but the tensors show "
+                                  f"{getattr(seen, name)!r}")
 
 
 def expected_shapes(config: VAEConfig) -> dict[str, tuple[int, ...]]:

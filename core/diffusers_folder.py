@@ -6,20 +6,25 @@ Weights are read from `.safetensors` only; a folder that has only pickled
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 
 from core.assemble import blame, check_context_width, load_text_encoder
-from core.convert_unet import unet_config_from_diffusers, unet_state_from_diffusers
-from core.convert_vae import vae_config_from_diffusers, vae_state_from_diffusers
-from core.errors import ModelLoadError
+from core.convert_unet import check_stated_unet, unet_config_from_diffusers, unet_state_from_diffusers
+from core.convert_vae import (
+    check_stated_vae,
+    vae_config_from_diffusers,
+    vae_shapes_from_diffusers,
+    vae_state_from_diffusers,
+)
+from core.errors import ModelLoadError, shown
 from core.families import SD1, SD2, SDXL, Family
 from core.model import Loaded
 from core.safetensors_io import PICKLE_SUFFIXES, SafetensorsFile, refuse_pickle
 from core.unet import UNet
-from core.vae import AutoencoderKL
+from core.untrusted_json import UnreadableJson, loads
+from core.vae import AutoencoderKL, VAEConfig
 from core.weights import build_on_meta, fill
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -33,37 +38,58 @@ PIPELINES = {
 def load_parts(folder: Path, parts, *, dtype: torch.dtype, device):
     index = read_json(folder / "model_index.json", folder)
     pipeline = index.get("_class_name")
-    if pipeline not in PIPELINES:
-        raise ModelLoadError(folder, f"model_index.json names pipeline {pipeline!r}, which is not a Stable "
+    if not isinstance(pipeline, str) or pipeline not in PIPELINES:
+        raise ModelLoadError(folder, f"model_index.json names pipeline {shown(pipeline)}, which is not a Stable "
                                      "Diffusion 1.x/2.x/XL pipeline")
     family = _family(folder, index)
     scheduler = _optional_json(folder / "scheduler" / "scheduler_config.json", folder)
     loaded = Loaded(family, {}, scheduler_prediction=scheduler.get("prediction_type"))
 
+    # 1. Each network's config, bounded and held against its files' tensor shapes: nothing read or built yet.
     unet_dir = folder / "unet"
     unet_config = _converted(unet_dir, lambda: unet_config_from_diffusers(read_json(unet_dir / "config.json", folder)))
+    if "unet" in parts:
+        unet_files = open_weights(unet_dir)
+        _converted(unet_dir, lambda: check_stated_unet(
+            unet_config, unet_state_from_diffusers(weight_shapes(unet_files), unet_config)))
+    if "vae" in parts:
+        vae_config, vae_files = _vae_plan(folder / "vae", scale_factor=None)
+    # 2. Text encoders: they tell us the context width the UNet must have.
     if "text_encoder" in parts:
-        text_states = [read_weights(folder / spec.diffusers_folder, dtype, device) for spec in family.text_encoders]
+        text_states = [read_weights(open_weights(folder / spec.diffusers_folder), dtype, device)
+                       for spec in family.text_encoders]
         text_encoder = load_text_encoder(family, text_states, folder,
                                          [spec.diffusers_folder + "/" for spec in family.text_encoders], trimmed=True)
         check_context_width(folder, family, unet_config.context_dim, text_encoder)
         loaded.parts["text_encoder"] = text_encoder
+    # 3. UNet and VAE.
     if "unet" in parts:
-        unet_state = read_weights(unet_dir, dtype, device)
+        unet_state = read_weights(unet_files, dtype, device)
         loaded.parts["unet"] = fill(build_on_meta(lambda: UNet(unet_config)),
                                     _converted(unet_dir, lambda: unet_state_from_diffusers(unet_state, unet_config)),
                                     unet_dir, lambda k: f"(original name) {k}")
     if "vae" in parts:
-        loaded.parts["vae"] = load_vae_folder(folder / "vae", dtype=dtype, device=device, scale_factor=None)
+        loaded.parts["vae"] = _vae(folder / "vae", vae_config, vae_files, dtype, device)
     return loaded
 
 
 def load_vae_folder(folder: Path, *, dtype: torch.dtype, device, scale_factor: float | None) -> AutoencoderKL:
+    return _vae(folder, *_vae_plan(folder, scale_factor), dtype, device)
+
+
+def _vae_plan(folder: Path, scale_factor: float | None) -> tuple[VAEConfig, list[SafetensorsFile]]:
+    """The VAE's config, checked against its files' tensor shapes, and those files (headers read, no tensors)."""
     config_json = read_json(folder / "config.json", folder)
     if scale_factor is not None:  # a replacement VAE keeps the model family's latent scale
         config_json = {**config_json, "scaling_factor": scale_factor}
     config = _converted(folder, lambda: vae_config_from_diffusers(config_json))
-    state = read_weights(folder, dtype, device)
+    files = open_weights(folder)
+    _converted(folder, lambda: check_stated_vae(config, vae_shapes_from_diffusers(weight_shapes(files), config)))
+    return config, files
+
+
+def _vae(folder: Path, config: VAEConfig, files: list[SafetensorsFile], dtype: torch.dtype, device) -> AutoencoderKL:
+    state = read_weights(files, dtype, device)
     return fill(build_on_meta(lambda: AutoencoderKL(config)),
                 _converted(folder, lambda: vae_state_from_diffusers(state, config)),
                 folder, lambda k: f"(original name) {k}")
@@ -83,12 +109,14 @@ def read_json(path: Path, model: Path) -> dict:
     if not path.is_file():
         raise ModelLoadError(model, f"{path.relative_to(model) if path.is_relative_to(model) else path} is missing: "
                                     "not a complete diffusers model folder")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ModelLoadError(model, f"{path.name} is {path.stat().st_size} bytes, too large for a config file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(model, f"{path.name} is not valid JSON ({e})") from None
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ModelLoadError(model, f"{path.name} is {path.stat().st_size} bytes, too large for a config file")
+        data = loads(path.read_bytes())
+    except OSError as e:
+        raise ModelLoadError(model, f"{path.name} cannot be read ({e.strerror or e})") from None
+    except UnreadableJson as e:
+        raise ModelLoadError(model, f"{path.name} is {e}") from None
     if not isinstance(data, dict):
         raise ModelLoadError(model, f"{path.name} is not a JSON object")
     return data
@@ -98,18 +126,27 @@ def _optional_json(path: Path, model: Path) -> dict:
     return read_json(path, model) if path.is_file() else {}
 
 
-def read_weights(component: Path, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
-    """All tensors of one component folder (single or sharded .safetensors), in `dtype`."""
+def open_weights(component: Path) -> list[SafetensorsFile]:
+    """One component folder's .safetensors files (one, or the shards of an index), headers read and checked."""
     if not component.is_dir():
         raise ModelLoadError(component, "component folder is missing: not a complete diffusers model folder")
-    files = weight_files(component)
-    state: dict[str, torch.Tensor] = {}
-    for file in (SafetensorsFile(f) for f in files):
+    files = [SafetensorsFile(f) for f in weight_files(component)]
+    seen: set[str] = set()
+    for file in files:
         for key in file.keys():
-            if key in state:
+            if key in seen:
                 raise ModelLoadError(file.path, f"tensor {key!r} appears in two shards")
-        state |= {key: tensor.to(device) for key, tensor in file.read_many(file.keys(), dtype).items()}
-    return state
+            seen.add(key)
+    return files
+
+
+def weight_shapes(files: list[SafetensorsFile]) -> dict[str, tuple[int, ...]]:
+    return {key: shape for file in files for key, shape in file.shapes.items()}
+
+
+def read_weights(files: list[SafetensorsFile], dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+    """All tensors of one component's files, in `dtype`."""
+    return {key: tensor.to(device) for file in files for key, tensor in file.read_many(file.keys(), dtype).items()}
 
 
 def weight_files(component: Path) -> list[Path]:
@@ -123,14 +160,28 @@ def weight_files(component: Path) -> list[Path]:
                 weight_map = read_json(index, component).get("weight_map")
                 if not isinstance(weight_map, dict) or not weight_map:
                     raise ModelLoadError(index, "weight_map missing or empty")
+                if not all(isinstance(shard, str) for shard in weight_map.values()):
+                    raise ModelLoadError(index, "weight_map names a shard with something other than a file name")
                 shards = sorted(set(weight_map.values()))
-                if any(not isinstance(s, str) or "/" in s or "\\" in s or s.startswith(".") for s in shards):
+                if not all(_plain_file_name(shard) for shard in shards):
                     raise ModelLoadError(index, "weight_map names a shard outside the folder")
-                return [component / s for s in shards]
+                return [component / shard for shard in shards]
     pickled = [p for p in component.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if pickled:
         refuse_pickle(pickled[0])
     raise ModelLoadError(component, "no .safetensors weights in this folder")
+
+
+def _plain_file_name(name: str) -> bool:
+    """A name that stays inside the folder on every system: no separator, drive, root or `..`.
+
+    Checked with both path flavours whatever this machine is: on Windows `C:x.safetensors` is
+    relative to drive C's current folder and `\\\\server\\share` is a network path, so a shard index
+    made anywhere must not name them.
+    """
+    return (name not in ("", ".", "..") and not name.startswith(".")
+            and all(flavour(name).name == name and not flavour(name).anchor
+                    for flavour in (PurePosixPath, PureWindowsPath)))
 
 
 def _converted(component: Path, convert):

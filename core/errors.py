@@ -19,3 +19,9 @@ class ModelLoadError(LatentDeskError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+def shown(value, limit: int = 80) -> str:
+    """A value read from a file, for a message: its repr, cut short (a hostile one can be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -14,6 +14,7 @@ their per-step noise from the same per-image generators.
 from __future__ import annotations
 
 import gc
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,13 +32,16 @@ from core.memory import check_fits
 from core.model import DiffusionModel
 from core.precision import sampling_dtype
 from core.prompts import PromptEmbedding, encode_pair
-from core.request import GenerationRequest
+from core.request import MAX_SEED, GenerationRequest
 from core.samplers import Step, get_sampler
 from core.schedules import img2img_start
 from core.speedups import check_speedups, steps_part
 from core.unet import sdxl_added_condition
 
 MAX_BATCH = 64
+# Far past any sampler's gain (A1111's slider stops at 150); it keeps a typo such as --steps 2000000 from
+# running for days, or from allocating its schedule at all.
+MAX_STEPS = 10_000
 
 
 class StepInfo(NamedTuple):
@@ -144,14 +148,17 @@ def generate(request: GenerationRequest, model: DiffusionModel,
 def check_request(request: GenerationRequest) -> None:
     """Refuse what cannot work, with a message a user understands."""
     check_size(request.width, request.height)
-    if not isinstance(request.steps, int) or request.steps <= 0:
-        raise LatentDeskError(f"steps must be a whole number above 0, not {request.steps!r}")
+    if not isinstance(request.steps, int) or not 1 <= request.steps <= MAX_STEPS:
+        raise LatentDeskError(f"steps must be a whole number from 1 to {MAX_STEPS}, not {request.steps!r}")
     if not isinstance(request.batch, int) or not 1 <= request.batch <= MAX_BATCH:
         raise LatentDeskError(f"batch must be between 1 and {MAX_BATCH}, not {request.batch!r}")
     if request.is_img2img and not 0 < request.strength <= 1:
         raise LatentDeskError(f"strength must be above 0 and at most 1, not {request.strength}")
-    if not isinstance(request.seed, int) or request.seed < 0:
-        raise LatentDeskError(f"seed must be a whole number from 0, not {request.seed!r}")
+    if not isinstance(request.seed, int) or not 0 <= request.seed <= MAX_SEED - (request.batch - 1):
+        raise LatentDeskError(f"seed must be a whole number from 0 to {MAX_SEED - (request.batch - 1)} "
+                              f"(image i of a batch uses seed + i, at most {MAX_SEED}), not {request.seed!r}")
+    if not isinstance(request.guidance, int | float) or not math.isfinite(request.guidance):
+        raise LatentDeskError(f"guidance must be a number, not {request.guidance!r}")
     if request.clip_skip < 1:
         raise LatentDeskError(f"clip skip must be at least 1, not {request.clip_skip}")
     check_speedups(request)

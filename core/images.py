@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import LatentDeskError
+from core.png_text import without_extras
 
 MIN_SIDE = 64
 MAX_SIDE = 8192
@@ -58,29 +59,46 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     if os.path.getsize(path) == 0:
         raise LatentDeskError(f"{name}: the file is empty")
     try:
-        image = Image.open(path, formats=FORMATS)
+        upright = _decode(path, name)
     except UnidentifiedImageError:
         raise LatentDeskError(f"{name}: not an image Latent Desk can read "
                               f"(it reads {FORMAT_NAMES}), or the file is damaged") from None
     except DECODE_ERRORS as exc:
-        raise _unreadable(name, exc) from None
-    with image:
+        upright = _decode_without_extras(path, name, exc)
+    try:
+        return to_rgb(upright)
+    except LatentDeskError as exc:
+        raise LatentDeskError(f"{name}: {exc}") from None
+
+
+def _decode(source, name: str) -> Image.Image:
+    """The first frame, decoded and upright; LatentDeskError for a size we refuse, Pillow's own errors else."""
+    with Image.open(source, formats=FORMATS) as image:
         width, height = image.size
         if width * height > MAX_PIXELS:
             raise LatentDeskError(f"{name}: the image is {width}x{height} pixels "
                                   f"({width * height / 1e6:.1f} megapixels); {_limit()}")
         if width == 0 or height == 0:
             raise LatentDeskError(f"{name}: the image is {width}x{height} pixels, it has nothing in it")
-        try:
-            image.seek(0)
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-        except DECODE_ERRORS as exc:
-            raise _unreadable(name, exc) from None
+        image.seek(0)
+        image.load()
+        return ImageOps.exif_transpose(image)
+
+
+def _decode_without_extras(path, name: str, exc: BaseException) -> Image.Image:
+    """Pillow refuses a whole PNG when a compressed text chunk or ICC profile inflates past 1 MiB (its
+    guard against zlib bombs), though nothing is wrong with the picture; decode it again with those
+    chunks left out (core/png_text.py). Any other failure is `exc`, retold."""
+    if not isinstance(exc, ValueError):
+        raise _unreadable(name, exc) from None
     try:
-        return to_rgb(upright)
-    except LatentDeskError as exc:
-        raise LatentDeskError(f"{name}: {exc}") from None
+        with open(path, "rb") as file:
+            view = without_extras(file)
+            if view is not None:
+                return _decode(view, name)
+    except DECODE_ERRORS:
+        pass
+    raise _unreadable(name, exc) from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -9,11 +9,13 @@ linearly because attention runs through fused (flash) kernels.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import psutil
 import torch
 
-from core.errors import LatentDeskError
+from core.errors import LatentDeskError, ModelLoadError
 
 UNET_VALUES_PER_LATENT_PIXEL_CHANNEL = 32
 VAE_VALUES_PER_PIXEL_CHANNEL = 8
@@ -33,12 +35,10 @@ def available_bytes(device: torch.device) -> int | None:
     """Free memory on `device`, or None where we cannot tell."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return None
+    try:        # psutil reads it on Linux (MemAvailable), Windows and macOS alike
+        return int(psutil.virtual_memory().available)
+    except Exception:       # noqa: BLE001 - an exotic system where it cannot tell: no check, not a crash
+        return None
 
 
 def check_fits(model, width: int, height: int, batch: int, guided: bool) -> None:
@@ -48,3 +48,40 @@ def check_fits(model, width: int, height: int, batch: int, guided: bool) -> None
         raise LatentDeskError(
             f"{width}x{height} (batch {batch}) needs about {needed / 2**30:.1f} GiB of working memory, "
             f"but only {free / 2**30:.1f} GiB is free; choose a smaller size or batch")
+
+
+# Checkpoints that carry a second copy of the UNet for training (EMA) never have it loaded.
+UNLOADED_PREFIXES = ("model_ema.",)
+
+
+def weights_bytes(path: Path, dtype: torch.dtype) -> int:
+    """About what a model's networks take once loaded in `dtype`, read off its safetensors headers.
+
+    A diffusers folder may hold a part twice (`x.safetensors` and `x.fp16.safetensors`): one
+    variant of each part is counted. Raises what reading a header raises (ModelLoadError, OSError).
+    """
+    from core.safetensors_io import DTYPES, FLOAT_DTYPES, SafetensorsFile
+
+    if path.is_dir():
+        files: dict[Path, Path] = {}
+        for file in sorted(path.rglob("*.safetensors")):
+            files.setdefault(file.parent, file)       # one variant per part's folder
+    else:
+        files = {path: path}
+    total = 0
+    for file in files.values():
+        for key, entry in SafetensorsFile(file).entries.items():
+            if key.startswith(UNLOADED_PREFIXES):
+                continue
+            itemsize = dtype.itemsize if entry.dtype in FLOAT_DTYPES else DTYPES[entry.dtype].itemsize
+            total += math.prod(entry.shape) * itemsize
+    return total
+
+
+def check_load_fits(path: Path, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse, before reading a weight, a model that cannot fit in the memory that is free."""
+    needed, free = weights_bytes(path, dtype), available_bytes(device)
+    if free is not None and needed > 0.9 * free:
+        raise ModelLoadError(path, f"needs about {needed / 2**30:.1f} GiB of memory to load, but only "
+                                   f"{free / 2**30:.1f} GiB is free; close other programs, or choose half "
+                                   "precision (bf16) to halve it")

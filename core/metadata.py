@@ -19,6 +19,7 @@ import math
 import os
 import re
 import secrets
+import time
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
@@ -28,6 +29,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from core.errors import LatentDeskError
+from core.png_text import read_text
 from core.request import GenerationRequest
 from core.sampler_names import SAMPLER_NAMES
 
@@ -39,8 +41,12 @@ _SIZE = re.compile(r"(\d+)x(\d+)")
 
 MIN_PARAMETER_PAIRS = 3              # A1111: a last line with fewer pairs is still part of the prompt
 MAX_PARAMETERS_CHARS = 1 << 20       # Pillow's own limit for one text chunk
+MAX_PARAMETERS_BYTES = 4 * MAX_PARAMETERS_CHARS     # as UTF-8 (iTXt), up to 4 bytes a character
 HASH_BLOCK = 1 << 20
 MAX_NAME_TRIES = 10_000
+TEMPORARY_HEX = 12                   # save_png's temporary files: ".latentdesk-<12 hex digits>.png.tmp"
+_TEMPORARY_NAME = re.compile(rf"\.latentdesk-[0-9a-f]{{{TEMPORARY_HEX}}}\.png\.tmp")
+STALE_TEMPORARY_S = 120              # a save writes its temporary file for well under a second per image
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286   # where A1111 puts the infotext in JPEG and WebP files
 
 # Schedules that A1111 (before 1.9) folded into the sampler name, e.g. "DPM++ 2M Karras";
@@ -383,11 +389,37 @@ def save_png(image: Image.Image, folder_or_path: str | Path, infotext: str) -> P
 def _temporary_file(folder: Path) -> tuple[int, Path]:
     """A new hidden file in `folder`, created with the user's umask (mkstemp's would be private, 0600)."""
     while True:
-        path = folder / f".latentdesk-{secrets.token_hex(6)}.png.tmp"
+        path = folder / f".latentdesk-{secrets.token_hex(TEMPORARY_HEX // 2)}.png.tmp"
         try:
             return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666), path
         except FileExistsError:
             continue
+
+
+def remove_stale_temporaries(folder: str | Path, older_than: float = STALE_TEMPORARY_S) -> list[Path]:
+    """Delete the temporary files of saves that a crash cut short, in `folder`; the paths removed.
+
+    Only save_png's own names (".latentdesk-<12 hex digits>.png.tmp"), only plain files, only those
+    untouched for `older_than` seconds: a save still being written (here, or by another Latent Desk
+    saving into the same folder) keeps changing its file. Never raises: a folder that cannot be read
+    is left as it is.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        if not _TEMPORARY_NAME.fullmatch(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > older_than:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
 
 
 def _publish(tmp: Path, name: Path) -> None:
@@ -433,28 +465,51 @@ def _is_latin1(text: str) -> bool:
 
 
 def read_parameters(path: str | Path) -> str | None:
-    """The infotext of an image: PNG `parameters` (tEXt or iTXt), else A1111's EXIF UserComment (JPEG, WebP).
+    """The infotext of an image: PNG `parameters` (tEXt, zTXt or iTXt), else A1111's EXIF UserComment
+    (a PNG's eXIf chunk, JPEG, WebP).
 
-    None when there is none, it is malformed or over 1 MiB, or the file is not an
-    image; a LatentDeskError only when the file itself cannot be read.
+    None when there is none, it is malformed or over 1 MiB, or the file is not an image; a
+    LatentDeskError only when the file itself cannot be read. No pixel is decoded: this runs for
+    every image of the history on start (core/png_text.py says what Pillow would cost).
     """
     path = Path(path)
     try:
         file = open(path, "rb")
     except OSError as e:
         raise LatentDeskError(f"Cannot read {path}: {e.strerror or e}") from e
-    with file, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with file:
         try:
-            with Image.open(file) as image:
-                text = image.info.get("parameters")
-                if text is None:
-                    text = _user_comment(image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT))
+            text = _png_parameters(file)
+            if text is _NOT_PNG:
+                text = _exif_parameters(file)
         except Exception:    # a broken file is an image without parameters, never a crash
             return None
     if not isinstance(text, str) or not text or len(text) > MAX_PARAMETERS_CHARS:
         return None
-    return str(text)
+    return text
+
+
+_NOT_PNG = object()
+
+
+def _png_parameters(file) -> str | None | object:
+    found = read_text(file, "parameters", MAX_PARAMETERS_BYTES)
+    if found is None:
+        return _NOT_PNG
+    if found.text is not None or found.too_long or found.exif is None:
+        return found.text
+    exif = Image.Exif()
+    exif.load(found.exif)
+    return _user_comment(exif.get_ifd(EXIF_IFD).get(USER_COMMENT))
+
+
+def _exif_parameters(file) -> str | None:
+    """A1111's EXIF UserComment in a JPEG or WebP; Pillow reads the EXIF without decoding pixels."""
+    file.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)     # only its header is read
+        with Image.open(file, formats=("JPEG", "WEBP")) as image:
+            return _user_comment(image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT))
 
 
 def _user_comment(raw: object) -> str | None:

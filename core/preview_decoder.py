@@ -29,12 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.errors import ModelLoadError
+from core.errors import ModelLoadError, shown
 from core.safetensors_io import SafetensorsFile
 from core.taesd import is_taesd, load_taesd_decoder
+from core.untrusted_json import loads
+from core.weights import build_on_meta
 
 CONFIG_KEY = "latentdesk.preview_decoder"   # metadata entry holding the config as JSON
 SUFFIX = ".preview.safetensors"
+# Many times any useful size (ours: 32 wide, 2 blocks; TAESD: 64 wide, and core/taesd.py's limit is 256;
+# VAEs: 4 to 16 channels, 8x). A file's config is read before its weights: `width: 1000` alone built
+# 174 MB of network (it grows with width²) before the weights were found not to fit.
+MAX_SIZES = {"latent_channels": 256, "factor": 64, "width": 256, "blocks": 16}
 
 
 @dataclass(frozen=True)
@@ -47,10 +53,17 @@ class PreviewDecoderConfig:
     blocks: int = 2               # residual blocks at each of the two resolutions
 
     def __post_init__(self):
+        sizes = asdict(self)
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be a whole number, not {shown(value)}")
         if self.factor < 2 or self.factor % 2:
             raise ValueError(f"the factor must be even and >= 2, not {self.factor}")
         if min(self.latent_channels, self.width, self.blocks) < 1:
             raise ValueError(f"channels, width and blocks must be >= 1: {self}")
+        for name, high in MAX_SIZES.items():
+            if sizes[name] > high:
+                raise ValueError(f"{name} {sizes[name]} is more than {high}, far beyond any preview decoder")
 
 
 class _Block(nn.Module):
@@ -113,20 +126,20 @@ def load_preview_decoder(path: str | Path, latent_channels: int | None = None,
         raise ModelLoadError(path, f"is not a preview decoder (neither {CONFIG_KEY!r} in its metadata nor "
                                    f"TAESD's tensors)")
     try:
-        config = PreviewDecoderConfig(**json.loads(raw))
-    except (ValueError, TypeError) as error:   # bad JSON, unknown or bad fields
+        config = PreviewDecoderConfig(**loads(raw))
+    except (ValueError, TypeError) as error:   # bad JSON, unknown or bad fields, sizes out of bounds
         raise ModelLoadError(path, f"has an unreadable preview-decoder config: {error}") from None
     if latent_channels is not None and config.latent_channels != latent_channels:
         raise ModelLoadError(path, f"decodes {config.latent_channels}-channel latents; this model's VAE makes "
                                    f"{latent_channels}")
     if factor is not None and config.factor != factor:
         raise ModelLoadError(path, f"upscales {config.factor}x; this model's VAE {factor}x")
-    decoder = PreviewDecoder(config)
+    decoder = build_on_meta(lambda: PreviewDecoder(config))   # shapes only, until they match the file's
     expected = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}
     if file.shapes != expected:
         missing, extra = sorted(expected.keys() - file.shapes.keys()), sorted(file.shapes.keys() - expected.keys())
         wrong = sorted(k for k in expected.keys() & file.shapes.keys() if expected[k] != file.shapes[k])
         raise ModelLoadError(path, f"does not match its config (missing {missing[:3]}, unexpected {extra[:3]}, "
                                    f"wrong shape {wrong[:3]})")
-    decoder.load_state_dict(file.read_many(list(expected), torch.float32))
+    decoder.load_state_dict(file.read_many(list(expected), torch.float32), assign=True)
     return decoder.eval().requires_grad_(False)

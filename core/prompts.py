@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from core.errors import LatentDeskError
 from core.text_encoder import TextEncoder
 from core.tokenizer import ClipTokenizer
 
@@ -30,6 +31,9 @@ ROUND = 1.1                # "(...)": A1111's attention multiplier
 SQUARE = 1 / 1.1           # "[...]"
 CHUNK_TOKENS = 75          # prompt tokens per chunk; BOS and EOS make 77
 COMMA_BACKTRACK = 20       # A1111's default "comma_padding_backtrack"
+# 2,400 tokens, far past what any model attends to usefully; without a bound 100 k characters of
+# "BREAK " made 16,667 chunks (7 GiB of SD1.5 context) from one pasted or restored prompt.
+MAX_CHUNKS = 32
 BREAK = ("BREAK", -1.0)    # the marker parse_emphasis emits for the BREAK keyword (A1111's convention)
 
 # One alternative per token of A1111's emphasis syntax, in its order of precedence: the escapes
@@ -138,6 +142,9 @@ def prompt_chunks(tokenizer: ClipTokenizer, prompt: str) -> list[PromptChunk]:
 
     def close(keep: int = CHUNK_TOKENS) -> None:
         nonlocal tokens, weights, last_comma
+        if len(chunks) == MAX_CHUNKS:
+            raise LatentDeskError(f"The prompt is too long: at most {MAX_CHUNKS} chunks of {CHUNK_TOKENS} tokens "
+                                  f"({MAX_CHUNKS * CHUNK_TOKENS} tokens, BREAK starting a new chunk) can be used.")
         chunks.append(PromptChunk(tuple(tokens[:keep]), tuple(weights[:keep])))
         tokens, weights, last_comma = tokens[keep:], weights[keep:], -1
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from core.speedups import DEEP_CACHE_BLOCKS, DEEP_CACHE_START
 
+MAX_SEED = 2**64 - 1       # torch.Generator.manual_seed's range; A1111's UI stays below 2**32
+
 
 @dataclass(frozen=True)
 class GenerationRequest:

@@ -10,7 +10,6 @@ buffer where they are converted, so a model is never held twice in memory
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass
@@ -18,13 +17,19 @@ from pathlib import Path
 
 import torch
 
-from core.errors import ModelLoadError
+from core.errors import ModelLoadError, shown
+from core.untrusted_json import UnreadableJson, loads
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024    # the safetensors format's own limit
 MAX_METADATA_BYTES = 16 * 1024 * 1024   # kohya-style training notes reach a few MB, never more
 MAX_METADATA_ENTRIES = 10_000
 MAX_TENSORS = 100_000
+# A shape is made into a tensor (or its strides computed) even when it holds no data, and a zero-size
+# tensor passes the size check whatever its other dimensions say. Real weights have at most 4 or 5
+# dimensions and far fewer than 2**40 elements (4 TB in fp32), so these refuse nothing that exists.
+MAX_RANK = 8
+MAX_ELEMENTS = 2**40
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -90,20 +95,23 @@ class SafetensorsFile:
         targets = {k: dtype if (dtype is not None and e.dtype in FLOAT_DTYPES) else DTYPES[e.dtype] for k, e in entries}
         converted = [e.end - e.begin for k, e in entries if targets[k] != DTYPES[e.dtype]]
         staging = torch.empty(max(converted, default=0), dtype=torch.uint8)
-        out = {}
-        with open(self.path, "rb", buffering=0) as f:
-            for key, entry in entries:
-                stored, target = DTYPES[entry.dtype], targets[key]
-                nbytes = entry.end - entry.begin
-                final = torch.empty(entry.shape, dtype=target)
-                raw = final if target == stored else staging[:nbytes].view(stored).view(entry.shape)
-                f.seek(entry.begin)
-                if nbytes and _read_fully(f, raw) != nbytes:
-                    raise ModelLoadError(self.path, f"file ends inside tensor {key!r} (truncated download?)")
-                if entry.dtype in FLOAT_DTYPES and nbytes and not all_finite(raw):
-                    raise ModelLoadError(self.path, f"tensor {key!r} contains NaN or infinite values; the file is damaged")
-                out[key] = final if target == stored else final.copy_(raw)
-        return out
+        try:
+            with open(self.path, "rb", buffering=0) as f:
+                return {key: self._read_one(f, key, entry, targets[key], staging) for key, entry in entries}
+        except OSError as e:   # the file went away or its drive did since the header was read
+            raise ModelLoadError(self.path, f"cannot be read ({e.strerror or e})") from None
+
+    def _read_one(self, f, key: str, entry: TensorEntry, target: torch.dtype, staging: torch.Tensor) -> torch.Tensor:
+        stored = DTYPES[entry.dtype]
+        nbytes = entry.end - entry.begin
+        final = torch.empty(entry.shape, dtype=target)
+        raw = final if target == stored else staging[:nbytes].view(stored).view(entry.shape)
+        f.seek(entry.begin)
+        if nbytes and _read_fully(f, raw) != nbytes:
+            raise ModelLoadError(self.path, f"file ends inside tensor {key!r} (truncated download?)")
+        if entry.dtype in FLOAT_DTYPES and nbytes and not all_finite(raw):
+            raise ModelLoadError(self.path, f"tensor {key!r} contains NaN or infinite values; the file is damaged")
+        return final if target == stored else final.copy_(raw)
 
 
 def _read_fully(f, into: torch.Tensor) -> int:
@@ -133,8 +141,33 @@ def _read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
         raise ModelLoadError(path, "file not found")
     if not path.is_file():
         raise ModelLoadError(path, "not a file")
-    if path.suffix.lower() in PICKLE_SUFFIXES or looks_pickled(path):
-        refuse_pickle(path)
+    try:
+        if path.suffix.lower() in PICKLE_SUFFIXES or looks_pickled(path):
+            refuse_pickle(path)
+        size, raw_header = _raw_header(path)
+        header = loads(raw_header.decode("utf-8"))
+    except OSError as e:   # no permission, a network drive gone, ...
+        raise ModelLoadError(path, f"cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ModelLoadError(path, "header is not valid JSON (not UTF-8 text): not a .safetensors file") from None
+    except UnreadableJson as e:
+        raise ModelLoadError(path, f"header is {e}: not a .safetensors file") from None
+    if not isinstance(header, dict):
+        raise ModelLoadError(path, "header is not a JSON object: not a .safetensors file")
+
+    metadata = _check_metadata(path, header.pop("__metadata__", {}))
+    if len(header) > MAX_TENSORS:
+        raise ModelLoadError(path, f"header lists {len(header)} tensors, more than any model has")
+    data_start = 8 + len(raw_header)
+    entries = {}
+    for key, info in header.items():
+        entries[key] = _check_entry(path, key, info, data_start)
+    _check_layout(path, entries, data_start, size)
+    return entries, metadata
+
+
+def _raw_header(path: Path) -> tuple[int, bytes]:
+    """The file's size and its header's bytes, the length checked against the file."""
     size = path.stat().st_size
     if size < 8:
         raise ModelLoadError(path, f"only {size} bytes long: not a .safetensors model (empty or truncated file)")
@@ -144,23 +177,7 @@ def _read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
             raise ModelLoadError(
                 path, f"header length {header_len} does not fit the file ({size} bytes): "
                 "not a .safetensors file, or truncated")
-        raw_header = f.read(header_len)
-    try:
-        header = json.loads(raw_header.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(path, f"header is not valid JSON ({e.__class__.__name__}): not a .safetensors file") from None
-    if not isinstance(header, dict):
-        raise ModelLoadError(path, "header is not a JSON object: not a .safetensors file")
-
-    metadata = _check_metadata(path, header.pop("__metadata__", {}))
-    if len(header) > MAX_TENSORS:
-        raise ModelLoadError(path, f"header lists {len(header)} tensors, more than any model has")
-    data_start = 8 + header_len
-    entries = {}
-    for key, info in header.items():
-        entries[key] = _check_entry(path, key, info, data_start)
-    _check_layout(path, entries, data_start, size)
-    return entries, metadata
+        return size, f.read(header_len)
 
 
 def _check_metadata(path: Path, metadata) -> dict[str, str]:
@@ -182,18 +199,28 @@ def _check_entry(path: Path, key: str, info, data_start: int) -> TensorEntry:
     if not isinstance(info, dict):
         raise ModelLoadError(path, f"header entry {key!r} is not a JSON object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPES:
-        raise ModelLoadError(path, f"tensor {key!r} has unsupported dtype {dtype!r}")
-    if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-        raise ModelLoadError(path, f"tensor {key!r} has an invalid shape {shape!r}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) and n >= 0 for n in offsets)):
-        raise ModelLoadError(path, f"tensor {key!r} has invalid data offsets {offsets!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ModelLoadError(path, f"tensor {key!r} has unsupported dtype {shown(dtype)}")
+    if not _is_shape(shape):
+        raise ModelLoadError(path, f"tensor {key!r} has an invalid shape {shown(shape)}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)):
+        raise ModelLoadError(path, f"tensor {key!r} has invalid data offsets {shown(offsets)}")
     begin, end = offsets
     nbytes = math.prod(shape) * DTYPES[dtype].itemsize
     if end - begin != nbytes:
         raise ModelLoadError(
             path, f"tensor {key!r}: shape {tuple(shape)} of {dtype} needs {nbytes} bytes, the header gives {end - begin}")
     return TensorEntry(dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def _is_count(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def _is_shape(shape) -> bool:
+    """Whole dimensions, few enough, whose product (zero-length ones counted as 1) torch can index."""
+    return (isinstance(shape, list) and len(shape) <= MAX_RANK and all(_is_count(n) for n in shape)
+            and math.prod(max(n, 1) for n in shape) <= MAX_ELEMENTS)
 
 
 def _check_layout(path: Path, entries: dict[str, TensorEntry], data_start: int, size: int) -> None:

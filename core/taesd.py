@@ -16,12 +16,15 @@ The layer list follows the published architecture, so the original file's keys a
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor, nn
 
 from core.errors import ModelLoadError
 from core.families import FAMILIES
 from core.safetensors_io import SafetensorsFile
+from core.weights import build_on_meta
 
 # The decoder each family's latents need, under the names TAESD's releases use. SD1 and SD2 share
 # the SD VAE's latent space; SDXL's VAE is another one.
@@ -30,6 +33,7 @@ _FILE_FOR_FAMILY = {"sd1": "taesd_decoder.safetensors", "sd2": "taesd_decoder.sa
 _DIFFUSERS_PREFIX = "decoder.layers."   # AutoencoderTiny keeps no module for the clamp, so its indices are one lower
 _UPSAMPLINGS = 3
 _MAX_WIDTH = 256   # TAESD's releases are 64 wide; a file claiming far more is refused before it costs memory
+_LAYER_NUMBER = re.compile(r"[0-9]{1,4}")
 
 
 def taesd_file_for(family: str, latent_scale: float) -> str | None:
@@ -85,7 +89,8 @@ def _our_name(name: str) -> str | None:
     if not name.startswith(_DIFFUSERS_PREFIX):
         return None if name.startswith("encoder.") else name
     index, _, rest = name.removeprefix(_DIFFUSERS_PREFIX).partition(".")
-    return f"{int(index) + 1}.{rest}" if index.isdigit() else name
+    # ASCII digits, few: int() reads other scripts' digits too, and refuses more than 4,300 of them.
+    return f"{int(index) + 1}.{rest}" if _LAYER_NUMBER.fullmatch(index) else name
 
 
 def load_taesd_decoder(file: SafetensorsFile, latent_channels: int | None = None,
@@ -106,7 +111,7 @@ def load_taesd_decoder(file: SafetensorsFile, latent_channels: int | None = None
     if factor is not None and factor != 2 ** _UPSAMPLINGS:
         raise ModelLoadError(file.path, f"is a TAESD decoder, which upscales {2 ** _UPSAMPLINGS}x; this model's VAE "
                                         f"{factor}x")
-    decoder = TaesdDecoder(channels, width)
+    decoder = build_on_meta(lambda: TaesdDecoder(channels, width))   # shapes only, until they match the file's
     expected = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}
     found = {k: shapes[names[k]] for k in expected if k in names}
     if found != expected:
@@ -115,5 +120,5 @@ def load_taesd_decoder(file: SafetensorsFile, latent_channels: int | None = None
         raise ModelLoadError(file.path, f"is not a TAESD decoder this version reads (missing {missing[:3]}, "
                                         f"wrong shape {wrong[:3]})")
     tensors = file.read_many([names[k] for k in expected], torch.float32)
-    decoder.load_state_dict({k: tensors[names[k]] for k in expected})
+    decoder.load_state_dict({k: tensors[names[k]] for k in expected}, assign=True)
     return decoder.eval().requires_grad_(False)

@@ -15,9 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers.activations import ACT2FN
 
-from core.errors import LatentDeskError
+from core.errors import LatentDeskError, shown
 from core.families import BANG_ID, EOS_ID, TextEncoderSpec
+from core.limits import MAX_TEXT_LAYERS, numbered_parts, whole
 from core.tokenizer import ClipTokenizer
 
 ClipModel = CLIPTextModel | CLIPTextModelWithProjection
@@ -43,6 +45,7 @@ _OPENCLIP_BLOCK = {
     "mlp.c_proj": "mlp.fc2",
 }
 _BLOCK_KEY = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)")
+_LAYER_KEY = re.compile(r"encoder\.layers\.([0-9]{1,9})\.")
 _HF_BLOCK_KEY = re.compile(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)")
 # Contrastive-training leftovers that play no part in text conditioning.
 _OPENCLIP_UNUSED = re.compile(r"logit_scale|logit_bias|attn_mask|visual\..*")
@@ -116,12 +119,13 @@ def clip_config_from_state_dict(sd_hf: Mapping[str, Tensor], *, openclip: bool,
     OpenCLIP's ViT-H and bigG with exact gelu; the weights cannot tell them apart.
     """
     sd = {_bare(k): v for k, v in sd_hf.items()}
-    layers = {int(m.group(1)) for k in sd if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
+    layers = numbered_parts(sd, _LAYER_KEY, "the text encoder's layers")   # no gaps: one stray key is not 100,000 layers
     needed = ("embeddings.token_embedding.weight", "embeddings.position_embedding.weight",
               "encoder.layers.0.mlp.fc1.weight")
     missing = [k for k in needed if k not in sd or sd[k].ndim != 2]
     if missing or not layers:
         raise LatentDeskError(f"Not a CLIP text encoder: no 2-D weight 'text_model.{(missing or needed)[0]}'.")
+    whole("the text encoder's layer count", layers, 1, MAX_TEXT_LAYERS)
     vocab, width = sd[needed[0]].shape
     heads = max(1, width // HEAD_DIM)
     if width % heads:
@@ -132,7 +136,7 @@ def clip_config_from_state_dict(sd_hf: Mapping[str, Tensor], *, openclip: bool,
         hidden_size=width,
         intermediate_size=sd[needed[2]].shape[0],
         projection_dim=projection.shape[0] if projection is not None else width,
-        num_hidden_layers=max(layers) + 1,
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         max_position_embeddings=sd[needed[1]].shape[0],
         hidden_act="gelu" if openclip else "quick_gelu",
@@ -168,7 +172,7 @@ def load_clip_weights(model: ClipModel, sd_hf: Mapping[str, Tensor], dtype: torc
         # `text_model.` is a module level in CLIPTextModelWithProjection (and CLIPTextModel before transformers 5.6)
         name = "text_model." + bare if "text_model." + bare in expected else bare
         if name not in expected:
-            raise LatentDeskError(f"Unexpected tensor '{name_of(key)}': not a CLIP text encoder Latent Desk knows.")
+            raise LatentDeskError(f"Unexpected tensor {shown(name_of(key))}: not a CLIP text encoder Latent Desk knows.")
         if tensor.shape != expected[name].shape:
             raise LatentDeskError(f"Tensor '{name_of(key)}' has shape {tuple(tensor.shape)}, "
                                   f"expected {tuple(expected[name].shape)}.")
@@ -198,6 +202,10 @@ def clip_from_state_dict(sd_hf: Mapping[str, Tensor], *, openclip: bool, with_pr
     for key, value in (stated or {}).items():
         if key not in STATED_SETTINGS:
             raise LatentDeskError(f"text encoder setting {key!r} cannot be stated (only {', '.join(STATED_SETTINGS)})")
+        if key == "num_attention_heads":
+            whole(key, value, 1, config.hidden_size)
+        elif key == "hidden_act" and (not isinstance(value, str) or value not in ACT2FN):   # looked up by name
+            raise LatentDeskError(f"text encoder {key} {shown(value)} is not an activation transformers knows")
         setattr(config, key, value)
     if config.hidden_size % config.num_attention_heads:
         raise LatentDeskError(f"text encoder width {config.hidden_size} does not split into "
@@ -209,7 +217,7 @@ def drop_final_layers(sd: Mapping[str, Tensor], count: int) -> dict[str, Tensor]
     """The state dict without its last `count` transformer layers (either layout)."""
     if count == 0:
         return dict(sd)
-    pattern = re.compile(r"(?:transformer\.resblocks|encoder\.layers)\.(\d+)\.")
+    pattern = re.compile(r"(?:transformer\.resblocks|encoder\.layers)\.([0-9]{1,9})\.")
     layers = {int(m.group(1)) for k in sd if (m := pattern.search(k))}
     if len(layers) <= count:
         raise LatentDeskError(f"The text encoder has {len(layers)} layers; the model needs more than {count}.")

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.errors import ModelLoadError
+from core.errors import ModelLoadError, shown
 
 
 def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
@@ -33,7 +33,7 @@ def fill(module: nn.Module, state: dict[str, torch.Tensor], path: Path, file_key
     extra = [k for k in state if k not in expected]
     if extra:
         more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
-        raise ModelLoadError(path, f"unexpected tensor {file_key(extra[0])!r}{more}: not an architecture Latent Desk knows")
+        raise ModelLoadError(path, f"unexpected tensor {shown(file_key(extra[0]))}{more}: not an architecture Latent Desk knows")
     for k, ref in expected.items():
         if tuple(state[k].shape) != tuple(ref.shape):
             raise ModelLoadError(

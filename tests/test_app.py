@@ -8,15 +8,12 @@ model, so nothing here reads or writes the user's real files.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
-import qasync
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPointF, Qt, QTimer, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage
@@ -24,7 +21,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.jobs import Failed, Finished, PreviewMode, Stopped
 from app.main import main
-from app.settings import AppPaths, open_settings, read
+from app.settings import open_settings, read
 from app.window import MainWindow
 from core.metadata import read_parameters, save_png, to_infotext
 from core.preview_decoder import (
@@ -34,61 +31,12 @@ from core.preview_decoder import (
     save_preview_decoder,
 )
 from core.request import GenerationRequest
-from tests.tiny_models import write_single_file
 
 # Read when pytest-qt creates the QApplication (the first test), not at import: no display needed.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_MS = 120_000
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return write_single_file("sd1", tmp_path_factory.mktemp("models") / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def event_loop_on_qt(qapp):
-    """qasync's loop on the QApplication pytest-qt made: the window's asyncio tasks advance
-    whenever qtbot spins Qt's event loop, as they do under `app/main.py`."""
-    loop = qasync.QEventLoop(qapp, already_running=True)
-    asyncio.set_event_loop(loop)
-    yield loop
-    loop.stop()
-    asyncio.events._set_running_loop(None)
-    loop.close()
-    asyncio.set_event_loop(None)
-
-
-@pytest.fixture
-def folders(tmp_path) -> AppPaths:
-    return AppPaths(tmp_path / "data", tmp_path / "out", tmp_path / "settings.ini")
-
-
-@pytest.fixture
-def open_window(qtbot, event_loop_on_qt, folders, tiny_model):
-    """open_window(model=tiny, paths=folders, small=True) -> a shown MainWindow, model loaded."""
-
-    def make(model: Path | None = tiny_model, paths: AppPaths = folders, small: bool = True) -> MainWindow:
-        settings = open_settings(paths)
-        if model is not None:
-            settings.setValue("model", str(model))
-        window = MainWindow(paths, settings, builtin=None)
-        qtbot.addWidget(window)
-        window.show()
-        if model is not None:
-            qtbot.waitUntil(lambda: window.model is not None, timeout=60_000)
-        if small:
-            p = window.panel
-            p.width.setValue(64)
-            p.height.setValue(64)
-            p.steps.setValue(6)
-            p.sampler.setCurrentText("Euler")
-            p.seed.set_seed(1234)
-        return window
-
-    return make
 
 
 def run(qtbot, window: MainWindow, start=None):
@@ -208,6 +156,7 @@ def test_every_job_gets_exactly_one_final_message_even_if_it_never_started(qtbot
 
     loaded = models.load(tiny_model, str(tiny_model))
     worker = GenerationWorker()
+    worker.start()
     finals = []
     worker.message.connect(finals.append)
     request = GenerationRequest(prompt="x", steps=60, width=64, height=64, sampler="Euler", model=str(tiny_model))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from core.cli import main
+from core.errors import LatentDeskError
 from core.metadata import read_parameters, request_from_infotext
 from core.request import GenerationRequest
 from tests.tiny_models import write_single_file
@@ -78,6 +80,68 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, model_file, args, wor
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and words in err, err
     assert not (tmp_path / "x.png").exists()
+
+
+def never_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the arguments were checked")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--seed", "18446744073709551616", "--out", "x.png"], "--seed must be a whole number from 0 to"),
+    (["--seed", "-1", "--out", "x.png"], "--seed must be"),
+    (["--seed", str(2**64 - 1), "--batch", "2", "--out-dir", "many"], "the 2 images use seed to seed + 1"),
+    (["--guidance", "nan", "--out", "x.png"], "guidance must be a number"),
+    (["--steps", "99999999999", "--out", "x.png"], "steps must be a whole number from 1 to"),
+    (["--out", "pic.jpg"], "--out pic.jpg: the name must end in .png"),
+    (["--out", "a_folder.png"], "--out a_folder.png is a folder; to write numbered images into it, use --out-dir"),
+    (["--out", "missing/x.png"], "the folder missing does not exist"),
+    (["--out", "a_file/x.png"], "the folder a_file is not a folder"),
+    (["--out-dir", "a_file"], "--out-dir a_file is a file, not a folder"),
+    (["--out-dir", "a_file/inside"], "--out-dir a_file/inside: the folder cannot be made"),
+])
+def test_bad_seed_or_output_exits_2_before_the_model_loads_and_writes_nothing(tmp_path, capsys, monkeypatch,
+                                                                              model_file, args, words):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("core.checkpoint.load_model", never_load)
+    (tmp_path / "a_folder.png").mkdir()
+    (tmp_path / "a_file").write_text("not a folder")
+    before = sorted(tmp_path.rglob("*"))
+    code, out, err = run(capsys, "generate", "--model", str(model_file), "--prompt", "x", "--steps", "2",
+                         "--width", "64", "--height", "64", *args)
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and words in err, err
+    assert sorted(tmp_path.rglob("*")) == before          # no pic.jpg/ folder, no PNG, nothing
+
+
+def safetensors_header(path: Path, header: bytes) -> Path:
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    return path
+
+
+@pytest.mark.parametrize("header", [
+    b'{"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}',
+    b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, ' + b"9" * 5000 + b"]}}",
+    b'{"__metadata__": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+], ids=["list dtype", "5000-digit integer", "nested 100000 deep"])
+def test_inspect_of_a_hostile_header_exits_2_with_one_line_naming_the_file(tmp_path, capsys, header):
+    path = safetensors_header(tmp_path / "hostile.safetensors", header)
+    code, out, err = run(capsys, "inspect", str(path))
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and str(path) in err, err
+
+
+def test_any_loader_failure_and_a_multi_line_reason_are_one_line(tmp_path, capsys, monkeypatch, model_file):
+    def broken(*args, **kwargs):
+        raise KeyError("a key the file lacks")
+    monkeypatch.setattr("core.checkpoint.load_model", broken)
+    code, _, err = run(capsys, "inspect", str(model_file))
+    assert code == 2 and err.count("\n") == 1 and "KeyError" in err and str(model_file) in err
+
+    def two_lines(*args, **kwargs):
+        raise LatentDeskError("first line\nsecond line")
+    monkeypatch.setattr("core.checkpoint.load_model", two_lines)
+    code, _, err = run(capsys, "inspect", str(model_file))
+    assert code == 2 and err == "latentdesk: first line second line\n"
 
 
 def test_speedup_flags_reach_the_request_and_the_png(tmp_path, capsys, model_file):

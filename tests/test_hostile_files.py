@@ -83,6 +83,24 @@ FORMAT_CASES = [
      "standalone VAE"),
     ("transformer.safetensors", lambda p: (save_file({"model.diffusion_model.joint_blocks.0.w": torch.zeros(3)}, p),
                                            p)[1], "unknown architecture"),
+    # Headers that parse as JSON but not as Python values a loader can use
+    ("dtypelist.safetensors", lambda p: raw_safetensors(p, {"w": {"dtype": ["F32"], "shape": [1],
+                                                                  "data_offsets": [0, 4]}}, b"\0" * 4),
+     "unsupported dtype"),
+    ("emptyhuge.safetensors", lambda p: raw_safetensors(p, {"w": {"dtype": "F32", "shape": [0, 10**30],
+                                                                  "data_offsets": [0, 0]}}), "invalid shape"),
+    ("emptywide.safetensors", lambda p: raw_safetensors(p, {"w": {"dtype": "F32", "shape": [0] + [2**31] * 4,
+                                                                  "data_offsets": [0, 0]}}), "invalid shape"),
+    ("rank.safetensors", lambda p: raw_safetensors(p, {"w": {"dtype": "F32", "shape": [1] * 100,
+                                                             "data_offsets": [0, 4]}}, b"\0" * 4), "invalid shape"),
+    ("boolshape.safetensors", lambda p: raw_safetensors(p, {"w": {"dtype": "F32", "shape": [True],
+                                                                  "data_offsets": [0, 4]}}, b"\0" * 4),
+     "invalid shape"),
+    ("longnumber.safetensors", lambda p: raw_safetensors(p, b'{"w": {"dtype": "F32", "shape": [' + b"9" * 5000
+                                                         + b'], "data_offsets": [0, 4]}}', b"\0" * 4), "digits"),
+    ("deep.safetensors", lambda p: raw_safetensors(p, b"[" * 100_000 + b"]" * 100_000), "nested"),
+    ("deepmeta.safetensors", lambda p: raw_safetensors(p, b'{"__metadata__": ' + b"{\"a\": " * 50_000 + b"1"
+                                                       + b"}" * 50_001), "nested"),
 ]
 
 
@@ -94,6 +112,15 @@ def test_broken_file_gives_clear_error(tmp_path, name, build, words):
     message = str(info.value)
     assert str(path) in message and words in message, message
     assert not path.with_suffix(".marker").exists(), "the pickle payload ran"
+
+
+@pytest.mark.parametrize("shape", [[0, 10**30], [0] + [2**31] * 4], ids=["huge", "wide"])
+def test_a_zero_size_tensor_with_huge_dimensions_is_refused_before_it_is_made(tmp_path, shape):
+    # Zero bytes of data pass the size check, but torch cannot make the tensor (or its strides overflow).
+    path = raw_safetensors(tmp_path / "vae.safetensors", {"encoder.conv_in.weight": {
+        "dtype": "F32", "shape": shape, "data_offsets": [0, 0]}})
+    with pytest.raises(ModelLoadError, match="invalid shape"):
+        load_vae(path, scale_factor=0.18215)
 
 
 def test_missing_file(tmp_path):

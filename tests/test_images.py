@@ -302,6 +302,23 @@ def test_bomb_is_refused_before_decoding(tmp_path):
         load_image(path)
 
 
+@pytest.mark.parametrize("where", ["zTXt", "iTXt", "iCCP", "zTXt after the image data"])
+def test_a_large_compressed_extra_chunk_is_no_damage(tmp_path, where):
+    """Pillow refuses a PNG whose compressed text or ICC profile inflates past 1 MiB (its zlib-bomb
+    guard): such an image was reported as damaged. Now its picture is read without those chunks."""
+    big = zlib.compress(b"<x:xmpmeta>" + b" " * (2 << 20))          # 2 MiB of text in about 2 KB
+    extra = {"zTXt": png_chunk(b"zTXt", b"XML:com.adobe.xmp\0\0" + big),
+             "iTXt": png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + big),
+             "iCCP": png_chunk(b"iCCP", b"huge profile\0\0" + big),
+             "zTXt after the image data": png_chunk(b"zTXt", b"Comment\0\0" + big)}[where]
+    data = saved(quadrants(64), tmp_path / "plain.png").read_bytes()
+    image_data = data.index(b"IDAT") - 4
+    at = data.index(b"IEND") - 4 if where.endswith("after the image data") else image_data
+    path = tmp_path / "with_extras.png"
+    path.write_bytes(data[:at] + extra + data[at:])
+    assert pixels(load_image(path)) == pixels(quadrants(64))
+
+
 def test_damaged_files_never_crash(tmp_path):
     """Random byte flips in small valid files: each loads as RGB or gives LatentDeskError."""
     rng = random.Random(1234)

@@ -157,6 +157,27 @@ def test_cli_trains_a_models_preview_decoder_and_installs_it_beside_the_model(tm
     assert decoder(torch.zeros(1, 4, 16, 16)).shape == (1, 3, 128, 128)
 
 
+def test_cli_install_never_replaces_a_decoder_unless_forced(tmp_path, capsys):
+    from core.cli import main
+
+    model = tmp_path / "mine.safetensors"
+    shutil.copyfile(ROOT / "resources" / "models" / "builtin.safetensors", model)
+    theirs = tmp_path / "mine.preview.safetensors"
+    theirs.write_bytes(b"the decoder the user had")
+    train = ["train", "preview", "--model", str(model), "--shapes", "--out", str(tmp_path / "run"), "--items", "6",
+             "--eval-items", "3", "--steps", "2", "--batch-size", "2", "--log-every", "1"]
+
+    assert main([*train, "--install"]) == 2
+    err = capsys.readouterr().err
+    assert str(theirs) in err and "already" in err and "--force" in err and len(err.splitlines()) == 1
+    assert theirs.read_bytes() == b"the decoder the user had"
+    assert not (tmp_path / "run").exists()             # refused before any training
+    assert main([*train, "--force"]) == 2 and "only goes with --install" in capsys.readouterr().err
+
+    assert main([*train, "--install", "--force"]) == 0
+    assert load_preview_decoder(theirs, latent_channels=4, factor=8) is not None     # replaced, as asked
+
+
 def test_cli_trains_on_a_folder_of_images_holding_its_last_ones_out(tmp_path):
     from PIL import Image
 

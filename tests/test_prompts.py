@@ -284,3 +284,19 @@ def test_emphasis_survives_a_zero_mean_embedding():
         assert torch.isfinite(_emphasize(z, multipliers)).all()
     assert torch.equal(_emphasize(z, torch.ones(1, 77)), z)
     assert torch.isfinite(_emphasize(torch.zeros(1, 77, 8), torch.full((1, 77), 1.3))).all()
+
+
+def test_a_prompt_of_too_many_chunks_is_refused_before_it_is_encoded(tokenizer):
+    """100 k characters of "BREAK " once made 16,667 chunks (7 GiB of SD1.5 context) without a word."""
+    import time
+
+    from core.errors import LatentDeskError
+    from core.prompts import MAX_CHUNKS
+
+    assert len(prompt_chunks(tokenizer, " BREAK ".join(["a red star"] * MAX_CHUNKS))) == MAX_CHUNKS
+    started = time.perf_counter()
+    with pytest.raises(LatentDeskError, match=f"at most {MAX_CHUNKS} chunks"):
+        prompt_chunks(tokenizer, "BREAK " * 16_667)
+    with pytest.raises(LatentDeskError, match="too long"):
+        prompt_chunks(tokenizer, "word " * 100_000)
+    assert time.perf_counter() - started < 10

@@ -25,12 +25,14 @@ from PySide6.QtWidgets import (
 )
 
 from app.jobs import PreviewMode
-from app.settings import read
+from app.settings import StoredSettings, between, one_of
+from app.widgets.guidance import HIGH as GUIDANCE_HIGH
+from app.widgets.guidance import LOW as GUIDANCE_LOW
 from app.widgets.guidance import GuidanceControl
-from app.widgets.init_image import InitImageWell
+from app.widgets.init_image import MIN_STRENGTH, InitImageWell
 from app.widgets.model_picker import ModelPicker
 from app.widgets.prompt_edit import PromptEdit
-from app.widgets.seed import SeedControl
+from app.widgets.seed import MAX_SEED, SEED_TEXT, SeedControl
 from app.widgets.speedups import SpeedupsControl
 from core.request import GenerationRequest
 from core.sampler_names import SAMPLER_NAMES
@@ -240,19 +242,32 @@ class ControlsPanel(QFrame):
                           self.width.value(), self.height.value(), self.batch.value(),
                           self.init_well.strength_value(), self.speedups.values())
 
-    def apply_request(self, request: GenerationRequest) -> None:
-        """Show a request's settings (restored from a PNG or the history). The seed is fixed to it."""
+    def apply_request(self, request: GenerationRequest) -> list[str]:
+        """Show a request's settings (restored from a PNG or the history). The seed is fixed to it.
+
+        A PNG's numbers are anyone's: each is brought into its control's range (a spin box raises
+        above 2³¹), and what was changed comes back in words for the user."""
+        changed = []
+
+        def within(name: str, box, value) -> int:
+            low, high = box.minimum(), box.maximum()
+            if not isinstance(value, int) or not low <= value <= high:
+                kept = min(max(value, low), high) if isinstance(value, int) else box.value()
+                changed.append(f"{name} {value} is outside {low}–{high}; {kept} is used.")
+                return kept
+            return value
+
         self.prompt.setPlainText(request.prompt)
         self.negative.setPlainText(request.negative_prompt)
         self.guidance.setValue(request.guidance)
-        self.steps.setValue(min(request.steps, self.steps.maximum()))
+        self.steps.setValue(within("Steps", self.steps, request.steps))
         if self.sampler.findText(request.sampler) >= 0:
             self.sampler.setCurrentText(request.sampler)
-        self.width.setValue(request.width)
-        self.height.setValue(request.height)
+        self.width.setValue(within("Width", self.width, request.width))
+        self.height.setValue(within("Height", self.height, request.height))
         self.seed.set_seed(request.seed)
         self.init_well.set_strength(request.strength)
-        self.speedups.apply_request(request)
+        return changed + self.speedups.apply_request(request)
 
     def preview_choice(self) -> tuple[PreviewMode, bool]:
         return PreviewMode(self.preview_mode.currentData()), self.preview_noisy.isChecked()
@@ -273,30 +288,34 @@ class ControlsPanel(QFrame):
             settings.setValue(f"form/{key}", value)
         self.speedups.save(settings)
 
-    def restore(self, settings: QSettings) -> bool:
-        """Put back what `save` stored; False when nothing was stored (a first start)."""
-        if settings.value("form/steps") is None:
+    def restore(self, stored: StoredSettings) -> bool:
+        """Put back what `save` stored; False when nothing was stored (a first start).
+
+        Each value must be one this form can hold: anything else (out of range, NaN, the wrong type)
+        keeps the default and is noted in `stored.unusable`, so the window opens and says so.
+        """
+        if not stored.contains("form/steps"):
             return False
-        self.prompt.setPlainText(read(settings, "form/prompt", ""))
-        self.negative.setPlainText(read(settings, "form/negative", ""))
-        self.guidance.setValue(read(settings, "form/guidance", 7.0))
-        self.steps.setValue(read(settings, "form/steps", 20))
-        sampler = read(settings, "form/sampler", "")
-        if sampler in SAMPLER_NAMES:
-            self.sampler.setCurrentText(sampler)
-        self.width.setValue(read(settings, "form/width", 512))
-        self.height.setValue(read(settings, "form/height", 512))
-        self.batch.setValue(read(settings, "form/batch", 1))
-        self.init_well.set_strength(read(settings, "form/strength", 0.75))
-        seed = read(settings, "form/seed", "")
-        if seed.isdigit():
+        get = stored.get
+        self.prompt.setPlainText(get("form/prompt", ""))
+        self.negative.setPlainText(get("form/negative", ""))
+        self.guidance.setValue(get("form/guidance", self.guidance.value(), between(GUIDANCE_LOW, GUIDANCE_HIGH)))
+        for key, box in (("steps", self.steps), ("width", self.width), ("height", self.height),
+                         ("batch", self.batch)):
+            box.setValue(get(f"form/{key}", box.value(), between(box.minimum(), box.maximum())))
+        self.sampler.setCurrentText(get("form/sampler", self.sampler.currentText(), one_of(SAMPLER_NAMES)))
+        self.init_well.set_strength(get("form/strength", self.init_well.strength_value(),
+                                        between(MIN_STRENGTH, 1.0)))
+        seed = get("form/seed", "", lambda text: text == "" or (SEED_TEXT.fullmatch(text) is not None
+                                                               and int(text) <= MAX_SEED))
+        if seed:
             self.seed.set_seed(int(seed))
-        self.seed.random.setChecked(read(settings, "form/seed_random", True))
-        mode = read(settings, "form/preview_mode", PreviewMode.AUTO.value)
-        index = self.preview_mode.findData(mode)
-        self.preview_mode.setCurrentIndex(max(index, 0))
-        self.preview_noisy.setChecked(read(settings, "form/preview_noisy", False))
-        self.speedups.restore(settings)
+        self.seed.random.setChecked(get("form/seed_random", True))
+        mode = get("form/preview_mode", PreviewMode.AUTO.value, one_of([mode.value for mode in PreviewMode]))
+        self.preview_mode.setCurrentIndex(self.preview_mode.findData(mode))
+        self.preview_noisy.setChecked(get("form/preview_noisy", False))
+        get("form/live", False)     # only checked here: the window applies it when a model loads
+        self.speedups.restore(stored)
         return True
 
     # -- size --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 THUMB = 84
+MIN_STRENGTH = 0.05     # the slider's lowest: 0 would give back the image untouched
 
 
 def dropped_paths(event) -> list[Path]:
@@ -45,7 +46,7 @@ class InitImageWell(QFrame):
         self.paste = QPushButton("Paste", toolTip="Start from the image on the clipboard (Ctrl+V)")
         self.clear_button = QToolButton(text="✕", toolTip="Clear the init image (back to text-to-image)")
         self.strength = QSlider(Qt.Orientation.Horizontal)
-        self.strength.setRange(5, 100)
+        self.strength.setRange(round(MIN_STRENGTH * 100), 100)
         self.strength.setSingleStep(5)
         self.strength.setPageStep(10)
         self.strength.setAccessibleName("Strength")
@@ -99,7 +100,7 @@ class InitImageWell(QFrame):
         return self.strength.value() / 100
 
     def set_strength(self, value: float) -> None:
-        self.strength.setValue(round(min(max(value, 0.05), 1.0) * 100))
+        self.strength.setValue(round(min(max(value, MIN_STRENGTH), 1.0) * 100))
 
     def _show_image_parts(self, on: bool) -> None:
         """Compact while empty: the thumbnail and the strength slider appear with an image."""

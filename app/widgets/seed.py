@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from PySide6.QtCore import QRegularExpression
@@ -9,6 +10,7 @@ from PySide6.QtGui import QRegularExpressionValidator
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLineEdit, QToolButton, QWidget
 
 MAX_SEED = 2**32 - 1     # A1111's range; image i of a batch uses seed + i
+SEED_TEXT = re.compile(r"[0-9]{1,10}")     # what the box takes; str.isdigit() also says yes to "²"
 
 
 def random_seed() -> int:

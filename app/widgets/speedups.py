@@ -11,12 +11,15 @@ from __future__ import annotations
 from PySide6.QtCore import QSettings, Signal
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QSpinBox, QVBoxLayout, QWidget
 
-from app.settings import read
+from app.settings import StoredSettings, between, one_of
 from core.request import GenerationRequest
 from core.speedups import DEEP_CACHE_BLOCKS, DEEP_CACHE_INTERVAL, DEEP_CACHE_START, GUIDANCE_CUTOFF
 
 MAX_INTERVAL = 10
 MAX_CUTOFF_PERCENT = 90
+# No UNet we load has more input blocks than SD 1.x/2.x's 12; the engine refuses more than the model's own.
+MAX_BLOCKS = 12
+PRECISIONS = ("float32", "bfloat16")
 FIELDS = ("deep_cache_interval", "deep_cache_blocks", "deep_cache_start", "guidance_cutoff")
 
 
@@ -66,20 +69,36 @@ class SpeedupsControl(QWidget):
     def precision(self) -> str:
         return "bfloat16" if self.half.isChecked() else "float32"
 
-    def apply_request(self, request: GenerationRequest) -> None:
-        self.set_values(*(getattr(request, field) for field in FIELDS))
+    def apply_request(self, request: GenerationRequest) -> list[str]:
+        """A restored request's speed-ups; one out of range (a crafted PNG) keeps the default, and is named."""
+        defaults, limits, changed, values = GenerationRequest(), self._limits(), [], []
+        for field in FIELDS:
+            value = getattr(request, field)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not limits[field](value):
+                changed.append(f"{field.replace('_', ' ').capitalize()} {value} is not usable; the default is kept.")
+                value = getattr(defaults, field)
+            values.append(value)
+        self.set_values(*values)
+        return changed
+
+    @staticmethod
+    def _limits() -> dict:
+        return {"deep_cache_interval": between(1, MAX_INTERVAL), "deep_cache_blocks": between(1, MAX_BLOCKS),
+                "deep_cache_start": lambda value: 0 <= value < 1,
+                "guidance_cutoff": between(0, MAX_CUTOFF_PERCENT / 100)}
 
     def save(self, settings: QSettings) -> None:
         for field, value in self.values().items():
             settings.setValue(f"form/{field}", value)
         settings.setValue("form/precision", self.precision())
 
-    def restore(self, settings: QSettings) -> None:
-        defaults = GenerationRequest()
-        self.set_values(*(read(settings, f"form/{field}", getattr(defaults, field)) for field in FIELDS))
+    def restore(self, stored: StoredSettings) -> None:
+        """The saved values, each checked (app/settings.py StoredSettings): an unusable one keeps its default."""
+        defaults, limits = GenerationRequest(), self._limits()
+        self.set_values(*(stored.get(f"form/{field}", getattr(defaults, field), limits[field]) for field in FIELDS))
         # Set before the first model loads (which reads it), so no reload is asked for.
         self.half.blockSignals(True)
-        self.half.setChecked(read(settings, "form/precision", "float32") == "bfloat16")
+        self.half.setChecked(stored.get("form/precision", "float32", one_of(PRECISIONS)) == "bfloat16")
         self.half.blockSignals(False)
 
     def _show_details(self) -> None:

@@ -4,7 +4,7 @@
     latentdesk train diffusion --autoencoder FILE|DIR (--data DIR | --shapes) --out DIR [...]
     latentdesk train builtin --out DIR          # both stages with BUILTIN_RECIPE, then DIR/builtin.safetensors
     latentdesk train snapshot RUN --autoencoder FILE|DIR --out FILE   # an unfinished stage-2 run's model
-    latentdesk train preview --model M (--data DIR | --shapes) --out DIR [--install]   # M's tiny preview decoder
+    latentdesk train preview --model M (--data DIR | --shapes) --out DIR [--install [--force]]   # M's preview decoder
 
 Every command resumes from the checkpoint in its --out folder when there is one: run
 the same command again after an interruption. Defaults are the built-in recipe's.
@@ -116,7 +116,9 @@ def add_train_commands(subparsers) -> None:
     pv.add_argument("--width", type=int, default=PreviewDecoderConfig.width, help="channels of its hidden layers")
     pv.add_argument("--blocks", type=int, default=PreviewDecoderConfig.blocks, help="residual blocks per resolution")
     pv.add_argument("--install", action="store_true",
-                    help="also put the decoder beside the model (<model>.preview.safetensors), where the app finds it")
+                    help="also put the decoder beside the model (<model>.preview.safetensors), where the app finds "
+                         "it; refused when one is there already (the built-in model ships one) unless --force")
+    pv.add_argument("--force", action="store_true", help="with --install: replace the decoder already there")
     pv.set_defaults(handler=run_train_preview)
 
     builtin = stages.add_parser("builtin", help="reproduce the shipped built-in model (both stages, fixed recipe)")
@@ -285,6 +287,12 @@ def run_train_preview(args) -> int:
     from core.train.preview import train_preview_decoder
 
     model_path = resolve_model(args.model)
+    target = preview_decoder_path(model_path)
+    if args.force and not args.install:
+        raise LatentDeskError("--force only goes with --install (it lets --install replace a decoder)")
+    if args.install and not args.force and target.exists():     # refused now, not after the training
+        raise LatentDeskError(f"{target}: the model has a preview decoder already; --install replaces it only "
+                              "with --force (or leave --install out and copy the trained file yourself)")
     device = Distributed.from_env(args.device).device   # one process; this picks the GPU or the CPU threads
     vae = load_model(model_path, device=device).vae.requires_grad_(False)
     items = (args.shapes_items or args.items) if args.shapes else args.items
@@ -306,7 +314,6 @@ def run_train_preview(args) -> int:
     print(f"preview decoder: {psnr['all']:.2f} dB against the VAE on {report['eval_items']} held-out images "
           f"({', '.join(f'{k} {v:.1f}' for k, v in psnr.items() if k != 'all')}) -> {report['path']}")
     if args.install:
-        target = preview_decoder_path(model_path)
         tmp = target.with_name(target.name + ".tmp")
         shutil.copyfile(report["path"], tmp)
         os.replace(tmp, target)

@@ -1,0 +1,67 @@
+"""Memory is checked before it is spent: a model that cannot fit is refused before a weight is
+read, a second model that fits only alone replaces the first, free memory is known on every
+platform (psutil), and a prompt cannot grow the text context without bound."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from app.jobs import Finished
+from core import memory
+from core.checkpoint import load_model
+from core.errors import ModelLoadError
+from core.safetensors_io import SafetensorsFile
+from tests.test_app import run
+
+
+def test_free_memory_comes_from_psutil_and_an_exotic_system_means_no_check(monkeypatch):
+    free = memory.available_bytes(torch.device("cpu"))
+    assert free is not None and free > 2**20
+    monkeypatch.setattr(memory.psutil, "virtual_memory", lambda: (_ for _ in ()).throw(OSError("no /proc")))
+    assert memory.available_bytes(torch.device("cpu")) is None
+
+
+def test_weights_bytes_counts_what_is_loaded_in_the_chosen_precision(tiny_model, tmp_path):
+    tensors = load_file(tiny_model)
+    fp32 = memory.weights_bytes(tiny_model, torch.float32)
+    assert fp32 == sum(t.numel() * 4 if t.is_floating_point() else t.numel() * t.element_size()
+                       for t in tensors.values())
+    assert memory.weights_bytes(tiny_model, torch.bfloat16) < 0.6 * fp32
+    # a training checkpoint's EMA copy is never loaded, so it does not count
+    with_ema = dict(tensors, **{"model_ema." + k.replace(".", ""): v.clone() for k, v in tensors.items()
+                                if k.startswith("model.diffusion_model.")})
+    save_file(with_ema, tmp_path / "ema.safetensors")
+    assert memory.weights_bytes(tmp_path / "ema.safetensors", torch.float32) == fp32
+
+
+def test_a_model_too_large_for_free_memory_is_refused_before_a_weight_is_read(tiny_model, monkeypatch):
+    needed = memory.weights_bytes(tiny_model, torch.float32)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: needed)
+    reads = []
+    monkeypatch.setattr(SafetensorsFile, "read_many", lambda self, *a, **k: reads.append(a))
+    with pytest.raises(ModelLoadError, match=r"needs about .* GiB of memory to load"):
+        load_model(tiny_model)
+    assert reads == []
+
+
+def test_a_model_that_fits_only_alone_replaces_the_loaded_one(open_window, qtbot, tiny_model, tmp_path,
+                                                              monkeypatch):
+    window = open_window()
+    second = tmp_path / "second.safetensors"
+    second.write_bytes(tiny_model.read_bytes())
+    needed = memory.weights_bytes(second, torch.float32)
+    # As if the first model took the memory the second needs: free only once it is released.
+    monkeypatch.setattr(memory, "available_bytes",
+                        lambda device: needed if window.model is not None else int(needed / 0.9) + 2**20)
+    with qtbot.waitSignal(window.modelLoaded, timeout=60_000):
+        window.open_model(str(second))
+    assert window.model.spec == str(second)
+    assert "was closed to make room for second" in window.message_bar.text()
+    monkeypatch.undo()
+    window.panel.prompt.setPlainText("a red star")
+    window.panel.width.setValue(64)
+    window.panel.height.setValue(64)
+    window.panel.steps.setValue(2)
+    assert isinstance(run(qtbot, window), Finished)
