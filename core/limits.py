@@ -76,14 +76,19 @@ def numbered_parts(keys: Iterable[str], pattern: re.Pattern, what: str) -> int:
     return count
 
 
-def check_unet_config(c: UNetConfig) -> None:
-    mults = c.channel_mult if isinstance(c.channel_mult, tuple | list) else ()
-    levels = len(mults)
-    if not 1 <= levels <= MAX_LEVELS:
-        raise LatentDeskError(f"the UNet has {levels} levels (channel_mult {shown(c.channel_mult)}); "
+def level_widths(network: str, channel_mult, base: int) -> list[int]:
+    """Each level's width, base × channel_mult, with the level count and every width bounded."""
+    mults = channel_mult if isinstance(channel_mult, tuple | list) else ()
+    if not 1 <= len(mults) <= MAX_LEVELS:
+        raise LatentDeskError(f"the {network} has {len(mults)} levels (channel_mult {shown(channel_mult)}); "
                               f"1 to {MAX_LEVELS} are supported")
+    return [base * whole("channel_mult", m, 1, MAX_CHANNELS // base) for m in mults]
+
+
+def check_unet_config(c: UNetConfig) -> None:
     mc = whole("model_channels", c.model_channels, 1, MAX_CHANNELS)
-    widths = [mc * whole("channel_mult", m, 1, MAX_CHANNELS // mc) for m in mults]
+    widths = level_widths("UNet", c.channel_mult, mc)
+    levels = len(widths)
     whole("in_channels", c.in_channels, 1, MAX_CHANNELS)
     whole("out_channels", c.out_channels, 1, MAX_CHANNELS)
     blocks = whole("num_res_blocks", c.num_res_blocks, 1, MAX_BLOCKS)
@@ -106,12 +111,7 @@ def check_unet_config(c: UNetConfig) -> None:
 
 
 def check_vae_config(c: VAEConfig) -> None:
-    mults = c.channel_mult if isinstance(c.channel_mult, tuple | list) else ()
-    if not 1 <= len(mults) <= MAX_LEVELS:
-        raise LatentDeskError(f"the VAE has {len(mults)} levels (channel_mult {shown(c.channel_mult)}); "
-                              f"1 to {MAX_LEVELS} are supported")
-    base = whole("base_channels", c.base_channels, 1, MAX_CHANNELS)
-    widths = [base * whole("channel_mult", m, 1, MAX_CHANNELS // base) for m in mults]
+    widths = level_widths("VAE", c.channel_mult, whole("base_channels", c.base_channels, 1, MAX_CHANNELS))
     whole("in_channels", c.in_channels, 1, MAX_CHANNELS)
     whole("out_channels", c.out_channels, 1, MAX_CHANNELS)
     whole("num_res_blocks", c.num_res_blocks, 1, MAX_BLOCKS)
