@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,7 +61,8 @@ def scan_models(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name.lower())
 
 
-def load(path: Path, spec: str, known_hash: str | None = None, precision: str = "float32") -> LoadedModel:
+def load(path: Path, spec: str, known_hash: str | None = None, precision: str = "float32",
+         cancel: threading.Event | None = None) -> LoadedModel:
     """Load and hash a model, its networks in `precision` ("float32" or "bfloat16"). Blocking: the window
     awaits it in a worker thread, so the engine's first import (torch, transformers: seconds) happens
     here too, not while the window opens."""
@@ -68,8 +70,10 @@ def load(path: Path, spec: str, known_hash: str | None = None, precision: str = 
     from core.latent_rgb import fit_latent_to_rgb
     from core.metadata import model_hash
     from core.precision import precision_dtype
+    from core.safetensors_io import reads_stop_when
 
-    model = load_model(path, dtype=precision_dtype(precision))
+    with reads_stop_when(cancel):       # set when the user picks another model before this one is in
+        model = load_model(path, dtype=precision_dtype(precision))
     digest = known_hash or model_hash(path)
     decoder, note = load_preview_decoder_beside(path, model)
     return LoadedModel(model, spec, digest, fit_latent_to_rgb(model.vae), decoder, note)

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 
@@ -86,6 +87,7 @@ class MainWindow(QMainWindow):
         self.preview_options = PreviewOptions()
         self._job_ids = itertools.count(1)
         self._load_serial = 0
+        self._load_cancel = threading.Event()
         self._tasks: set[asyncio.Task] = set()
         self._last_result: Path | None = None
         self.confirm_close = self._ask_close     # tests replace it
@@ -271,6 +273,8 @@ class MainWindow(QMainWindow):
         path = self.builtin if spec == BUILTIN else Path(spec)
         self._load_serial += 1
         serial = self._load_serial
+        self._load_cancel.set()             # a load still running for an older choice stops reading
+        self._load_cancel = cancel = threading.Event()
         self.loading = spec
         self.model_label.setText(f"Loading {spec_label(spec)}…")
         self.statusBar().showMessage(f"Loading {spec_label(spec)}…")
@@ -284,7 +288,7 @@ class MainWindow(QMainWindow):
                     return
                 self._release_model(spec)
             known = self.hashes.get(path) if path is not None else None
-            loaded = await asyncio.to_thread(models.load, path, spec, known, precision)
+            loaded = await asyncio.to_thread(models.load, path, spec, known, precision, cancel)
         except Exception as e:      # noqa: BLE001 - any failure must end in "failed, because …", never "Loading…"
             # ImportError, FileNotFoundError from a dependency's data: the engine itself first loads
             # here, so a broken install (or bundle) shows up as this model failing to open.

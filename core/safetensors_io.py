@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from core.errors import ModelLoadError, shown
+from core.errors import LatentDeskError, ModelLoadError, shown
 from core.untrusted_json import UnreadableJson, loads
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
@@ -69,6 +72,24 @@ class TensorEntry:
     end: int
 
 
+class LoadCancelled(LatentDeskError):
+    """The load was stopped: the user chose another model meanwhile."""
+
+
+_this_thread = threading.local()
+
+
+@contextmanager
+def reads_stop_when(cancel: threading.Event | None) -> Iterator[None]:
+    """Tensor reads in this thread stop (LoadCancelled) once `cancel` is set. A load superseded by a
+    newer choice would otherwise read gigabytes more, and hold them, for nothing."""
+    previous, _this_thread.cancel = getattr(_this_thread, "cancel", None), cancel
+    try:
+        yield
+    finally:
+        _this_thread.cancel = previous
+
+
 class SafetensorsFile:
     """A checked `.safetensors` file: its tensor table and metadata, tensors read on demand."""
 
@@ -102,6 +123,9 @@ class SafetensorsFile:
             raise ModelLoadError(self.path, f"cannot be read ({e.strerror or e})") from None
 
     def _read_one(self, f, key: str, entry: TensorEntry, target: torch.dtype, staging: torch.Tensor) -> torch.Tensor:
+        cancel = getattr(_this_thread, "cancel", None)
+        if cancel is not None and cancel.is_set():
+            raise LoadCancelled(f"loading {self.path.name} was stopped")
         stored = DTYPES[entry.dtype]
         nbytes = entry.end - entry.begin
         final = torch.empty(entry.shape, dtype=target)

@@ -65,3 +65,46 @@ def test_a_model_that_fits_only_alone_replaces_the_loaded_one(open_window, qtbot
     window.panel.height.setValue(64)
     window.panel.steps.setValue(2)
     assert isinstance(run(qtbot, window), Finished)
+
+
+def test_reads_stop_once_the_load_is_cancelled(tiny_model):
+    import threading
+
+    from core.safetensors_io import LoadCancelled, reads_stop_when
+
+    file, cancel = SafetensorsFile(tiny_model), threading.Event()
+    with reads_stop_when(cancel):
+        assert file.read_many(file.keys()[:2])       # not cancelled: reads
+        cancel.set()
+        with pytest.raises(LoadCancelled):
+            file.read_many(file.keys()[:2])
+    assert file.read_many(file.keys()[:2])           # other loads in this thread are not affected
+
+
+def test_a_superseded_load_stops_reading(open_window, qtbot, tiny_model, tmp_path, monkeypatch):
+    """Choosing another model while one loads stopped nothing: the old load read (and held) all of its
+    file for nothing."""
+    import time
+
+    window = open_window()
+    slow, other = tmp_path / "slow.safetensors", tmp_path / "other.safetensors"
+    slow.write_bytes(tiny_model.read_bytes())
+    other.write_bytes(tiny_model.read_bytes())
+    real, reads = SafetensorsFile._read_one, []
+
+    def read_one(self, f, key, *args):
+        if self.path == slow:
+            reads.append(key)
+            time.sleep(0.02)
+        return real(self, f, key, *args)
+
+    monkeypatch.setattr(SafetensorsFile, "_read_one", read_one)
+    window.open_model(str(slow))
+    qtbot.waitUntil(lambda: len(reads) >= 3, timeout=30_000)
+    with qtbot.waitSignal(window.modelLoaded, timeout=60_000):
+        window.open_model(str(other))
+    stopped_at = len(reads)
+    qtbot.wait(500)
+    total = len(SafetensorsFile(slow).keys())
+    assert len(reads) == stopped_at < total, f"the superseded load read {len(reads)} of {total} tensors"
+    assert window.model.spec == str(other) and window.message_bar.kind != "error"
