@@ -464,7 +464,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Saved {saved}" if saved else "Done", 6000)
             if message.save_error:
                 self.message_bar.show_message(
-                    f"{message.save_error} Nothing is lost: the images not saved stay in the history strip, "
+                    f"{message.save_error.rstrip('.')}. Nothing is lost: the images not saved stay in the history strip, "
                     "marked \"not saved\"; right-click one to save or copy it.", "error")
         elif isinstance(message, Stopped):
             self.progress.setValue(0)

@@ -365,6 +365,8 @@ def save_png(image: Image.Image, folder_or_path: str | Path, infotext: str) -> P
     else:
         info.add_itxt("parameters", infotext)          # iTXt (UTF-8): tEXt is latin-1 only
     tmp = None
+    if folder.exists() and not folder.is_dir():      # mkdir would only say "File exists"
+        raise LatentDeskError(f"Could not save the image: {folder} is a file, not a folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = _temporary_file(folder)
