@@ -705,8 +705,9 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:
         unsaved = self.history.unsaved_items(live=False)
-        if unsaved or self.job is not None:
-            answer = self.confirm_close(len(unsaved), self.job is not None)
+        running = self.job is not None and self.job.save     # a Live run in flight is no one's work yet
+        if unsaved or running:
+            answer = self.confirm_close(len(unsaved), running)
             if answer == "cancel" or (answer == "save" and not self._save_all_now(unsaved)):
                 event.ignore()
                 return

@@ -10,6 +10,7 @@ linearly because attention runs through fused (flash) kernels.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import psutil
@@ -57,25 +58,32 @@ UNLOADED_PREFIXES = ("model_ema.",)
 def weights_bytes(path: Path, dtype: torch.dtype) -> int:
     """About what a model's networks take once loaded in `dtype`, read off its safetensors headers.
 
-    A diffusers folder may hold a part twice (`x.safetensors` and `x.fp16.safetensors`): one
-    variant of each part is counted. Raises what reading a header raises (ModelLoadError, OSError).
+    A diffusers folder may hold a part twice (`x.safetensors` and `x.fp16.safetensors`), each maybe in
+    shards (`x-00001-of-00002.safetensors`): every shard of one variant of each part is counted.
+    Raises what reading a header raises (ModelLoadError, OSError).
     """
     from core.safetensors_io import DTYPES, FLOAT_DTYPES, SafetensorsFile
 
-    if path.is_dir():
-        files: dict[Path, Path] = {}
-        for file in sorted(path.rglob("*.safetensors")):
-            files.setdefault(file.parent, file)       # one variant per part's folder
-    else:
-        files = {path: path}
     total = 0
-    for file in files.values():
+    for file in _one_variant_each(path) if path.is_dir() else [path]:
         for key, entry in SafetensorsFile(file).entries.items():
             if key.startswith(UNLOADED_PREFIXES):
                 continue
             itemsize = dtype.itemsize if entry.dtype in FLOAT_DTYPES else DTYPES[entry.dtype].itemsize
             total += math.prod(entry.shape) * itemsize
     return total
+
+
+_VARIANT = re.compile(r"\.(\w+?)(?:-\d+-of-\d+)?\.safetensors$")     # "fp16" in x.fp16-00001-of-00002.safetensors
+
+
+def _one_variant_each(folder: Path) -> list[Path]:
+    """The weight files of a diffusers folder, one variant per part's folder (the plain one if there is one)."""
+    by_part: dict[Path, dict[str, list[Path]]] = {}
+    for file in sorted(folder.rglob("*.safetensors")):
+        variant = m[1] if (m := _VARIANT.search(file.name)) else ""
+        by_part.setdefault(file.parent, {}).setdefault(variant, []).append(file)
+    return [file for variants in by_part.values() for file in variants.get("", variants[min(variants)])]
 
 
 def check_load_fits(path: Path, dtype: torch.dtype, device: torch.device) -> None:

@@ -142,3 +142,15 @@ def test_unsaved_item_menu_and_delete_key(open_window, qtbot, monkeypatch):
     window.history.setCurrentItem(item)
     qtbot.keyClick(window.history, Qt.Key.Key_Delete)
     assert window.history.count() == 0
+
+
+def test_closing_during_a_live_run_does_not_ask(open_window, qtbot):
+    window = open_window()
+    window.panel.steps.setValue(40)
+    window.panel.prompt.setPlainText("a red star")
+    with qtbot.waitSignal(window.previewShown, timeout=RUN_TIMEOUT_MS):
+        window.generate(live=True)
+    asked = []
+    window.confirm_close = lambda unsaved, running: asked.append((unsaved, running)) or "cancel"
+    window.close()
+    assert asked == [] and not window.isVisible()

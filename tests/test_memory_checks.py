@@ -108,3 +108,19 @@ def test_a_superseded_load_stops_reading(open_window, qtbot, tiny_model, tmp_pat
     total = len(SafetensorsFile(slow).keys())
     assert len(reads) == stopped_at < total, f"the superseded load read {len(reads)} of {total} tensors"
     assert window.model.spec == str(other) and window.message_bar.kind != "error"
+
+
+def test_a_diffusers_folder_counts_every_shard_of_one_variant(tmp_path):
+    unet = tmp_path / "model" / "unet"
+    unet.mkdir(parents=True)
+    for name in ("diffusion_pytorch_model-00001-of-00002.safetensors",
+                 "diffusion_pytorch_model-00002-of-00002.safetensors"):
+        save_file({"w": torch.zeros(1000)}, unet / name)
+    for name in ("diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+                 "diffusion_pytorch_model.fp16-00002-of-00002.safetensors"):
+        save_file({"w": torch.zeros(1000, dtype=torch.float16)}, unet / name)
+    assert memory.weights_bytes(tmp_path / "model", torch.float32) == 2 * 1000 * 4
+    for name in ("diffusion_pytorch_model-00001-of-00002.safetensors",
+                 "diffusion_pytorch_model-00002-of-00002.safetensors"):
+        (unet / name).unlink()
+    assert memory.weights_bytes(tmp_path / "model", torch.float32) == 2 * 1000 * 4   # the fp16 shards, both
