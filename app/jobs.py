@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from PySide6.QtGui import QImage
 
-from core.guidance_scale import GuidanceScale
+from core.sampling.guidance_scale import GuidanceScale
 from core.request import GenerationRequest
 
 if TYPE_CHECKING:   # the window imports this module before torch has loaded
     from torch import nn
 
-    from core.latent_rgb import LatentToRGB
+    from core.nets.latent_rgb import LatentToRGB
     from core.model import DiffusionModel
 
 
@@ -34,8 +34,8 @@ class PreviewMode(enum.Enum):
     AUTO = "auto"    # the tiny decoder every step when the model has one; else VAE decodes while all previews
                      # together cost <= 8 % of the sampling time, the fast map between them
     VAE = "vae"      # the predicted clean latent through the model's own VAE decoder, every step
-    TINY = "tiny"    # a small network trained to imitate the VAE decoder (core/preview_decoder.py), full size
-    FAST = "fast"    # a linear latent→RGB map fitted to the model's VAE when it loaded (core/latent_rgb.py)
+    TINY = "tiny"    # a small network trained to imitate the VAE decoder (core/nets/preview_decoder.py), full size
+    FAST = "fast"    # a linear latent→RGB map fitted to the model's VAE when it loaded (core/nets/latent_rgb.py)
     OFF = "off"      # progress only
 
     @property

@@ -1,5 +1,5 @@
 """`latentdesk`: the window with no arguments (or `latentdesk app`); anything else
-(`generate`, `inspect`, `-h`, …) goes to the command line, `core/cli.py`, unchanged.
+(`generate`, `inspect`, `-h`, …) goes to the command line, `app/cli/commands.py`, unchanged.
 
 qasync runs asyncio on Qt's event loop, so the window can `await` work done in threads (model
 loading, thumbnails) without blocking; the sampling loop has its own thread (`app/worker.py`).
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in APP_FLAGS:
         return run_app(argv)
     if argv and argv[0] != "app":
-        from core.cli import main as cli_main
+        from app.cli.commands import main as cli_main
         return cli_main(argv)
     return run_app(argv[1:])
 

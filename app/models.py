@@ -45,7 +45,7 @@ def is_model_path(path: Path) -> bool:
 
 def is_preview_decoder_file(path: Path) -> bool:
     """Files that live beside models but draw previews: ours (`x.preview.safetensors`) and TAESD's."""
-    name = path.name.lower()   # the suffix is core.preview_decoder.SUFFIX, not imported: it would load torch at start-up
+    name = path.name.lower()   # the suffix is core.nets.preview_decoder.SUFFIX, not imported: it would load torch at start-up
     return name.endswith(".preview.safetensors") or (name.startswith("tae") and ("_decoder." in name or "_encoder." in name))
 
 
@@ -66,11 +66,11 @@ def load(path: Path, spec: str, known_hash: str | None = None, precision: str = 
     """Load and hash a model, its networks in `precision` ("float32" or "bfloat16"). Blocking: the window
     awaits it in a worker thread, so the engine's first import (torch, transformers: seconds) happens
     here too, not while the window opens."""
-    from core.checkpoint import load_model
-    from core.latent_rgb import fit_latent_to_rgb
+    from core.loading.checkpoint import load_model
+    from core.nets.latent_rgb import fit_latent_to_rgb
     from core.metadata import model_hash
     from core.precision import precision_dtype
-    from core.safetensors_io import reads_stop_when
+    from core.loading.safetensors_io import reads_stop_when
 
     with reads_stop_when(cancel):       # set when the user picks another model before this one is in
         model = load_model(path, dtype=precision_dtype(precision))
@@ -86,8 +86,8 @@ def load_preview_decoder_beside(path: Path, model: DiffusionModel) -> tuple[nn.M
     `taesdxl_decoder.safetensors` for SDXL). Only a preview depends on it, so a broken file costs the
     Tiny preview, never the model."""
     from core.errors import LatentDeskError
-    from core.preview_decoder import load_preview_decoder, preview_decoder_path
-    from core.taesd import taesd_file_for
+    from core.nets.preview_decoder import load_preview_decoder, preview_decoder_path
+    from core.nets.taesd import taesd_file_for
 
     config = model.vae.config
     decoder_path = preview_decoder_path(path)
@@ -106,7 +106,7 @@ def load_preview_decoder_beside(path: Path, model: DiffusionModel) -> tuple[nn.M
 
 def tiny_decoder_note(loaded: LoadedModel) -> str:
     """What "Tiny decoder" means for this model, for the Preview box's tooltip."""
-    from core.taesd import TaesdDecoder
+    from core.nets.taesd import TaesdDecoder
 
     if loaded.preview_decoder is None:
         return "Tiny decoder: none loaded for this model, so the fast map draws instead"

@@ -22,7 +22,7 @@ from PySide6.QtGui import QImage
 
 from app.jobs import LoadedModel, PreviewMode
 from core.generate import StepInfo
-from core.latent_rgb import LatentToRGB
+from core.nets.latent_rgb import LatentToRGB
 from core.model import DiffusionModel
 
 AUTO_SHARE = 0.08   # Auto spends at most this share of the sampling time on previews (the issue: <= 10 %)

@@ -49,7 +49,7 @@ from app.widgets.model_picker import BUILTIN, spec_label
 from app.widgets.timeline import Timeline
 from app.worker import GenerationWorker
 from core.errors import LatentDeskError
-from core.guidance_scale import GuidanceScale
+from core.sampling.guidance_scale import GuidanceScale
 from core.metadata import read_parameters, remove_stale_temporaries, request_from_infotext, save_png
 from core.request import GenerationRequest
 from core.resources import builtin_model_path

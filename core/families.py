@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.schedules import NoiseSchedule, schedule_for
+from core.sampling.schedules import NoiseSchedule, schedule_for
 
 EOS_ID = 49407   # <|endoftext|>
 BANG_ID = 0      # "!" — OpenCLIP's padding token
@@ -43,7 +43,7 @@ class Family:
     default_steps: int = 20
     default_guidance: float = 7.0
     default_sampler: str = "DPM++ 2M Karras"
-    # Trained on the schedule rescaled to end in pure noise (core.schedules); only a file can say so.
+    # Trained on the schedule rescaled to end in pure noise (core.sampling.schedules); only a file can say so.
     zero_terminal_snr: bool = False
     # The UNet's extra vector y (added to its timestep embedding) is the pooled text embedding alone,
     # as in Latent Desk's built-in model; SDXL's y also holds size embeddings. Only a file can say so.

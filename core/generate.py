@@ -23,20 +23,20 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
-from core.deep_cache import DeepCacheUNet
-from core.denoiser import Conditioning, Denoiser
+from core.sampling.deep_cache import DeepCacheUNet
+from core.sampling.denoiser import Conditioning, Denoiser
 from core.errors import LatentDeskError
-from core.guidance import CFGDenoiser, GuidanceScale
+from core.sampling.guidance import CFGDenoiser, GuidanceScale
 from core.images import check_size, fit_image, image_to_tensor, load_image, tensor_to_images
 from core.memory import check_fits
 from core.model import DiffusionModel
 from core.precision import sampling_dtype
-from core.prompts import PromptEmbedding, encode_pair
+from core.text.prompts import PromptEmbedding, encode_pair
 from core.request import MAX_SEED, GenerationRequest
-from core.samplers import Step, get_sampler
-from core.schedules import img2img_start
-from core.speedups import check_speedups, steps_part
-from core.unet import sdxl_added_condition
+from core.sampling.samplers import Step, get_sampler
+from core.sampling.schedules import img2img_start
+from core.sampling.speedups import check_speedups, steps_part
+from core.nets.unet import sdxl_added_condition
 
 MAX_BATCH = 64
 # Far past any sampler's gain (A1111's slider stops at 150); it keeps a typo such as --steps 2000000 from
@@ -103,7 +103,7 @@ def generate(request: GenerationRequest, model: DiffusionModel,
             x = draw(generators, shape, model) * sampler.init_noise_sigma(sigmas)
         x = x.to(sampling_dtype(model.dtype))
 
-        # 4. The denoiser: UNet (or DeepCache's wrapper of it, core/deep_cache.py) → D(x, σ) → CFG.
+        # 4. The denoiser: UNet (or DeepCache's wrapper of it, core/sampling/deep_cache.py) → D(x, σ) → CFG.
         total = len(sigmas) - 1
         unet = model.unet
         if request.deep_cache_interval > 1:

@@ -8,7 +8,7 @@ is checked here first: a whole number, within a limit. The limits are several ti
 released Stable Diffusion model uses (noted beside each), so they refuse only files that are broken
 or hostile. At the limits a UNet builds on the meta device in 0.8 s and 40 MB (9,500 tensors; the VAE
 0.1 s), and the loaders build one only after the numbers match the file's own tensor shapes
-(core.convert_unet.check_stated_unet, core.convert_vae.check_stated_vae), so a file pays for what
+(core.loading.convert_unet.check_stated_unet, core.loading.convert_vae.check_stated_vae), so a file pays for what
 it holds, not for what it claims.
 
 Each check raises `LatentDeskError` naming the setting, its value and the limit.
@@ -22,8 +22,8 @@ import re
 from collections.abc import Iterable
 
 from core.errors import LatentDeskError, shown
-from core.unet import UNetConfig
-from core.vae import VAEConfig
+from core.nets.unet import UNetConfig
+from core.nets.vae import VAEConfig
 
 MAX_CHANNELS = 4096            # any convolution's width; SDXL's widest is 1280, SD's VAE 512
 MAX_VECTOR = 8192              # context_dim, adm_in_channels; SDXL: 2048 and 2816

@@ -62,7 +62,7 @@ def weights_bytes(path: Path, dtype: torch.dtype) -> int:
     shards (`x-00001-of-00002.safetensors`): every shard of one variant of each part is counted.
     Raises what reading a header raises (ModelLoadError, OSError).
     """
-    from core.safetensors_io import DTYPES, FLOAT_DTYPES, SafetensorsFile
+    from core.loading.safetensors_io import DTYPES, FLOAT_DTYPES, SafetensorsFile
 
     total = 0
     for file in _one_variant_each(path) if path.is_dir() else [path]:

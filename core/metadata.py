@@ -31,7 +31,7 @@ from PIL.PngImagePlugin import PngInfo
 from core.errors import LatentDeskError
 from core.png_text import read_text
 from core.request import GenerationRequest
-from core.sampler_names import SAMPLER_NAMES
+from core.sampling.sampler_names import SAMPLER_NAMES
 
 # A1111's pair pattern: "Key: value" or 'Key: "json string"', each ending at a comma or the line end.
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -71,7 +71,7 @@ def model_hash(path: str | Path) -> str:
     """
     path = Path(path)
     if path.is_dir():
-        from core.diffusers_folder import weight_files
+        from core.loading.diffusers_folder import weight_files
         files = weight_files(path / "unet")
     else:
         files = [path]
@@ -120,7 +120,7 @@ def to_infotext(request: GenerationRequest, model_name: str | None, model_hash: 
 
 
 def speedup_params(request: GenerationRequest) -> dict[str, object]:
-    """The approximate speed-ups (core/speedups.py), only those switched on: an exact image's text is unchanged."""
+    """The approximate speed-ups (core/sampling/speedups.py), only those switched on: an exact image's text is unchanged."""
     params: dict[str, object] = {}
     if request.deep_cache_interval > 1:
         params["Deep cache interval"] = request.deep_cache_interval
@@ -225,7 +225,7 @@ def request_from_infotext(text: str | None, base: GenerationRequest, *,
 
     Never raises: text without a parameter line (or None, what `read_parameters` gives
     for an image without one) gives `base` unchanged and a warning.
-    A missing "Clip skip" means 1, as in A1111; missing speed-ups (core/speedups.py) mean off.
+    A missing "Clip skip" means 1, as in A1111; missing speed-ups (core/sampling/speedups.py) mean off.
     `init_image` and `model` always come from `base`; a different model name is reported.
     """
     info = parse_infotext(text or "")

@@ -15,9 +15,9 @@ from core.families import Family
 @dataclass(frozen=True)
 class DiffusionModel:
     family: Family
-    unet: nn.Module            # core.unet.UNet
-    vae: nn.Module             # core.vae.AutoencoderKL
-    text_encoder: nn.Module    # core.text_encoder.TextEncoder
+    unet: nn.Module            # core.nets.unet.UNet
+    vae: nn.Module             # core.nets.vae.AutoencoderKL
+    text_encoder: nn.Module    # core.text.encoder.TextEncoder
     prediction: str            # "epsilon" or "v": what the UNet's output means
     prediction_source: str     # which signal decided it, for the UI and bug reports
     source: Path               # the file or folder it came from

@@ -8,7 +8,7 @@ measured PSNR is in docs/PERFORMANCE.md). On a CPU without those units it can be
 
 Only the networks run in bfloat16. The sampler's arithmetic (the latent it walks down and each
 step's update) stays float32, and the UNet's input and output are converted at its boundary
-(core/denoiser.py): rounding every step's small update to 8 bits would add up over the steps.
+(core/sampling/denoiser.py): rounding every step's small update to 8 bits would add up over the steps.
 """
 
 from __future__ import annotations

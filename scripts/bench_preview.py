@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def load(args):
     from app.jobs import LoadedModel
     from app.models import load_preview_decoder_beside
-    from core.checkpoint import load_model
-    from core.latent_rgb import fit_latent_to_rgb
+    from core.loading.checkpoint import load_model
+    from core.nets.latent_rgb import fit_latent_to_rgb
     from core.resources import resolve_model
 
     if args.sd15:
@@ -36,7 +36,7 @@ def load(args):
             path = write_full_size_sd15(Path(scratch) / "sd15.safetensors")
             model = load_model(path)
             if args.taesd:   # random weights cost what TAESD's do; the app finds it by this name
-                from core.taesd import TaesdDecoder
+                from core.nets.taesd import TaesdDecoder
                 from core.train.loop import save_tensors
                 save_tensors(path.parent / "taesd_decoder.safetensors", TaesdDecoder().state_dict())
             decoder, note = load_preview_decoder_beside(path, model)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.checkpoint import load_model  # noqa: E402
+from core.loading.checkpoint import load_model  # noqa: E402
 from core.generate import generate  # noqa: E402
 from core.resources import resolve_model  # noqa: E402
 from tests.test_builtin_model import GOLDEN, golden_request  # noqa: E402

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.tokenizer import BOS, EOS, bytes_to_unicode  # noqa: E402
+from core.text.tokenizer import BOS, EOS, bytes_to_unicode  # noqa: E402
 
 BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 N_MERGES = 49152 - 256 - 2       # OpenAI's CLIP uses the first 48,894 merges of the list

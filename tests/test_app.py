@@ -24,7 +24,7 @@ from app.main import main
 from app.settings import open_settings, read
 from app.window import MainWindow
 from core.metadata import read_parameters, save_png, to_infotext
-from core.preview_decoder import (
+from core.nets.preview_decoder import (
     PreviewDecoder,
     PreviewDecoderConfig,
     preview_decoder_path,
@@ -152,7 +152,7 @@ def test_every_job_gets_exactly_one_final_message_even_if_it_never_started(qtbot
     from app import models
     from app.jobs import Job, PreviewOptions
     from app.worker import GenerationWorker
-    from core.guidance import GuidanceScale
+    from core.sampling.guidance import GuidanceScale
 
     loaded = models.load(tiny_model, str(tiny_model))
     worker = GenerationWorker()

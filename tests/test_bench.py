@@ -1,4 +1,4 @@
-"""`latentdesk bench compare` (core/bench/): ours against diffusers, measured side by side.
+"""`latentdesk bench compare` (app/cli/bench/): ours against diffusers, measured side by side.
 
 One quick comparison (tiny models, 64x64) runs through the command line once for the module;
 the tests read what it wrote. The parity test rebuilds the bench's own models and inputs to show
@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.bench.cases import relative_difference, unet_step_work, vae_decode_work
-from core.bench.compare import CASES, models_named
-from core.bench.pair import build_pair
-from core.bench.specs import SD15, TINY
-from core.cli import main
+from app.cli.bench.cases import relative_difference, unet_step_work, vae_decode_work
+from app.cli.bench.compare import CASES, models_named
+from app.cli.bench.pair import build_pair
+from app.cli.bench.specs import SD15, TINY
+from app.cli.commands import main
 from core.resources import builtin_model_path
 
 PARITY = 1e-3
@@ -185,7 +185,7 @@ def test_without_diffusers_core_imports_and_compare_names_the_package():
         import core
         for module in pkgutil.walk_packages(core.__path__, "core."):
             importlib.import_module(module.name)
-        from core.cli import main
+        from app.cli.commands import main
         sys.exit(main(["bench", "compare", "--quick", "--only", "unet"]))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
@@ -204,11 +204,11 @@ def test_only_the_bench_reference_imports_diffusers():
 
 def test_full_size_spec_is_sd15():
     """The real run's models (never built in tests: SD1.5 is too large) convert to our SD1.5 configs."""
-    from core.bench.specs import SD15
-    from core.convert_unet import unet_config_from_diffusers
-    from core.convert_vae import vae_config_from_diffusers
-    from core.unet import UNetConfig
-    from core.vae import VAEConfig
+    from app.cli.bench.specs import SD15
+    from core.loading.convert_unet import unet_config_from_diffusers
+    from core.loading.convert_vae import vae_config_from_diffusers
+    from core.nets.unet import UNetConfig
+    from core.nets.vae import VAEConfig
 
     assert unet_config_from_diffusers(SD15.unet) == UNetConfig()
     assert vae_config_from_diffusers(SD15.vae) == VAEConfig()
@@ -227,7 +227,7 @@ def test_machine_info_reads_a_version_from_the_module_when_its_metadata_is_missi
 
     import diffusers
 
-    from core.bench.machine import machine_info
+    from app.cli.bench.machine import machine_info
 
     def no_metadata(name):
         raise importlib.metadata.PackageNotFoundError(name)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.checkpoint import load_model
+from core.loading.checkpoint import load_model
 from core.generate import generate
 from core.images import psnr
 from core.request import GenerationRequest

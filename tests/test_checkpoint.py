@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.checkpoint import load_model, load_vae
+from core.loading.checkpoint import load_model, load_vae
 from core.errors import LatentDeskError, ModelLoadError
 from core.families import SD1, SD2, SDXL, VAE_PREFIX
-from core.prediction import decide_prediction
+from core.loading.prediction import decide_prediction
 from tests.tiny_models import VAE, randomize, write_single_file
 
 
@@ -36,8 +36,8 @@ def test_standalone_vae_replaces_the_models_own(tmp_path, sd1_file, form):
     """The replacement decodes as diffusers does with the same weights (diffusers' converter for originals)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    from core.convert_vae import vae_config_from_diffusers
-    from core.vae import AutoencoderKL
+    from core.loading.convert_vae import vae_config_from_diffusers
+    from core.nets.vae import AutoencoderKL
 
     reference = diffusers_vae()
     if form.startswith("diffusers"):
@@ -117,7 +117,7 @@ def test_v_pred_marker_in_a_real_file(tmp_path, sd1_file):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "app.cli.commands", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_cli_inspect_reports_the_model(sd1_file):
@@ -139,9 +139,9 @@ def test_cli_bad_file_exits_2_with_one_line(tmp_path):
 
 def embedded_model(tmp_path, heads: int = 2, text_heads: int = 4, **changes):
     """A tiny SD1-layout file that states its own config (as `latentdesk train` exports)."""
-    from core import embedded_config
-    from core.convert_unet import unet_config_from_shapes
-    from core.convert_vae import vae_config_from_shapes
+    from core.loading import embedded_config
+    from core.loading.convert_unet import unet_config_from_shapes
+    from core.loading.convert_vae import vae_config_from_shapes
     from core.families import UNET_PREFIX
 
     path = write_single_file("sd1", tmp_path / "base.safetensors", seed=3)
@@ -192,7 +192,7 @@ def test_unparseable_stated_config(tmp_path, sd1_file):
 
 
 def test_unet_or_text_encoder_can_come_from_another_checkpoint(tmp_path, sd1_file):
-    from core.checkpoint import replace_parts
+    from core.loading.checkpoint import replace_parts
     from tests.tiny_models import write_diffusers_folder
 
     model = load_model(sd1_file)
@@ -212,7 +212,7 @@ def test_unet_or_text_encoder_can_come_from_another_checkpoint(tmp_path, sd1_fil
 
 
 def test_parts_from_another_family_are_refused(tmp_path, sd1_file):
-    from core.checkpoint import replace_parts
+    from core.loading.checkpoint import replace_parts
     other = write_single_file("sdxl", tmp_path / "xl.safetensors", seed=1)
     with pytest.raises(ModelLoadError, match="Stable Diffusion XL"):
         replace_parts(load_model(sd1_file), other, ("unet",))

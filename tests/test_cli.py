@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.cli import main
+from app.cli.commands import main
 from core.errors import LatentDeskError
 from core.metadata import read_parameters, request_from_infotext
 from core.request import GenerationRequest
@@ -102,7 +102,7 @@ def never_load(*args, **kwargs):
 def test_bad_seed_or_output_exits_2_before_the_model_loads_and_writes_nothing(tmp_path, capsys, monkeypatch,
                                                                               model_file, args, words):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("core.checkpoint.load_model", never_load)
+    monkeypatch.setattr("core.loading.checkpoint.load_model", never_load)
     (tmp_path / "a_folder.png").mkdir()
     (tmp_path / "a_file").write_text("not a folder")
     before = sorted(tmp_path.rglob("*"))
@@ -133,13 +133,13 @@ def test_inspect_of_a_hostile_header_exits_2_with_one_line_naming_the_file(tmp_p
 def test_any_loader_failure_and_a_multi_line_reason_are_one_line(tmp_path, capsys, monkeypatch, model_file):
     def broken(*args, **kwargs):
         raise KeyError("a key the file lacks")
-    monkeypatch.setattr("core.checkpoint.load_model", broken)
+    monkeypatch.setattr("core.loading.checkpoint.load_model", broken)
     code, _, err = run(capsys, "inspect", str(model_file))
     assert code == 2 and err.count("\n") == 1 and "KeyError" in err and str(model_file) in err
 
     def two_lines(*args, **kwargs):
         raise LatentDeskError("first line\nsecond line")
-    monkeypatch.setattr("core.checkpoint.load_model", two_lines)
+    monkeypatch.setattr("core.loading.checkpoint.load_model", two_lines)
     code, _, err = run(capsys, "inspect", str(model_file))
     assert code == 2 and err == "latentdesk: first line second line\n"
 

@@ -1,4 +1,4 @@
-"""DeepCache (core/deep_cache.py) on tiny UNets of every layout the engine builds: the plain forward is
+"""DeepCache (core/sampling/deep_cache.py) on tiny UNets of every layout the engine builds: the plain forward is
 unchanged, full steps compute exactly what it computes, reuse steps skip the deep blocks."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 import torch
 
-from core.deep_cache import DeepCacheUNet
+from core.sampling.deep_cache import DeepCacheUNet
 from core.errors import LatentDeskError
-from core.unet import UNet, UNetConfig, coordinates, timestep_embedding
+from core.nets.unet import UNet, UNetConfig, coordinates, timestep_embedding
 from tests.tiny_models import randomize
 
 # Each family's distinguishing choices at toy size: attention per level, conv vs linear projections,

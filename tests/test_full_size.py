@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.checkpoint import load_model
-from core.unet import UNetConfig
+from core.loading.checkpoint import load_model
+from core.nets.unet import UNetConfig
 from tests.tiny_models import clip_l_config, write_full_size_sd15
 
 TOLERANCE = 1e-4

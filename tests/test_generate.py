@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core.checkpoint import load_model
+from core.loading.checkpoint import load_model
 from core.errors import LatentDeskError
 from core.generate import Cancelled, generate
-from core.guidance import GuidanceScale
+from core.sampling.guidance import GuidanceScale
 from core.request import GenerationRequest
 from tests.tiny_models import write_diffusers_folder
 

@@ -19,13 +19,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.checkpoint import load_model, load_vae
+from core.loading.checkpoint import load_model, load_vae
 from core.errors import LatentDeskError, ModelLoadError
 from core.families import UNET_PREFIX, VAE_PREFIX
-from core.preview_decoder import CONFIG_KEY, PreviewDecoder, PreviewDecoderConfig, load_preview_decoder
-from core.unet import UNet, UNetConfig
-from core.vae import AutoencoderKL, VAEConfig
-from core.weights import build_on_meta
+from core.nets.preview_decoder import CONFIG_KEY, PreviewDecoder, PreviewDecoderConfig, load_preview_decoder
+from core.nets.unet import UNet, UNetConfig
+from core.nets.vae import AutoencoderKL, VAEConfig
+from core.loading.weights import build_on_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
@@ -45,7 +45,7 @@ def tiny_clip_tensors() -> dict[str, torch.Tensor]:
     """An SD1-layout CLIP text encoder, 8 wide and 1 layer deep (the full vocabulary: token ids are CLIP's)."""
     from transformers import CLIPTextConfig
 
-    from core.text_encoder import build_clip
+    from core.text.encoder import build_clip
     config = CLIPTextConfig(vocab_size=49408, hidden_size=TEXT_WIDTH, intermediate_size=16, num_hidden_layers=1,
                             num_attention_heads=1, max_position_embeddings=77)
     state = build_clip(config, with_projection=False).state_dict()
@@ -284,7 +284,7 @@ def test_a_diffusers_vae_config_states_numbers(tmp_path, change, words):
 
 @pytest.mark.parametrize("scale", ["0.18", float("nan"), float("inf"), -1.0, None])
 def test_a_diffusers_vae_scale_factor_is_a_positive_number(scale):
-    from core.convert_vae import vae_config_from_diffusers
+    from core.loading.convert_vae import vae_config_from_diffusers
     with pytest.raises(LatentDeskError, match="scaling_factor"):
         vae_config_from_diffusers({**VAE_JSON, "scaling_factor": scale})
 
@@ -302,9 +302,9 @@ MEASURE = r"""
 import json, sys, time
 from pathlib import Path
 
-from core.checkpoint import load_model                 # imported first: importing is not the load's cost
+from core.loading.checkpoint import load_model                 # imported first: importing is not the load's cost
 from core.errors import LatentDeskError
-from core.preview_decoder import load_preview_decoder
+from core.nets.preview_decoder import load_preview_decoder
 
 def kib(field):
     return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()

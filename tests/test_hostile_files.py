@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.checkpoint import load_model, load_vae
+from core.loading.checkpoint import load_model, load_vae
 from core.errors import ModelLoadError
-from core.safetensors_io import all_finite
+from core.loading.safetensors_io import all_finite
 from tests.tiny_models import write_diffusers_folder, write_single_file
 
 
@@ -184,7 +184,7 @@ def test_nothing_half_loaded_survives_a_failure(tmp_path, good_sd1):
     import gc
     import weakref
 
-    from core.unet import UNet
+    from core.nets.unet import UNet
 
     created = []
     original_init = UNet.__init__
@@ -264,7 +264,7 @@ def test_the_finiteness_check_accepts_huge_finite_values():
 
 
 def test_tensors_of_every_dtype_read_back_exactly_and_converted_ones_do_not_share_memory(tmp_path):
-    from core.safetensors_io import SafetensorsFile
+    from core.loading.safetensors_io import SafetensorsFile
     g = torch.Generator().manual_seed(0)
     tensors = {"bf16": torch.randn(3, 4, generator=g).bfloat16(), "fp16": torch.randn(5, generator=g).half(),
                "fp16b": torch.randn(2, 2, generator=g).half(), "ints": torch.arange(4), "scalar": torch.tensor(2.5),

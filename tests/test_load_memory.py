@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from core.families import UNET_PREFIX
-from core.unet import UNet, UNetConfig
+from core.nets.unet import UNet, UNetConfig
 from tests.tiny_models import original_layout_state
 
 # ~140 M parameters: 560 MB in fp32, enough to see a second copy well above the noise.
@@ -31,7 +31,7 @@ def peak_growth(path) -> dict:
     script = textwrap.dedent(f"""
         import json
         import torch, transformers
-        from core.checkpoint import load_model
+        from core.loading.checkpoint import load_model
         # VmHWM, not getrusage: ru_maxrss keeps the forking parent's high-water mark across exec.
         def status(field):
             for line in open("/proc/self/status"):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.checkpoint import load_model
-from core.unet import sdxl_added_condition
+from core.loading.checkpoint import load_model
+from core.nets.unet import sdxl_added_condition
 from tests.tiny_models import TEXT_PROJECTION, write_diffusers_folder, write_single_file
 
 TOLERANCE = 1e-4

@@ -1,4 +1,4 @@
-"""`latentdesk eval shapes` and `latentdesk bench` (core/measure_cli.py, core/shapes/evaluate.py)."""
+"""`latentdesk eval shapes` and `latentdesk bench` (app/cli/measure.py, core/shapes/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from dataclasses import replace
 
 import pytest
 
-from core.cli import main
+from app.cli.commands import main
 from core.shapes.captions import HELDOUT_MARKERS
 from core.shapes.evaluate import EvalCase, Tally, ground_truth, heldout_cases, score_images
 from core.shapes.world import ATTRIBUTES, render
 from core.train.autoencoder import build_autoencoder
 from core.train.diffusion import TextEncoderConfig, build_networks
 from core.train.export import ModelDefaults, export_model
-from core.unet import UNetConfig
-from core.vae import VAEConfig
+from core.nets.unet import UNetConfig
+from core.nets.vae import VAEConfig
 
 
 @pytest.fixture(scope="module")

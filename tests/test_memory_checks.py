@@ -10,9 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from app.jobs import Finished
 from core import memory
-from core.checkpoint import load_model
+from core.loading.checkpoint import load_model
 from core.errors import ModelLoadError
-from core.safetensors_io import SafetensorsFile
+from core.loading.safetensors_io import SafetensorsFile
 from tests.test_app import run
 
 
@@ -70,7 +70,7 @@ def test_a_model_that_fits_only_alone_replaces_the_loaded_one(open_window, qtbot
 def test_reads_stop_once_the_load_is_cancelled(tiny_model):
     import threading
 
-    from core.safetensors_io import LoadCancelled, reads_stop_when
+    from core.loading.safetensors_io import LoadCancelled, reads_stop_when
 
     file, cancel = SafetensorsFile(tiny_model), threading.Event()
     with reads_stop_when(cancel):

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.checkpoint import load_model
-from core.cli import main
-from core.denoiser import Denoiser
+from core.loading.checkpoint import load_model
+from app.cli.commands import main
+from core.sampling.denoiser import Denoiser
 from core.errors import LatentDeskError
 from core.generate import generate
 from core.images import psnr

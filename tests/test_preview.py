@@ -1,4 +1,4 @@
-"""Preview modes (app/preview.py) and the fitted latent→RGB map (core/latent_rgb.py)."""
+"""Preview modes (app/preview.py) and the fitted latent→RGB map (core/nets/latent_rgb.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from torch import nn
 from app.jobs import LoadedModel, PreviewMode
 from app.preview import AutoPreview, FastPreview, TinyPreview, VaePreview, keep_last_frame, make_previewer
 from core.generate import StepInfo
-from core.latent_rgb import LatentToRGB, fit_latent_to_rgb
-from core.preview_decoder import PreviewDecoder, PreviewDecoderConfig
+from core.nets.latent_rgb import LatentToRGB, fit_latent_to_rgb
+from core.nets.preview_decoder import PreviewDecoder, PreviewDecoderConfig
 
 # Small enough that the decoded colours stay inside [-1, 1], where the fit does not clip them.
 TRUE_WEIGHT = 0.25 * torch.tensor([[0.5, -0.2, 0.1, 0.0], [0.1, 0.4, -0.3, 0.2], [-0.2, 0.1, 0.2, 0.5]])
@@ -50,7 +50,7 @@ def test_fit_recovers_a_linear_decoder_exactly():
 
 def test_fit_on_a_real_vae_explains_most_of_the_colour():
     from core.train.autoencoder import build_autoencoder
-    from core.vae import VAEConfig
+    from core.nets.vae import VAEConfig
 
     vae = build_autoencoder(VAEConfig(base_channels=8, channel_mult=(1, 1, 1, 1), num_res_blocks=1, norm_groups=4,
                                       scale_factor=0.5), seed=0).eval()

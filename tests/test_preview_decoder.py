@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from core.errors import ModelLoadError
-from core.preview_decoder import (
+from core.nets.preview_decoder import (
     CONFIG_KEY,
     PreviewDecoder,
     PreviewDecoderConfig,
@@ -24,7 +24,7 @@ from core.preview_decoder import (
 )
 from core.train.loop import TrainSettings
 from core.train.preview import PreviewDecoderStage, _blur, preview_psnr, teacher_pairs, train_preview_decoder
-from core.vae import AutoencoderKL
+from core.nets.vae import AutoencoderKL
 from tests.test_train import VAE as TRAIN_VAE
 from tests.test_train import Pictures
 
@@ -145,7 +145,7 @@ def test_training_makes_the_decoder_agree_with_the_vae(tmp_path):
 def test_cli_trains_a_models_preview_decoder_and_installs_it_beside_the_model(tmp_path):
     model = tmp_path / "mine.safetensors"
     shutil.copyfile(ROOT / "resources" / "models" / "builtin.safetensors", model)
-    run = subprocess.run([sys.executable, "-m", "core.cli", "train", "preview", "--model", str(model), "--shapes",
+    run = subprocess.run([sys.executable, "-m", "app.cli.commands", "train", "preview", "--model", str(model), "--shapes",
                           "--out", str(tmp_path / "run"), "--items", "6", "--eval-items", "3", "--steps", "2",
                           "--batch-size", "2", "--log-every", "1", "--install"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -158,7 +158,7 @@ def test_cli_trains_a_models_preview_decoder_and_installs_it_beside_the_model(tm
 
 
 def test_cli_install_never_replaces_a_decoder_unless_forced(tmp_path, capsys):
-    from core.cli import main
+    from app.cli.commands import main
 
     model = tmp_path / "mine.safetensors"
     shutil.copyfile(ROOT / "resources" / "models" / "builtin.safetensors", model)
@@ -188,7 +188,7 @@ def test_cli_trains_on_a_folder_of_images_holding_its_last_ones_out(tmp_path):
     images.mkdir()
     for i in range(10):
         Image.new("RGB", (72, 72), (25 * i, 200 - 15 * i, 90)).save(images / f"{i}.png")
-    run = subprocess.run([sys.executable, "-m", "core.cli", "train", "preview", "--model", str(model), "--data",
+    run = subprocess.run([sys.executable, "-m", "app.cli.commands", "train", "preview", "--model", str(model), "--data",
                           str(images), "--size", "64", "--out", str(tmp_path / "run"), "--steps", "3",
                           "--batch-size", "2", "--log-every", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -205,6 +205,6 @@ def test_cli_refuses_a_folder_of_one_image(tmp_path):
     images = tmp_path / "one"
     images.mkdir()
     Image.new("RGB", (32, 32), "red").save(images / "a.png")
-    run = subprocess.run([sys.executable, "-m", "core.cli", "train", "preview", "--data", str(images),
+    run = subprocess.run([sys.executable, "-m", "app.cli.commands", "train", "preview", "--data", str(images),
                           "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 2 and "at least 2 images" in run.stderr

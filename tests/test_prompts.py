@@ -12,7 +12,7 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from core.families import SD1, SD2, SDXL
-from core.prompts import (
+from core.text.prompts import (
     BREAK,
     EMPTY_CHUNK,
     ROUND,
@@ -22,8 +22,8 @@ from core.prompts import (
     parse_emphasis,
     prompt_chunks,
 )
-from core.text_encoder import TextEncoder
-from core.tokenizer import ClipTokenizer
+from core.text.encoder import TextEncoder
+from core.text.tokenizer import ClipTokenizer
 
 CAT, DOG, BIRD, COMMA = 2368, 1929, 3329, 267      # one token each in CLIP's vocabulary
 BOS, EOS = 49406, 49407
@@ -275,7 +275,7 @@ def test_pair_pads_the_shorter_with_empty_chunks(sdxl, long_side):
 
 def test_emphasis_survives_a_zero_mean_embedding():
     """A zero-bias final LayerNorm makes each chunk's mean 0; restoring the mean must not divide 0 by 0."""
-    from core.prompts import _emphasize
+    from core.text.prompts import _emphasize
 
     z = torch.randn(1, 77, 8)
     z = z - z.mean(dim=-1, keepdim=True)
@@ -291,7 +291,7 @@ def test_a_prompt_of_too_many_chunks_is_refused_before_it_is_encoded(tokenizer):
     import time
 
     from core.errors import LatentDeskError
-    from core.prompts import MAX_CHUNKS
+    from core.text.prompts import MAX_CHUNKS
 
     assert len(prompt_chunks(tokenizer, " BREAK ".join(["a red star"] * MAX_CHUNKS))) == MAX_CHUNKS
     started = time.perf_counter()

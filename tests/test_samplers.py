@@ -29,10 +29,10 @@ from diffusers import (
 )
 from diffusers.schedulers import scheduling_lms_discrete
 
-from core.denoiser import Conditioning, Denoiser
+from core.sampling.denoiser import Conditioning, Denoiser
 from core.errors import LatentDeskError
-from core.guidance import CFGDenoiser, GuidanceScale
-from core.samplers import (
+from core.sampling.guidance import CFGDenoiser, GuidanceScale
+from core.sampling.samplers import (
     SAMPLERS,
     SamplerSpec,
     get_sampler,
@@ -43,7 +43,7 @@ from core.samplers import (
     sample_heun,
     sigmas_for,
 )
-from core.schedules import SD_SCHEDULE
+from core.sampling.schedules import SD_SCHEDULE
 from tests.test_schedules import SD_CONFIG
 
 TOLERANCE = 1e-4  # max |ours − diffusers| ≤ TOLERANCE · max |diffusers|

@@ -16,7 +16,7 @@ from diffusers import (
 )
 
 from core.errors import LatentDeskError
-from core.schedules import SD_SCHEDULE, ZERO_SNR_SCHEDULE, img2img_start, karras_sigmas
+from core.sampling.schedules import SD_SCHEDULE, ZERO_SNR_SCHEDULE, img2img_start, karras_sigmas
 
 # SD 1.5's scheduler/scheduler_config.json, the keys schedulers read
 SD_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

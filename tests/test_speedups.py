@@ -8,12 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from core.checkpoint import load_model
+from core.loading.checkpoint import load_model
 from core.errors import LatentDeskError
 from core.generate import generate
-from core.guidance import GuidanceScale
+from core.sampling.guidance import GuidanceScale
 from core.request import GenerationRequest
-from core.speedups import check_speedups, steps_part
+from core.sampling.speedups import check_speedups, steps_part
 from tests.tiny_models import write_single_file
 
 STEPS = 10

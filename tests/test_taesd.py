@@ -1,4 +1,4 @@
-"""TAESD's decoder (core/taesd.py) against diffusers' AutoencoderTiny, in both file layouts, and where the
+"""TAESD's decoder (core/nets/taesd.py) against diffusers' AutoencoderTiny, in both file layouts, and where the
 app looks for it."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from core.errors import ModelLoadError
 from core.families import SD1, SD2, SDXL
-from core.preview_decoder import load_preview_decoder, preview_decoder_path
-from core.taesd import TaesdDecoder, taesd_file_for
+from core.nets.preview_decoder import load_preview_decoder, preview_decoder_path
+from core.nets.taesd import TaesdDecoder, taesd_file_for
 from tests.tiny_models import randomize
 
 DIFFUSERS_DECODER = "decoder.layers."

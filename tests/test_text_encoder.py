@@ -14,7 +14,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from core.errors import LatentDeskError
 from core.families import SD1, SD2, SDXL, Family
-from core.text_encoder import (
+from core.text.encoder import (
     TextEncoder,
     build_clip,
     clip_config_from_state_dict,
@@ -22,7 +22,7 @@ from core.text_encoder import (
     load_clip_weights,
     openclip_to_hf,
 )
-from core.tokenizer import tokenizer_dir
+from core.text.tokenizer import tokenizer_dir
 
 LAYERS = 3
 PROMPTS = ["a photo of a cat", "(masterpiece:1.2), best quality, highly detailed, " * 8, ""]

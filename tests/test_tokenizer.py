@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.families import BANG_ID, EOS_ID, SD1, SD2, SDXL
-from core.tokenizer import ClipTokenizer, tokenizer_dir
+from core.text.tokenizer import ClipTokenizer, tokenizer_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -45,8 +45,8 @@ from core.train.diffusion import (
 )
 from core.train.export import TEXT_PREFIX, ModelDefaults, export_model
 from core.train.loop import EMA, Distributed, TrainSettings, attention_for_training, train
-from core.unet import UNetConfig
-from core.vae import VAEConfig
+from core.nets.unet import UNetConfig
+from core.nets.vae import VAEConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 VAE = VAEConfig(base_channels=8, channel_mult=(1, 1, 1, 1), num_res_blocks=1, norm_groups=4, scale_factor=1.0)
@@ -85,7 +85,7 @@ def settings(**changes) -> TrainSettings:
 
 def tiny_cache(n: int = 4, side: int = 4) -> LatentCache:
     """n cached posteriors of side x side latents, with captions."""
-    from core.tokenizer import ClipTokenizer
+    from core.text.tokenizer import ClipTokenizer
     g = torch.Generator().manual_seed(2)
     tokenizer = ClipTokenizer()
     ids = torch.tensor([[tokenizer(f"a red circle {i}", EOS_ID)] for i in range(n)])   # (n, 1, 77)
@@ -156,7 +156,7 @@ def test_diffusion_loss_decreases_on_a_fixed_batch(tmp_path):
 
 def test_v_objective_on_the_zero_terminal_snr_schedule():
     """Loss = ||v_theta - (sqrt(abar) eps - sqrt(1 - abar) x0)||^2, and at t = 999 x_t holds no image."""
-    from core.schedules import ZERO_SNR_SCHEDULE
+    from core.sampling.schedules import ZERO_SNR_SCHEDULE
 
     stage = diffusion_stage(target=NoiseTarget("v", zero_terminal_snr=True))
     objective = stage.objective
@@ -208,7 +208,7 @@ def test_diffusion_inputs_follow_the_schedule_ranges():
 
 def test_shapes_scenes_keep_several_phrasings_and_the_trainer_draws_among_them():
     from core.shapes.dataset import ShapesDataset
-    from core.tokenizer import ClipTokenizer
+    from core.text.tokenizer import ClipTokenizer
     data = ShapesDataset(0, 6, empty_prob=0.0, captions_per_item=4)
     captions = data.captions(2)
     assert len(captions) == 4 and captions[0] == data[2].caption and len(set(captions)) > 1
@@ -361,7 +361,7 @@ def test_bad_settings_are_refused():
 # --- export --------------------------------------------------------------------------------------
 
 def test_export_round_trip_keys_metadata_dtype_and_loader(tmp_path):
-    from core.checkpoint import load_model
+    from core.loading.checkpoint import load_model
 
     stage = diffusion_stage()
     vae = build_autoencoder(replace(VAE, scale_factor=0.25), seed=0)
@@ -398,8 +398,8 @@ def test_export_round_trip_keys_metadata_dtype_and_loader(tmp_path):
 
 
 def test_export_states_v_prediction_and_the_schedule_and_the_loader_uses_them(tmp_path):
-    from core.checkpoint import load_model
-    from core.schedules import ZERO_SNR_SCHEDULE
+    from core.loading.checkpoint import load_model
+    from core.sampling.schedules import ZERO_SNR_SCHEDULE
 
     stage = diffusion_stage()
     vae = build_autoencoder(replace(VAE, scale_factor=0.25), seed=0)
@@ -417,7 +417,7 @@ def test_export_states_v_prediction_and_the_schedule_and_the_loader_uses_them(tm
 
 
 def test_export_keeps_the_coordinate_channels(tmp_path):
-    from core.checkpoint import load_model
+    from core.loading.checkpoint import load_model
 
     unet_config = replace(UNET, coord_channels=True)
     stage = diffusion_stage(unet_config=unet_config)
@@ -434,9 +434,9 @@ def test_export_keeps_the_coordinate_channels(tmp_path):
 
 def test_pooled_text_condition_trains_exports_and_samples_as_one_path(tmp_path):
     """A UNet with y = the caption's pooled embedding: what training feeds it is what generation feeds it."""
-    from core.checkpoint import load_model
+    from core.loading.checkpoint import load_model
     from core.generate import conditioning
-    from core.prompts import encode_prompt
+    from core.text.prompts import encode_prompt
     from core.request import GenerationRequest
 
     unet_config = replace(UNET, adm_in_channels=TEXT.hidden_size)
@@ -541,12 +541,12 @@ AE_ARGS = ["train", "autoencoder", "--size", "64", "--steps", "2", "--batch-size
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
-    from core.train.cli import main
+    from app.cli.train import main
 
     data = write_pictures(tmp_path / "data")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "core.train.cli", *AE_ARGS, "--data", str(data), "--out", str(tmp_path / "two")],
+                          "-m", "app.cli.train", *AE_ARGS, "--data", str(data), "--out", str(tmp_path / "two")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert two.returncode == 0, two.stderr[-3000:]
     assert main([*AE_ARGS, "--data", str(data), "--out", str(tmp_path / "one")]) == 0
@@ -556,8 +556,8 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
 
 
 def test_train_builtin_runs_both_stages_and_exports(tmp_path, capsys):
-    from core.checkpoint import load_model
-    from core.train.cli import run_train_builtin
+    from core.loading.checkpoint import load_model
+    from app.cli.train import run_train_builtin
     from core.train.recipe import BUILTIN_RECIPE as R
 
     recipe = replace(R, vae=replace(VAE, scale_factor=1.0), vae_loss=replace(R.vae_loss, crop=0),
@@ -574,7 +574,7 @@ def test_train_builtin_runs_both_stages_and_exports(tmp_path, capsys):
 
 def test_snr_weighted_loss_weighs_x0_errors_by_the_clamped_snr():
     """A prediction that is off by d in x0 costs clamp(SNR, low, high) * d^2, whatever the timestep."""
-    from core.schedules import ZERO_SNR_SCHEDULE
+    from core.sampling.schedules import ZERO_SNR_SCHEDULE
 
     stage = diffusion_stage(target=NoiseTarget("v", zero_terminal_snr=True, snr_weight_range=(0.1, 5.0)))
     objective = stage.objective
@@ -595,8 +595,8 @@ def test_snr_weighted_loss_weighs_x0_errors_by_the_clamped_snr():
 
 
 def test_snapshot_exports_an_unfinished_runs_ema_weights_and_refuses_another_autoencoder(tmp_path, capsys):
-    from core.checkpoint import load_model
-    from core.cli import main
+    from core.loading.checkpoint import load_model
+    from app.cli.commands import main
     from core.train.autoencoder import autoencoder_id
     from core.train.diffusion import export_snapshot
 
@@ -653,7 +653,7 @@ def test_training_on_the_cpu_runs_attention_through_the_plain_kernel(tmp_path, m
 
 def labelled_cache() -> LatentCache:
     """tiny_cache with two phrasings an item and labels for 2 attributes of 3 and 2 classes."""
-    from core.tokenizer import ClipTokenizer
+    from core.text.tokenizer import ClipTokenizer
     tokenizer = ClipTokenizer()
     cache = tiny_cache()
     ids = torch.tensor([[tokenizer(f"item {i} take {k}", EOS_ID) for k in range(2)] for i in range(4)])

@@ -16,10 +16,10 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-from core.convert_unet import unet_config_from_diffusers, unet_config_from_shapes, unet_state_from_diffusers
+from core.loading.convert_unet import unet_config_from_diffusers, unet_config_from_shapes, unet_state_from_diffusers
 from core.errors import LatentDeskError
 from core.families import SD1, SD2, SDXL, UNET_PREFIX
-from core.unet import UNet, UNetConfig, sdxl_added_condition
+from core.nets.unet import UNet, UNetConfig, sdxl_added_condition
 
 TOLERANCE = 1e-4  # max |ours - ref| relative to max |ref|
 POOLED = 16       # tiny SDXL's pooled text width
@@ -320,7 +320,7 @@ def test_shapes_that_are_not_a_supported_unet_are_refused(shapes, why):
 
 
 def test_coordinates_run_from_edge_to_edge_and_reach_the_first_convolution():
-    from core.unet import coordinates
+    from core.nets.unet import coordinates
 
     grid = coordinates(torch.zeros(2, 4, 4, 8))
     assert grid.shape == (2, 2, 4, 8)

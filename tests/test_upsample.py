@@ -1,14 +1,14 @@
-"""The folded upsampler (core/upsample.py) computes what nearest 2x + 3x3 conv computes."""
+"""The folded upsampler (core/nets/upsample.py) computes what nearest 2x + 3x3 conv computes."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import upsample
-from core.unet import Upsample as UNetUpsample
-from core.upsample import is_foldable, nearest2x_conv, upsample_conv
-from core.vae import Upsample as VAEUpsample
+from core.nets import upsample
+from core.nets.unet import Upsample as UNetUpsample
+from core.nets.upsample import is_foldable, nearest2x_conv, upsample_conv
+from core.nets.vae import Upsample as VAEUpsample
 
 
 def plain(x, conv):

@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from core.convert_vae import (
+from core.loading.convert_vae import (
     fix_attention_shapes,
     vae_config_from_diffusers,
     vae_config_from_shapes,
     vae_state_from_diffusers,
 )
 from core.errors import LatentDeskError
-from core.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
+from core.nets.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint  # noqa: E402
@@ -238,12 +238,12 @@ def test_shapes_that_are_no_sd_vae_are_refused():
 
 def test_sliced_attention_matches_one_call(monkeypatch):
     """Above 4096 pixels (images over 512x512) attention runs in query slices; same result."""
-    import core.vae
+    import core.nets.vae
 
-    block = randomize(core.vae.AttnBlock(32, 8), seed=12)
+    block = randomize(core.nets.vae.AttnBlock(32, 8), seed=12)
     x = torch.randn(2, 32, 6, 7, generator=torch.Generator().manual_seed(13))
     with torch.no_grad():
         whole = block(x)
-        monkeypatch.setattr(core.vae, "_QUERY_SLICE", 10)               # 42 pixels -> slices of 10, ..., 2
+        monkeypatch.setattr(core.nets.vae, "_QUERY_SLICE", 10)               # 42 pixels -> slices of 10, ..., 2
         sliced = block(x)
     assert rel_diff(sliced, whole) < 1e-6 and rel_diff(whole, x) > 1e-3

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from core.families import FAMILIES
-from core.tokenizer import tokenizer_dir
+from core.text.tokenizer import tokenizer_dir
 
 TEXT_PROJECTION = 32
 VOCAB = 49408
@@ -134,11 +134,11 @@ def original_layout_state(family: str, seed: int = 0) -> dict[str, torch.Tensor]
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from core.convert_unet import unet_config_from_diffusers
-    from core.convert_vae import vae_config_from_diffusers
+    from core.loading.convert_unet import unet_config_from_diffusers
+    from core.loading.convert_vae import vae_config_from_diffusers
     from core.families import UNET_PREFIX, VAE_PREFIX
-    from core.unet import UNet
-    from core.vae import AutoencoderKL
+    from core.nets.unet import UNet
+    from core.nets.vae import AutoencoderKL
 
     seeded(seed)
     unet_cfg = unet_config_from_diffusers(dict(UNet2DConditionModel(sample_size=16, **UNET[family]).config))
@@ -177,8 +177,8 @@ def write_full_size_sd15(path: Path) -> Path:
     from transformers import CLIPTextModel
 
     from core.families import UNET_PREFIX, VAE_PREFIX
-    from core.unet import UNet, UNetConfig
-    from core.vae import AutoencoderKL, VAEConfig
+    from core.nets.unet import UNet, UNetConfig
+    from core.nets.vae import AutoencoderKL, VAEConfig
 
     torch.manual_seed(0)
     state = {UNET_PREFIX + k: v for k, v in UNet(UNetConfig()).state_dict().items()}

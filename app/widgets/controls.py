@@ -35,7 +35,7 @@ from app.widgets.prompt_edit import PromptEdit
 from app.widgets.seed import MAX_SEED, SEED_TEXT, SeedControl
 from app.widgets.speedups import SpeedupsControl
 from core.request import GenerationRequest
-from core.sampler_names import SAMPLER_NAMES
+from core.sampling.sampler_names import SAMPLER_NAMES
 
 if TYPE_CHECKING:   # the window is built before torch (which core.families needs) is imported
     from core.families import Family

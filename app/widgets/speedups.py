@@ -1,4 +1,4 @@
-"""The approximate speed-ups (core/speedups.py) as two small spin boxes, deep cache and unguided end,
+"""The approximate speed-ups (core/sampling/speedups.py) as two small spin boxes, deep cache and unguided end,
 and a "Half precision (bf16)" check box: the model's networks in bfloat16 (core/precision.py), which reloads the model.
 
 Both start off. The deep cache's other two settings (blocks run on reused steps, the fraction of
@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QSpinBox, QVBoxLayout, QWi
 
 from app.settings import StoredSettings, between, one_of
 from core.request import GenerationRequest
-from core.speedups import DEEP_CACHE_BLOCKS, DEEP_CACHE_INTERVAL, DEEP_CACHE_START, GUIDANCE_CUTOFF
+from core.sampling.speedups import DEEP_CACHE_BLOCKS, DEEP_CACHE_INTERVAL, DEEP_CACHE_START, GUIDANCE_CUTOFF
 
 MAX_INTERVAL = 10
 MAX_CUTOFF_PERCENT = 90

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from core.errors import LatentDeskError
 from core.train.data import BatchRandom, image_and_caption
 from core.train.loop import Distributed, TrainSettings, save_tensors, train, write_json
-from core.vae import AutoencoderKL, VAEConfig
+from core.nets.vae import AutoencoderKL, VAEConfig
 
 AUTOENCODER_FILE = "autoencoder.safetensors"
 REPORT_FILE = "autoencoder.json"
@@ -139,7 +139,7 @@ def psnr(vae: AutoencoderKL, dataset, n: int = 256, batch_size: int = 16) -> flo
 def write_autoencoder(path: Path, vae: AutoencoderKL) -> None:
     """The VAE's weights with its config (scale factor included) in the metadata.
 
-    Keys are the original LDM ones without prefix, so `core.checkpoint.load_vae` reads it too.
+    Keys are the original LDM ones without prefix, so `core.loading.checkpoint.load_vae` reads it too.
     """
     save_tensors(path, vae.state_dict(), {CONFIG_KEY: json.dumps(asdict(vae.config))})
 

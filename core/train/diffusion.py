@@ -27,12 +27,12 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from core.denoiser import PREDICTIONS
+from core.sampling.denoiser import PREDICTIONS
 from core.errors import LatentDeskError
 from core.families import EOS_ID, SD1
-from core.schedules import NoiseSchedule, schedule_for
-from core.text_encoder import BOS_ID, TextEncoder
-from core.tokenizer import ClipTokenizer
+from core.sampling.schedules import NoiseSchedule, schedule_for
+from core.text.encoder import BOS_ID, TextEncoder
+from core.text.tokenizer import ClipTokenizer
 from core.train.data import BatchRandom, image_and_caption
 from core.train.export import ModelDefaults, export_model
 from core.train.loop import (
@@ -45,8 +45,8 @@ from core.train.loop import (
     train,
     write_json,
 )
-from core.unet import UNet, UNetConfig
-from core.vae import AutoencoderKL
+from core.nets.unet import UNet, UNetConfig
+from core.nets.vae import AutoencoderKL
 
 CACHE_FILE = "latents.safetensors"
 MODEL_FILE = "model.safetensors"
@@ -76,7 +76,7 @@ class TextEncoderConfig:
 
 @dataclass(frozen=True)
 class NoiseTarget:
-    """What the UNet learns to predict, and on which noise schedule (core/schedules.py)."""
+    """What the UNet learns to predict, and on which noise schedule (core/sampling/schedules.py)."""
 
     prediction: str = "epsilon"        # "epsilon" (DDPM, SD 1.x) or "v" (Salimans & Ho 2022, SD 2.x 768)
     zero_terminal_snr: bool = False    # the schedule ends in pure noise; needs prediction "v"

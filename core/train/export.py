@@ -1,13 +1,13 @@
 """A trained model as ONE `.safetensors` in the original LDM single-file layout (what SD 1.x files use).
 
-    model.diffusion_model.*                        the UNet (core/unet.py keys)
-    first_stage_model.*                            the autoencoder (core/vae.py keys)
+    model.diffusion_model.*                        the UNet (core/nets/unet.py keys)
+    first_stage_model.*                            the autoencoder (core/nets/vae.py keys)
     cond_stage_model.transformer.text_model.*      the CLIP text encoder (transformers layout)
 
 and in the metadata `modelspec.prediction_type` ("epsilon" or "v") and `latentdesk.config`, the
 JSON that says what the shapes cannot: heads, activation, the latent scale factor and the
-model's default size, steps, guidance and sampler (core/embedded_config.py reads it).
-So `core.checkpoint.load_model` loads it by the same code path as any SD checkpoint.
+model's default size, steps, guidance and sampler (core/loading/embedded_config.py reads it).
+So `core.loading.checkpoint.load_model` loads it by the same code path as any SD checkpoint.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextModel
 
-from core import embedded_config
+from core.loading import embedded_config
 from core.errors import LatentDeskError
 from core.families import SD1, UNET_PREFIX, VAE_PREFIX
-from core.samplers import SAMPLERS
+from core.sampling.samplers import SAMPLERS
 from core.train.loop import save_tensors
-from core.unet import UNet
-from core.vae import AutoencoderKL
+from core.nets.unet import UNet
+from core.nets.vae import AutoencoderKL
 
 TEXT_PREFIX = SD1.text_encoders[0].prefix + "text_model."
 TEXT_SETTINGS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -1,4 +1,4 @@
-"""Training a model's preview decoder (core/preview_decoder.py) to imitate that model's VAE decoder.
+"""Training a model's preview decoder (core/nets/preview_decoder.py) to imitate that model's VAE decoder.
 
     teacher_pairs(vae, dataset, n, seed) -> TeacherPairs    latents and the VAE's decodes of them, made once
     PreviewDecoderStage(pairs, config, ...)                  the Stage the shared loop trains (core/train/loop.py)
@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.errors import LatentDeskError
-from core.preview_decoder import PreviewDecoder, PreviewDecoderConfig, save_preview_decoder
+from core.nets.preview_decoder import PreviewDecoder, PreviewDecoderConfig, save_preview_decoder
 from core.train.data import BatchRandom, image_and_caption
 from core.train.loop import Distributed, Progress, TrainSettings, train, write_json
-from core.vae import AutoencoderKL
+from core.nets.vae import AutoencoderKL
 
 KINDS = ("clean", "blend", "blur")   # item i is of kind i % 3
 

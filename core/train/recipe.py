@@ -24,7 +24,7 @@ Measured on that CPU (Xeon with AVX-512/AMX, 2 threads, machine otherwise idle, 
               taken out): stage 1 38.4 min, cache 8.3 min, stage 2 ~3.0 s a step; under issue 4's 3 h.
               Its model: PSNR 32.15 dB, colour/background/shape/position/size 95.4/96.6/90.8/95.4/99.0 %.
               Other PyTorch jobs on the same 2 cores slow every step 2-8x (OpenMP threads waiting
-              on each other); see core/train/cli.py.
+              on each other); see app/cli/train.py.
 On one H100 (`--device cuda`): stage 1 in 3.4 min (PSNR 32.4 dB), stage 2 ~13 steps/s (batch 32, the loop
 as it was then: an EMA kernel per tensor and a host sync per step). With the EMA fused (torch._foreach)
 and the losses read only at log time, four stage-2 runs side by side on one H200 each made 10.7 steps/s
@@ -40,8 +40,8 @@ from core.train.autoencoder import AutoencoderLoss
 from core.train.diffusion import NoiseTarget, TextEncoderConfig
 from core.train.export import ModelDefaults
 from core.train.loop import TrainSettings
-from core.unet import UNetConfig
-from core.vae import VAEConfig
+from core.nets.unet import UNetConfig
+from core.nets.vae import VAEConfig
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Stage 1, prompt → text: the tokenizer, A1111 prompt weighting and chunking, the CLIP text encoders."""
