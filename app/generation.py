@@ -16,7 +16,8 @@ from app.preview import make_previewer, pil_to_qimage
 from core import __version__
 from core.errors import LatentDeskError
 from core.generate import Cancelled, StepInfo, generate
-from core.metadata import save_png, to_infotext
+from core.metadata.infotext import to_infotext
+from core.metadata.png_files import save_png
 from core.precision import precision_name
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,11 @@ def run_job(job: Job, post_preview) -> Message:
         if step.i == 0:
             state["first_step_at"] = now
         first = state["first_step_at"]
-        rate = step.i / (now - first) if first is not None and now > first and step.i else None
         records.append(StepRecord(step.i, step.guidance, step.sigma))
         image = preview_image(step)
         frames.append(image)
-        post_preview(StepPreview(job.id, step.i, step.total, image, step.guidance, rate))
+        post_preview(StepPreview(job.id, step.i, step.total, image, step.guidance,
+                                 now - first if first is not None else 0.0))
         state["sent"] += 1
 
     def preview_image(step: StepInfo):
@@ -61,7 +62,7 @@ def run_job(job: Job, post_preview) -> Message:
             return None
 
     try:
-        result = generate(job.request, job.model.model, on_step=on_step, guidance=job.guidance, cancel=job.cancel)
+        result = generate(job.request, job.model.diffusion, on_step=on_step, guidance=job.guidance, cancel=job.cancel)
     except LatentDeskError as e:
         return Failed(job.id, str(e))
     except (torch.OutOfMemoryError, MemoryError):
@@ -74,11 +75,11 @@ def run_job(job: Job, post_preview) -> Message:
 
     images = tuple(pil_to_qimage(image) for image in result.images)
     paths, unsaved, errors = [], [], []
-    loaded = job.model
+    model = job.model
     for image, preview, seed in zip(result.images, images, result.seeds, strict=True):
         request = replace(job.request, seed=seed, batch=1)
-        infotext = to_infotext(request, loaded.model.name, loaded.hash, f"Latent Desk {__version__}",
-                               [record.guidance for record in records], precision=precision_name(loaded.model))
+        infotext = to_infotext(request, model.diffusion.name, model.hash, f"Latent Desk {__version__}",
+                               [record.guidance for record in records], precision=precision_name(model.diffusion))
         if not job.save:
             unsaved.append(Unsaved(image, preview, infotext, job.output_dir))
             continue

@@ -1,6 +1,6 @@
-"""What the window asks the worker to do, and what the worker answers: plain values.
+"""What the session asks the worker to do, and what the worker answers: plain values.
 
-The window builds a `Job` (a frozen value: the request plus the live handles the user may
+The session (app/session.py) builds a `Job` (a frozen value: the request plus the live handles the user may
 turn while it runs) and hands it to `app/worker.py`. The worker answers with immutable
 messages (krita-ai-diffusion's pattern): `StepPreview` after every step, then exactly one of
 `Finished`, `Stopped` or `Failed`. Nothing here knows about widgets.
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from PySide6.QtGui import QImage
 
-from core.sampling.guidance_scale import GuidanceScale
 from core.request import GenerationRequest
+from core.sampling.guidance_scale import GuidanceScale
 
 if TYPE_CHECKING:   # the window imports this module before torch has loaded
     from torch import nn
 
-    from core.nets.latent_rgb import LatentToRGB
     from core.model import DiffusionModel
+    from core.nets.latent_rgb import LatentToRGB
 
 
 class PreviewMode(enum.Enum):
@@ -61,10 +61,12 @@ class PreviewOptions:
 
 
 @dataclass(frozen=True)
-class LoadedModel:
-    """A model as the app holds it: the engine's model plus what the PNG metadata records."""
+class ReadyModel:
+    """A model as the app holds it, ready to generate with: the engine's model plus what the PNG
+    metadata records and what draws its previews. (The engine's own `LoadedParts` is the pieces of a
+    checkpoint before they are assembled; this is the whole, as a job carries it.)"""
 
-    model: DiffusionModel
+    diffusion: DiffusionModel   # the engine's model: networks, family, device
     spec: str                 # "builtin" or the path, as GenerationRequest.model stores it
     hash: str | None          # A1111's "Model hash"
     latent_rgb: LatentToRGB | None = None   # the Fast preview's map, fitted to this model's VAE at load
@@ -76,7 +78,7 @@ class LoadedModel:
 class Job:
     id: int
     request: GenerationRequest
-    model: LoadedModel
+    model: ReadyModel
     output_dir: Path
     guidance: GuidanceScale                       # live: the slider sets it while the job runs
     preview: PreviewOptions                       # live: the preview menu sets it
@@ -100,7 +102,9 @@ class StepPreview(NamedTuple):
     total: int
     image: QImage | None      # None when previews are off
     guidance: float           # the guidance scale this step used
-    rate: float | None        # steps per second so far (None after the first step)
+    # Seconds from the end of step 0 to the end of step i. Step 0 also pays the warm-up (text encoding,
+    # first allocations), so the pace is measured over the i steps after it: core.eta.pace(i, total - 1, …).
+    seconds_after_first: float
 
 
 class Unsaved(NamedTuple):

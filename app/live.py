@@ -1,5 +1,5 @@
 """Live mode: the picture follows the form. Each edit (prompt, negative prompt, a slider, steps,
-sampler, size, seed, strength) restarts a short timer; when the user pauses, the window generates,
+sampler, size, seed, strength) restarts a short timer; when the user pauses, the session generates,
 and a run still in flight is cancelled by it (newest wins, as with the Generate button).
 
 On by default for models that generate in about a second (the built-in one); the user's own

@@ -101,7 +101,7 @@ async def _smoke_test(window) -> None:
     deadline = asyncio.get_running_loop().time() + float(os.environ.get("LATENTDESK_SMOKE_TIMEOUT", "120"))
     while window.loading and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
-    print(f"Latent Desk window opened; model: {window.model.model.name if window.model else 'none'}")
+    print(f"Latent Desk window opened; model: {window.model.diffusion.name if window.model else 'none'}")
     _report_startup("model ready" if window.model else "no model")
     window.close()
 

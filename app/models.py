@@ -1,8 +1,11 @@
-"""Which models the user can pick, and loading one (a blocking call the window runs off-thread).
+"""Which models the user can pick, and loading one (a blocking call the session runs off-thread).
 
     scan_models(folder) -> [Path]       .safetensors files and diffusers folders in the models folder
-    load(path, spec, known_hash) -> LoadedModel      with the model's preview decoder, when it has one
+    load(path, spec, known_hash) -> ReadyModel       with the model's preview decoder, when it has one
     describe(model) -> "tiny · Stable Diffusion 1.x · CPU"
+
+A model is named by its *spec*: BUILTIN for the built-in model, else its path as text (what
+GenerationRequest.model and the settings store).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.jobs import LoadedModel
+from app.jobs import ReadyModel
 
 if TYPE_CHECKING:   # the window imports this module before the engine (torch) has loaded
     import torch
@@ -20,8 +23,17 @@ if TYPE_CHECKING:   # the window imports this module before the engine (torch) h
 
     from core.model import DiffusionModel
 
+BUILTIN = "builtin"         # the built-in model's spec (GenerationRequest.model's default)
 MODEL_SUFFIXES = (".safetensors",)
 REFUSED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")   # pickles: core refuses them with a reason
+
+
+def spec_label(spec: str) -> str:
+    """A model's short name for the user: "Built-in model", or the file's or folder's name."""
+    if spec == BUILTIN:
+        return "Built-in model"
+    path = Path(spec)
+    return path.stem if path.suffix else path.name
 
 
 def quietly(test: Callable[[Path], bool], path: Path) -> bool:
@@ -45,7 +57,7 @@ def is_model_path(path: Path) -> bool:
 
 def is_preview_decoder_file(path: Path) -> bool:
     """Files that live beside models but draw previews: ours (`x.preview.safetensors`) and TAESD's."""
-    name = path.name.lower()   # the suffix is core.nets.preview_decoder.SUFFIX, not imported: it would load torch at start-up
+    name = path.name.lower()   # the suffix is core.loading.preview_decoders.SUFFIX, not imported: it would load torch at start-up
     return name.endswith(".preview.safetensors") or (name.startswith("tae") and ("_decoder." in name or "_encoder." in name))
 
 
@@ -62,21 +74,21 @@ def scan_models(folder: Path) -> list[Path]:
 
 
 def load(path: Path, spec: str, known_hash: str | None = None, precision: str = "float32",
-         cancel: threading.Event | None = None) -> LoadedModel:
-    """Load and hash a model, its networks in `precision` ("float32" or "bfloat16"). Blocking: the window
+         cancel: threading.Event | None = None) -> ReadyModel:
+    """Load and hash a model, its networks in `precision` ("float32" or "bfloat16"). Blocking: the session
     awaits it in a worker thread, so the engine's first import (torch, transformers: seconds) happens
     here too, not while the window opens."""
     from core.loading.checkpoint import load_model
-    from core.nets.latent_rgb import fit_latent_to_rgb
-    from core.metadata import model_hash
-    from core.precision import precision_dtype
     from core.loading.safetensors_io import reads_stop_when
+    from core.metadata.hashing import model_hash
+    from core.nets.latent_rgb import fit_latent_to_rgb
+    from core.precision import precision_dtype
 
     with reads_stop_when(cancel):       # set when the user picks another model before this one is in
         model = load_model(path, dtype=precision_dtype(precision))
     digest = known_hash or model_hash(path)
     decoder, note = load_preview_decoder_beside(path, model)
-    return LoadedModel(model, spec, digest, fit_latent_to_rgb(model.vae), decoder, note)
+    return ReadyModel(model, spec, digest, fit_latent_to_rgb(model.vae), decoder, note)
 
 
 def load_preview_decoder_beside(path: Path, model: DiffusionModel) -> tuple[nn.Module | None, str | None]:
@@ -86,7 +98,7 @@ def load_preview_decoder_beside(path: Path, model: DiffusionModel) -> tuple[nn.M
     `taesdxl_decoder.safetensors` for SDXL). Only a preview depends on it, so a broken file costs the
     Tiny preview, never the model."""
     from core.errors import LatentDeskError
-    from core.nets.preview_decoder import load_preview_decoder, preview_decoder_path
+    from core.loading.preview_decoders import load_preview_decoder, preview_decoder_path
     from core.nets.taesd import taesd_file_for
 
     config = model.vae.config
@@ -104,7 +116,7 @@ def load_preview_decoder_beside(path: Path, model: DiffusionModel) -> tuple[nn.M
     return decoder.to(model.device), None
 
 
-def tiny_decoder_note(loaded: LoadedModel) -> str:
+def tiny_decoder_note(loaded: ReadyModel) -> str:
     """What "Tiny decoder" means for this model, for the Preview box's tooltip."""
     from core.nets.taesd import TaesdDecoder
 
@@ -130,19 +142,21 @@ def describe(model: DiffusionModel) -> str:
     return f"{model.name} · {model.family.title}" + (f" · {precision}" if precision else "")
 
 
-def needs_room(path: Path, precision: str, current: LoadedModel) -> bool:
-    """True when `path` fits in memory only once `current` is released (the window then closes it
+def needs_room(path: Path, precision: str, current: ReadyModel) -> bool:
+    """True when `path` fits in memory only once `current` is released (the session then closes it
     first); False when it fits beside it, or would not fit either way (the loader says so)."""
-    from core.memory import available_bytes, weights_bytes
+    from core.loading.footprint import weights_bytes
+    from core.memory import available_bytes
     from core.precision import precision_dtype
 
     try:
         needed = weights_bytes(path, precision_dtype(precision))
     except Exception:       # noqa: BLE001 - an unreadable file: the load itself will say why
         return False
-    free = available_bytes(current.model.device)
-    held = sum(t.numel() * t.element_size() for net in (current.model.unet, current.model.vae)
+    held_model = current.diffusion
+    free = available_bytes(held_model.device)
+    held = sum(t.numel() * t.element_size() for net in (held_model.unet, held_model.vae)
                for t in net.state_dict().values())
-    held += sum(t.numel() * t.element_size() for encoder in current.model.text_encoder.models
+    held += sum(t.numel() * t.element_size() for encoder in held_model.text_encoder.models
                 for t in encoder.state_dict().values())
     return free is not None and 0.9 * free < needed <= 0.9 * (free + held)

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PySide6.QtGui import QImage
 
-from app.jobs import LoadedModel, PreviewMode
+from app.jobs import PreviewMode, ReadyModel
 from core.generate import StepInfo
-from core.nets.latent_rgb import LatentToRGB
 from core.model import DiffusionModel
+from core.nets.latent_rgb import LatentToRGB
 
 AUTO_SHARE = 0.08   # Auto spends at most this share of the sampling time on previews (the issue: <= 10 %)
 
@@ -105,7 +105,7 @@ def shown_latents(step: StepInfo, noisy: bool) -> torch.Tensor:
     return step.x[:1] / (1 + step.sigma ** 2) ** 0.5
 
 
-def make_previewer(mode: PreviewMode, loaded: LoadedModel) -> Previewer | None:
+def make_previewer(mode: PreviewMode, loaded: ReadyModel) -> Previewer | None:
     """Auto with a tiny decoder (the model's own or TAESD) shows its frames within the time budget and
     keeps the last frame between them, never the VAE: one VAE decode would cost more than the run's other
     previews together (1.6 sampling steps on the built-in model), and the fast map's blur between sharp
@@ -119,7 +119,7 @@ def make_previewer(mode: PreviewMode, loaded: LoadedModel) -> Previewer | None:
     if mode is PreviewMode.FAST:
         return fast
     tiny = TinyPreview(loaded.preview_decoder) if loaded.preview_decoder is not None else None
-    vae = VaePreview(loaded.model)
+    vae = VaePreview(loaded.diffusion)
     if mode is PreviewMode.VAE:
         return vae
     if tiny is not None:

@@ -66,7 +66,7 @@ async def _check(window, loaded: asyncio.Future, timeout: float) -> str | None:
     panel.seed.set_seed(SEED)
     # The built-in model's own size; any other model is tried small too: this checks that the
     # pipeline works, and an SD-sized image would take minutes on a CPU.
-    side = min(window.model.model.family.default_size, SIDE)
+    side = min(window.model.diffusion.family.default_size, SIDE)
     panel.width.setValue(side)
     panel.height.setValue(side)
     done = asyncio.Event()
@@ -96,6 +96,6 @@ async def _check(window, loaded: asyncio.Future, timeout: float) -> str | None:
         return f"{path.name} is blank (every channel within {spread} levels)"
     if PROMPT not in parameters:
         return f"{path.name} does not carry its generation parameters"
-    print(f"self-test passed: {window.model.model.name}, {result.request.steps} steps in {result.seconds:.2f} s, "
+    print(f"self-test passed: {window.model.diffusion.name}, {result.request.steps} steps in {result.seconds:.2f} s, "
           f"{result.previews_sent} previews, {size[0]}x{size[1]} PNG with parameters")
     return None

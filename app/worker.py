@@ -125,7 +125,7 @@ class _Runner(QThread):
 
 
 class GenerationWorker(QObject):
-    """The window's only handle on the engine's sampling loop."""
+    """The session's only handle on the engine's sampling loop."""
 
     message = Signal(object)      # Finished | Stopped | Failed
     preview_ready = Signal()      # take the newest StepPreview from `mailbox`
@@ -136,8 +136,8 @@ class GenerationWorker(QObject):
         self._runner = _Runner(self)
 
     def start(self) -> None:
-        """Start the thread. The window does this last in its constructor: a constructor that raised
-        with the thread running would destroy a running QThread, and Qt aborts the process."""
+        """Start the thread. The session does this last in the window's constructor: a constructor that
+        raised with the thread running would destroy a running QThread, and Qt aborts the process."""
         self._runner.start()
 
     def submit(self, job: Job) -> None:

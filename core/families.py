@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.sampling.schedules import NoiseSchedule, schedule_for
-
 EOS_ID = 49407   # <|endoftext|>
 BANG_ID = 0      # "!" — OpenCLIP's padding token
 
@@ -48,10 +46,6 @@ class Family:
     # The UNet's extra vector y (added to its timestep embedding) is the pooled text embedding alone,
     # as in Latent Desk's built-in model; SDXL's y also holds size embeddings. Only a file can say so.
     pooled_text_y: bool = False
-
-    @property
-    def schedule(self) -> NoiseSchedule:
-        return schedule_for(self.zero_terminal_snr)
 
     def heads_for(self, channels: int) -> int:
         if self.heads_fixed is not None:

@@ -14,7 +14,6 @@ their per-step noise from the same per-image generators.
 from __future__ import annotations
 
 import gc
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,25 +22,20 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
-from core.sampling.deep_cache import DeepCacheUNet
-from core.sampling.denoiser import Conditioning, Denoiser
 from core.errors import LatentDeskError
-from core.sampling.guidance import CFGDenoiser, GuidanceScale
-from core.images import check_size, fit_image, image_to_tensor, load_image, tensor_to_images
+from core.images import fit_image, image_to_tensor, load_image, tensor_to_images
 from core.memory import check_fits
 from core.model import DiffusionModel
-from core.precision import sampling_dtype
-from core.text.prompts import PromptEmbedding, encode_pair
-from core.request import MAX_SEED, GenerationRequest
-from core.sampling.samplers import Step, get_sampler
-from core.sampling.schedules import img2img_start
-from core.sampling.speedups import check_speedups, steps_part
 from core.nets.unet import sdxl_added_condition
-
-MAX_BATCH = 64
-# Far past any sampler's gain (A1111's slider stops at 150); it keeps a typo such as --steps 2000000 from
-# running for days, or from allocating its schedule at all.
-MAX_STEPS = 10_000
+from core.precision import sampling_dtype
+from core.request import GenerationRequest, check_request
+from core.sampling.deep_cache import DeepCacheUNet
+from core.sampling.denoiser import Conditioning, Denoiser
+from core.sampling.guidance import CFGDenoiser, GuidanceScale
+from core.sampling.samplers import Step, get_sampler
+from core.sampling.schedules import img2img_start, schedule_for
+from core.sampling.speedups import steps_part
+from core.text.prompts import PromptEmbedding, encode_pair
 
 
 class StepInfo(NamedTuple):
@@ -88,7 +82,7 @@ def generate(request: GenerationRequest, model: DiffusionModel,
     with torch.no_grad():
         # 2. Encode the prompt and the negative prompt (same chunk count, so CFG batches them).
         cond, uncond = encode_pair(model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip)
-        schedule = model.family.schedule
+        schedule = schedule_for(model.family.zero_terminal_snr)
 
         # 3. The noise levels to walk down, and the starting latent.
         sigmas = sampler.sigmas(request.steps, schedule)
@@ -143,25 +137,6 @@ def generate(request: GenerationRequest, model: DiffusionModel,
         # 6. Decode through the VAE, one image at a time to bound memory.
         images = [image for i in range(latents.shape[0]) for image in decode(model, latents[i:i + 1])]
     return GenerationResult(request, images, seeds, latents=latents, steps_done=total)
-
-
-def check_request(request: GenerationRequest) -> None:
-    """Refuse what cannot work, with a message a user understands."""
-    check_size(request.width, request.height)
-    if not isinstance(request.steps, int) or not 1 <= request.steps <= MAX_STEPS:
-        raise LatentDeskError(f"steps must be a whole number from 1 to {MAX_STEPS}, not {request.steps!r}")
-    if not isinstance(request.batch, int) or not 1 <= request.batch <= MAX_BATCH:
-        raise LatentDeskError(f"batch must be between 1 and {MAX_BATCH}, not {request.batch!r}")
-    if request.is_img2img and not 0 < request.strength <= 1:
-        raise LatentDeskError(f"strength must be above 0 and at most 1, not {request.strength}")
-    if not isinstance(request.seed, int) or not 0 <= request.seed <= MAX_SEED - (request.batch - 1):
-        raise LatentDeskError(f"seed must be a whole number from 0 to {MAX_SEED - (request.batch - 1)} "
-                              f"(image i of a batch uses seed + i, at most {MAX_SEED}), not {request.seed!r}")
-    if not isinstance(request.guidance, int | float) or not math.isfinite(request.guidance):
-        raise LatentDeskError(f"guidance must be a number, not {request.guidance!r}")
-    if request.clip_skip < 1:
-        raise LatentDeskError(f"clip skip must be at least 1, not {request.clip_skip}")
-    check_speedups(request)
 
 
 def conditioning(model: DiffusionModel, prompt: PromptEmbedding, request: GenerationRequest) -> Conditioning:

@@ -4,9 +4,10 @@
     to_rgb(image)                    ->  any Pillow mode flattened to RGB 8-bit
     fit_image(image, width, height)  ->  scale to cover, centre-crop (img2img "crop and resize")
     default_size_for(image)          ->  (w, h) for img2img when the user gives none
-    check_size(width, height)        ->  LatentDeskError unless the VAE can take this size
     image_to_tensor(image)           ->  (1, 3, H, W) float32 in [-1, 1]
     tensor_to_images(x)              ->  list of RGB images from (B, 3, H, W) in about [-1, 1]
+
+Which sizes the VAE can take is one rule for the whole engine: check_size, in core/limits.py.
 
 Pillow's `ImageFile.LOAD_TRUNCATED_IMAGES` is left False on purpose: a truncated
 file is refused, never padded with grey.
@@ -15,7 +16,6 @@ file is refused, never padded with grey.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import re
 import struct
@@ -25,10 +25,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import LatentDeskError
-from core.png_text import without_extras
+from core.limits import MAX_SIDE, MIN_SIDE, check_size
+from core.metadata.png_text import without_extras
 
-MIN_SIDE = 64
-MAX_SIDE = 8192
 # Checked from the header before any pixel is decoded: an 8192x8192 RGB image is
 # already 200 MB decoded, and a 20000x20000 1-bit PNG bomb is only 48 kB on disk.
 MAX_PIXELS = MAX_SIDE * MAX_SIDE
@@ -88,7 +87,7 @@ def _decode(source, name: str) -> Image.Image:
 def _decode_without_extras(path, name: str, exc: BaseException) -> Image.Image:
     """Pillow refuses a whole PNG when a compressed text chunk or ICC profile inflates past 1 MiB (its
     guard against zlib bombs), though nothing is wrong with the picture; decode it again with those
-    chunks left out (core/png_text.py). Any other failure is `exc`, retold."""
+    chunks left out (core/metadata/png_text.py). Any other failure is `exc`, retold."""
     if not isinstance(exc, ValueError):
         raise _unreadable(name, exc) from None
     try:
@@ -150,23 +149,6 @@ def _unreadable(name: str, exc: BaseException) -> LatentDeskError:
 def _limit() -> str:
     return (f"Latent Desk opens images up to {MAX_PIXELS / 1e6:.1f} megapixels "
             f"({MAX_SIDE}x{MAX_SIDE}); scale it down in an image editor first")
-
-
-def check_size(width, height, multiple: int = 8, min_side: int = MIN_SIDE, max_side: int = MAX_SIDE) -> None:
-    """LatentDeskError unless width and height are whole numbers of pixels the VAE can take.
-
-    The VAE downsamples by 8, so each side must be a multiple of 8.
-    """
-    for label, side in (("width", width), ("height", height)):
-        if isinstance(side, bool) or not isinstance(side, numbers.Integral):
-            raise LatentDeskError(f"{label} must be a whole number of pixels, not {side!r}")
-        if side < min_side:
-            raise LatentDeskError(f"{label} {side} is too small; the smallest is {min_side}")
-        if side > max_side:
-            raise LatentDeskError(f"{label} {side} is too large; the largest is {max_side}")
-        if side % multiple:
-            nearest = min(max((side + multiple // 2) // multiple * multiple, min_side), max_side)  # ties up
-            raise LatentDeskError(f"{label} {side} is not a multiple of {multiple}; try {nearest}")
 
 
 def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:

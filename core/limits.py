@@ -1,4 +1,5 @@
-"""How large a network a model file may describe, checked before anything is built.
+"""The limits on numbers from outside: how large a network a model file may describe, checked before
+anything is built, and what an image's size and a request's settings may be.
 
 A file states its architecture in a few bytes: a `latentdesk.config` entry, a diffusers
 `config.json`, or key names such as `input_blocks.400.`. Building what it says costs time and
@@ -9,9 +10,14 @@ released Stable Diffusion model uses (noted beside each), so they refuse only fi
 or hostile. At the limits a UNet builds on the meta device in 0.8 s and 40 MB (9,500 tensors; the VAE
 0.1 s), and the loaders build one only after the numbers match the file's own tensor shapes
 (core.loading.convert_unet.check_stated_unet, core.loading.convert_vae.check_stated_vae), so a file pays for what
-it holds, not for what it claims.
+it holds, not for what it claims. The checks of a whole network config are in core/loading/config_checks.py.
 
 Each check raises `LatentDeskError` naming the setting, its value and the limit.
+
+The rules themselves are here once, for every number that comes from outside: `Whole` and `Span` say what
+they accept and why a value fails ("below 1"); `require` words the refusal for a request's settings
+(core/request.py, which the infotext reader shares), `whole` for a model file's. `check_size` is the
+rule for an image's width and height, in pixels.
 """
 
 from __future__ import annotations
@@ -20,10 +26,9 @@ import math
 import numbers
 import re
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from core.errors import LatentDeskError, shown
-from core.nets.unet import UNetConfig
-from core.nets.vae import VAEConfig
 
 MAX_CHANNELS = 4096            # any convolution's width; SDXL's widest is 1280, SD's VAE 512
 MAX_VECTOR = 8192              # context_dim, adm_in_channels; SDXL: 2048 and 2816
@@ -32,21 +37,107 @@ MAX_BLOCKS = 16                # ResBlocks per level; SD: 2
 MAX_DEPTH = 32                 # transformer blocks in one SpatialTransformer; SDXL: 10
 MAX_TRANSFORMER_BLOCKS = 256   # in a whole UNet; SDXL: 70, SD1.5: 16
 MAX_TEXT_LAYERS = 64           # CLIP text encoder layers; OpenCLIP bigG: 32
+MIN_SIDE = 64                  # an image's width or height, in pixels (check_size)
+MAX_SIDE = 8192
+
+NOT_WHOLE = "not a whole number"
+
+
+# -- the rules for one number -----------------------------------------------------------------------
+
+class BrokenRule(LatentDeskError):
+    """A value its rule refuses. The message names the setting; `reason` says what is wrong without
+    naming it ("below 1"), for a reader that names the setting its own way (the infotext reader)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class Whole(NamedTuple):
+    """A whole number from `low` to `high` (None: no top). JSON's true/false and 2.0 are not whole numbers."""
+
+    low: int
+    high: int | None = None
+
+    def wants(self) -> str:
+        if self.high is None:
+            return f"a whole number of at least {self.low}"
+        return f"a whole number from {self.low} to {self.high}"
+
+    def problem(self, value) -> str | None:
+        """Why `value` breaks the rule, or None when it keeps it."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            return NOT_WHOLE
+        if value < self.low:
+            return f"below {self.low}"
+        if self.high is not None and value > self.high:
+            return f"above {self.high}"
+        return None
+
+
+class Span(NamedTuple):
+    """A finite number from `low` to `high`; `low_open` / `high_open` leave that end itself out."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def wants(self) -> str:
+        """"a number", "a number above 0", "a number from 0 to below 1", "a number above 0 and at most 1"."""
+        words = ["a number"]
+        if self.low > -math.inf:
+            words.append(f"above {self.low}" if self.low_open else f"from {self.low}")
+        if self.high < math.inf:
+            top = f"below {self.high}" if self.high_open else f"at most {self.high}"
+            if self.low > -math.inf:
+                top = f"and {top}" if self.low_open else f"to {top.removeprefix('at most ')}"
+            words.append(top)
+        return " ".join(words)
+
+    def problem(self, value) -> str | None:
+        """Why `value` breaks the rule, or None when it keeps it."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return "not a number"
+        if not math.isfinite(value):
+            return "not a finite number"
+        if value < self.low or value > self.high:
+            if self.low > -math.inf and self.high < math.inf:
+                return f"outside {self.low}–{self.high}"
+            return f"below {self.low}" if value < self.low else f"above {self.high}"
+        if self.low_open and value == self.low:
+            return f"not above {self.low}"
+        if self.high_open and value == self.high:
+            return f"not below {self.high}"
+        return None
+
+
+ANY_NUMBER = Span()                         # finite: NaN and infinity are refused
+FRACTION = Span(0, 1, high_open=True)       # a share of the steps, 0 ≤ x < 1
+
+
+def require(name: str, value, rule: Whole | Span):
+    """`value` if it keeps `rule`; else BrokenRule "<name> must be <what the rule wants>, not <value>"."""
+    problem = rule.problem(value)
+    if problem is not None:
+        raise BrokenRule(f"{name} must be {rule.wants()}, not {shown(value)}", problem)
+    return value
 
 
 def whole(name: str, value, low: int, high: int) -> int:
-    """`value` if it is a whole number from `low` to `high`; JSON's true/false and 2.0 are not."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """`value` if it keeps Whole(low, high), worded for a model file's setting: the value comes first,
+    as in every loader's message ("num_res_blocks 400 is not between 1 and 16")."""
+    problem = Whole(low, high).problem(value)
+    if problem == NOT_WHOLE:
         raise LatentDeskError(f"{name} must be a whole number, not {shown(value)}")
-    if not low <= value <= high:
+    if problem is not None:
         raise LatentDeskError(f"{name} {shown(value)} is not between {low} and {high}")
     return value
 
 
 def positive_real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise LatentDeskError(f"{name} must be a number above 0, not {shown(value)}")
-    return float(value)
+    return float(require(name, value, Span(0, low_open=True)))
 
 
 def flag(name: str, value) -> bool:
@@ -85,44 +176,20 @@ def level_widths(network: str, channel_mult, base: int) -> list[int]:
     return [base * whole("channel_mult", m, 1, MAX_CHANNELS // base) for m in mults]
 
 
-def check_unet_config(c: UNetConfig) -> None:
-    mc = whole("model_channels", c.model_channels, 1, MAX_CHANNELS)
-    widths = level_widths("UNet", c.channel_mult, mc)
-    levels = len(widths)
-    whole("in_channels", c.in_channels, 1, MAX_CHANNELS)
-    whole("out_channels", c.out_channels, 1, MAX_CHANNELS)
-    blocks = whole("num_res_blocks", c.num_res_blocks, 1, MAX_BLOCKS)
-    depths = [whole("transformer_depth", d, 0, MAX_DEPTH) for d in per_level("transformer_depth",
-                                                                                  c.transformer_depth, levels)]
-    middle = whole("transformer_depth_middle", c.transformer_depth_middle, 0, MAX_DEPTH)
-    for heads, width in zip(per_level("num_heads", c.num_heads, levels), widths, strict=True):
-        whole("num_heads", heads, 1, width)
-    whole("context_dim", c.context_dim, 1, MAX_VECTOR)
-    if c.adm_in_channels is not None:
-        whole("adm_in_channels", c.adm_in_channels, 1, MAX_VECTOR)
-    flag("use_linear_in_transformer", c.use_linear_in_transformer)
-    flag("coord_channels", c.coord_channels)
-    _check_groups(c.norm_groups, [mc, *widths])
-    # Levels, blocks and depths are each bounded; their product is what gets built.
-    total = sum(d * (2 * blocks + 1) for d in depths) + middle
-    if total > MAX_TRANSFORMER_BLOCKS:
-        raise LatentDeskError(f"the UNet would have {total} transformer blocks; at most {MAX_TRANSFORMER_BLOCKS} "
-                              "are supported")
+# -- image sizes ------------------------------------------------------------------------------------
 
+def check_size(width, height, multiple: int = 8, min_side: int = MIN_SIDE, max_side: int = MAX_SIDE) -> None:
+    """LatentDeskError unless width and height are whole numbers of pixels the VAE can take.
 
-def check_vae_config(c: VAEConfig) -> None:
-    widths = level_widths("VAE", c.channel_mult, whole("base_channels", c.base_channels, 1, MAX_CHANNELS))
-    whole("in_channels", c.in_channels, 1, MAX_CHANNELS)
-    whole("out_channels", c.out_channels, 1, MAX_CHANNELS)
-    whole("num_res_blocks", c.num_res_blocks, 1, MAX_BLOCKS)
-    whole("z_channels", c.z_channels, 1, MAX_CHANNELS)
-    positive_real("scale_factor", c.scale_factor)
-    _check_groups(c.norm_groups, widths)
-
-
-def _check_groups(groups, widths: list[int]) -> None:
-    """GroupNorm needs every width to split evenly (torch raises a ValueError, or divides by zero, otherwise)."""
-    whole("norm_groups", groups, 1, MAX_CHANNELS)
-    if any(w % groups for w in widths):
-        raise LatentDeskError(f"channel counts {sorted(set(widths))} do not split into {groups} norm groups "
-                              "(norm_groups)")
+    The VAE downsamples by 8, so each side must be a multiple of 8.
+    """
+    for label, side in (("width", width), ("height", height)):
+        if isinstance(side, bool) or not isinstance(side, numbers.Integral):
+            raise LatentDeskError(f"{label} must be a whole number of pixels, not {side!r}")
+        if side < min_side:
+            raise LatentDeskError(f"{label} {side} is too small; the smallest is {min_side}")
+        if side > max_side:
+            raise LatentDeskError(f"{label} {side} is too large; the largest is {max_side}")
+        if side % multiple:
+            nearest = min(max((side + multiple // 2) // multiple * multiple, min_side), max_side)  # ties up
+            raise LatentDeskError(f"{label} {side} is not a multiple of {multiple}; try {nearest}")

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from core.families import Family
+from core.nets.unet import UNet
+from core.nets.vae import AutoencoderKL
+from core.text.encoder import TextEncoder
 
 
 @dataclass(frozen=True)
 class DiffusionModel:
     family: Family
-    unet: nn.Module            # core.nets.unet.UNet
-    vae: nn.Module             # core.nets.vae.AutoencoderKL
-    text_encoder: nn.Module    # core.text.encoder.TextEncoder
+    unet: UNet
+    vae: AutoencoderKL
+    text_encoder: TextEncoder
     prediction: str            # "epsilon" or "v": what the UNet's output means
     prediction_source: str     # which signal decided it, for the UI and bug reports
     source: Path               # the file or folder it came from
@@ -37,14 +39,3 @@ class DiffusionModel:
     def replace(self, **components) -> DiffusionModel:
         """The same model with some parts swapped, e.g. `model.replace(vae=load_vae(path))`."""
         return dataclasses.replace(self, **components)
-
-
-@dataclass
-class Loaded:
-    """What a file or folder gave: the requested networks and the signals about them."""
-
-    family: Family
-    parts: dict[str, torch.nn.Module]
-    metadata: dict[str, str] = field(default_factory=dict)
-    keys: list[str] = field(default_factory=list)
-    scheduler_prediction: str | None = None

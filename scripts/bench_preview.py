@@ -23,21 +23,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def load(args):
-    from app.jobs import LoadedModel
+    from app.jobs import ReadyModel
     from app.models import load_preview_decoder_beside
     from core.loading.checkpoint import load_model
     from core.nets.latent_rgb import fit_latent_to_rgb
     from core.resources import resolve_model
 
     if args.sd15:
-        from tests.tiny_models import write_full_size_sd15  # random weights, SD1.5 shapes
+        from app.cli.bench.random_sd15 import write_full_size_sd15  # random weights, SD1.5 shapes
         # The 2 GB file is only needed until it is loaded (load_model reads it into memory).
         with tempfile.TemporaryDirectory(prefix="bench-preview-") as scratch:
             path = write_full_size_sd15(Path(scratch) / "sd15.safetensors")
             model = load_model(path)
             if args.taesd:   # random weights cost what TAESD's do; the app finds it by this name
+                from core.atomic_files import save_tensors
                 from core.nets.taesd import TaesdDecoder
-                from core.train.loop import save_tensors
                 save_tensors(path.parent / "taesd_decoder.safetensors", TaesdDecoder().state_dict())
             decoder, note = load_preview_decoder_beside(path, model)
     else:
@@ -46,7 +46,7 @@ def load(args):
         decoder, note = load_preview_decoder_beside(path, model)   # as the app loads it
     if note:
         print(note, file=sys.stderr)
-    return LoadedModel(model, str(path), None, fit_latent_to_rgb(model.vae), decoder)
+    return ReadyModel(model, str(path), None, fit_latent_to_rgb(model.vae), decoder)
 
 
 def main() -> int:
@@ -68,7 +68,7 @@ def main() -> int:
     from core.request import GenerationRequest
 
     loaded = load(args)
-    family = loaded.model.family
+    family = loaded.diffusion.family
     size = args.size or family.default_size
     request = GenerationRequest(prompt="a large red star in the top left corner on a blue background",
                                 steps=args.steps, guidance=family.default_guidance, sampler=family.default_sampler,
@@ -82,7 +82,7 @@ def main() -> int:
         drawn = []
         on_step = (lambda step: drawn.append(previewer(step, False) is not None)) if previewer else None
         started = time.perf_counter()
-        generate(request, loaded.model, on_step=on_step)
+        generate(request, loaded.diffusion, on_step=on_step)
         if previewer:
             frames.append(sum(drawn))
         return time.perf_counter() - started
@@ -95,7 +95,7 @@ def main() -> int:
             (previewed if with_preview else plain).append(timed(with_preview))
         print(f"run {run + 1}: without {plain[-1]:.3f} s, with {mode.label} {previewed[-1]:.3f} s", flush=True)
     a, b = statistics.median(plain), statistics.median(previewed)
-    print(f"{loaded.model.name} {size}x{size}, {args.steps} steps: median without previews {a:.3f} s, "
+    print(f"{loaded.diffusion.name} {size}x{size}, {args.steps} steps: median without previews {a:.3f} s, "
           f"with '{mode.label}' previews {b:.3f} s: {100 * (b / a - 1):+.1f} % wall time; new frames per run "
           f"{frames[1:]} of {args.steps}")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -40,6 +41,11 @@ class ErrorCount(logging.Handler):
             self.records.append(self.format(record))
 
 
+def the_form(panel):
+    """What the form asks for, without the seed: a Live run's drawn seed is no edit."""
+    return dataclasses.replace(panel.request(), seed=0)
+
+
 async def soak(runs: int, hang_s: float, seed: int) -> dict:
     from app.settings import AppPaths, open_settings
     from app.window import MainWindow
@@ -59,7 +65,7 @@ async def soak(runs: int, hang_s: float, seed: int) -> dict:
     window.jobDone.connect(lambda message: finished.append(type(message).__name__))
     process, rss, hangs, seconds = psutil.Process(), [], 0, []
     while len(finished) < runs:
-        before, started, form = len(finished), time.perf_counter(), panel.values()
+        before, started, form = len(finished), time.perf_counter(), the_form(panel)
         if rng.random() < 0.25:       # a slider move
             slider = rng.choice([panel.guidance.slider, panel.steps])
             slider.setValue(rng.randint(slider.minimum(), min(slider.maximum(), 30)))
@@ -71,7 +77,7 @@ async def soak(runs: int, hang_s: float, seed: int) -> dict:
                 for char in " " + rng.choice(WORDS):
                     panel.prompt.insertPlainText(char)
                     await asyncio.sleep(0.12)
-        if panel.values() == form or not form.prompt.strip() or not panel.values().prompt.strip():
+        if the_form(panel) == form or not form.prompt.strip() or not the_form(panel).prompt.strip():
             await asyncio.sleep(0.6)  # no change, or no prompt: Live has nothing to draw (a run may end)
             continue
         while len(finished) == before and time.perf_counter() - started < hang_s:

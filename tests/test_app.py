@@ -23,13 +23,10 @@ from app.jobs import Failed, Finished, PreviewMode, Stopped
 from app.main import main
 from app.settings import open_settings, read
 from app.window import MainWindow
-from core.metadata import read_parameters, save_png, to_infotext
-from core.nets.preview_decoder import (
-    PreviewDecoder,
-    PreviewDecoderConfig,
-    preview_decoder_path,
-    save_preview_decoder,
-)
+from core.loading.preview_decoders import preview_decoder_path, save_preview_decoder
+from core.metadata.infotext import to_infotext
+from core.metadata.png_files import read_parameters, save_png
+from core.nets.preview_decoder import PreviewDecoder, PreviewDecoderConfig
 from core.request import GenerationRequest
 
 # Read when pytest-qt creates the QApplication (the first test), not at import: no display needed.
@@ -373,7 +370,7 @@ def test_no_model_then_a_bad_model_then_a_good_one(open_window, qtbot, tmp_path,
 
     with qtbot.waitSignal(window.modelLoaded, timeout=60_000):
         drop(window, tiny_model)
-    assert window.model.model.name == "tiny" and "tiny" in window.model_label.text()
+    assert window.model.diffusion.name == "tiny" and "tiny" in window.model_label.text()
     assert window.device_label.text() == "CPU"
     window.panel.width.setValue(64)
     window.panel.height.setValue(64)
@@ -451,7 +448,7 @@ def test_a_preview_decoder_beside_the_model_loads_with_it_in_either_precision(ti
         assert loaded.preview_decoder is not None and loaded.preview_note is None
         previewer = make_previewer(PreviewMode.TINY, loaded)
         assert isinstance(previewer, TinyPreview)
-        x = torch.randn(1, 4, 8, 8, dtype=loaded.model.dtype)     # latents as the sampler holds them
+        x = torch.randn(1, 4, 8, 8, dtype=loaded.diffusion.dtype)     # latents as the sampler holds them
         image = previewer(StepInfo(1, 6, x, x, 1.0, 7.0), noisy=False)
         assert (image.width(), image.height()) == (16, 16)       # the tiny VAE's 2x
 
@@ -460,7 +457,7 @@ def test_a_broken_preview_decoder_leaves_the_model_working_with_the_fast_preview
                                                                                  tiny_model):
     path = model_with_preview_decoder(tmp_path, tiny_model, bytes(range(256)))   # a header length of ~500 PB
     window = open_window(model=path)
-    assert window.model.model.name == "tiny" and window.model.preview_decoder is None
+    assert window.model.diffusion.name == "tiny" and window.model.preview_decoder is None
     assert "none loaded" in window.panel.preview_mode.toolTip()
     assert window.message_bar.kind == "warning"
     assert "tiny.preview.safetensors" in window.message_bar.text() and "fast map" in window.message_bar.text()
@@ -551,8 +548,9 @@ def test_speed_controls_reach_the_png_and_are_remembered(open_window, qtbot, fol
     first.close()
 
     second = open_window(small=False)
-    assert second.panel.speedups.values() == {"deep_cache_interval": 2, "deep_cache_blocks": 2,
-                                              "deep_cache_start": 0.5, "guidance_cutoff": 0.0}
+    held = second.panel.request()
+    assert (held.deep_cache_interval, held.deep_cache_blocks, held.deep_cache_start, held.guidance_cutoff) == (
+        2, 2, 0.5, 0.0)
 
 
 def test_history_menu_reuses_parameters_uses_as_init_and_deletes_to_trash(open_window, qtbot, folders,
@@ -630,17 +628,17 @@ def test_a_windowed_build_without_stdout_keeps_its_messages_in_a_log(tmp_path):
 def test_bf16_reloads_the_model_in_bfloat16_records_it_and_is_remembered(open_window, qtbot, folders):
     import torch
     first = open_window()
-    assert first.model.model.dtype == torch.float32
+    assert first.model.diffusion.dtype == torch.float32
     with qtbot.waitSignal(first.modelLoaded, timeout=60_000):
         first.panel.speedups.half.setChecked(True)
-    assert first.model.model.dtype == torch.bfloat16 and "bfloat16" in first.model_label.text()
+    assert first.model.diffusion.dtype == torch.bfloat16 and "bfloat16" in first.model_label.text()
     message = run(qtbot, first)
     assert isinstance(message, Finished)
     assert "Precision: bfloat16" in read_parameters(message.paths[0])
     first.close()
 
     second = open_window(small=False)
-    assert second.panel.speedups.half.isChecked() and second.model.model.dtype == torch.bfloat16
+    assert second.panel.speedups.half.isChecked() and second.model.diffusion.dtype == torch.bfloat16
     with qtbot.waitSignal(second.modelLoaded, timeout=60_000):
         second.panel.speedups.half.setChecked(False)
-    assert second.model.model.dtype == torch.float32 and "bfloat16" not in second.model_label.text()
+    assert second.model.diffusion.dtype == torch.float32 and "bfloat16" not in second.model_label.text()

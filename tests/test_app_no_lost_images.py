@@ -6,10 +6,10 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 
 from app import generation
-from app.history import LIVE_ROLE, UNSAVED_ROLE
 from app.jobs import Failed, Finished
+from app.widgets.history_strip import LIVE_ROLE, UNSAVED_ROLE
 from core.errors import LatentDeskError
-from core.metadata import read_parameters
+from core.metadata.png_files import read_parameters
 from tests.test_app import RUN_TIMEOUT_MS, pngs, run
 
 
@@ -56,11 +56,11 @@ def test_after_a_failed_save_use_as_init_is_not_the_previous_runs_file(open_wind
     window.panel.steps.setValue(2)
     qtbot.keyClicks(window.panel.prompt, "a red star")
     first = run(qtbot, window)
-    assert window._last_result == first.paths[0]
+    assert window.session.last_result == first.paths[0]
     disk_full_after(monkeypatch, good=0)
     second = run(qtbot, window)
     assert second.paths == () and second.save_error
-    assert window._last_result is None           # not the first run's file, which shows another image
+    assert window.session.last_result is None           # not the first run's file, which shows another image
 
 
 def test_live_results_are_not_written_and_one_waits_in_the_strip(open_window, qtbot, folders):

@@ -196,9 +196,11 @@ def test_without_diffusers_core_imports_and_compare_names_the_package():
 
 def test_only_the_bench_reference_imports_diffusers():
     imports_diffusers = re.compile(r"^\s*(import|from) diffusers\b", re.MULTILINE)
-    core = Path(__file__).resolve().parent.parent / "core"
-    allowed = {core / "bench" / "reference.py", core / "bench" / "load_probe.py"}
-    importers = {path for path in core.rglob("*.py") if imports_diffusers.search(path.read_text(encoding="utf-8"))}
+    root = Path(__file__).resolve().parent.parent
+    bench = root / "app" / "cli" / "bench"
+    allowed = {bench / "reference.py", bench / "load_probe.py"}
+    importers = {path for folder in ("core", "app") for path in (root / folder).rglob("*.py")
+                 if imports_diffusers.search(path.read_text(encoding="utf-8"))}
     assert importers == allowed   # and those two import it inside functions only (test_core_has_no_qt imports all)
 
 

@@ -1,35 +1,37 @@
 """The shipped built-in model (resources/models/builtin.safetensors): loads as any model does, and
 draws today what it drew when it shipped.
 
-The golden image was made with `scripts/make_golden.py`; regenerate it only when the model
+The golden image and its request come from `scripts/make_golden.py`; regenerate it only when the model
 itself is retrained, never to make this test pass.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from core.loading.checkpoint import load_model
 from core.generate import generate
 from core.images import psnr
-from core.request import GenerationRequest
+from core.loading.checkpoint import load_model
 from core.resources import builtin_model_path, resolve_model
 from core.shapes.checker import measure
 
-GOLDEN = Path(__file__).parent / "golden" / "builtin.png"
-GOLDEN_REQUEST = GenerationRequest(prompt="a large red star in the top left corner on a blue background",
-                                   seed=7, width=128, height=128)
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def golden_request(model) -> GenerationRequest:
-    """The golden prompt at the model's own defaults: what a user gets without touching anything."""
-    family = model.family
-    return GenerationRequest(prompt=GOLDEN_REQUEST.prompt, seed=GOLDEN_REQUEST.seed, steps=family.default_steps,
-                             guidance=family.default_guidance, sampler=family.default_sampler,
-                             width=family.default_size, height=family.default_size)
+def _make_golden():
+    """scripts/make_golden.py, which defines the golden request (a script, so loaded by its path)."""
+    spec = importlib.util.spec_from_file_location("make_golden", ROOT / "scripts" / "make_golden.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_script = _make_golden()
+GOLDEN, golden_request = _script.GOLDEN, _script.golden_request
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.loading.checkpoint import load_model, load_vae
 from core.errors import LatentDeskError, ModelLoadError
 from core.families import SD1, SD2, SDXL, VAE_PREFIX
+from core.loading.checkpoint import load_model, load_vae
 from core.loading.prediction import decide_prediction
 from tests.tiny_models import VAE, randomize, write_single_file
 
@@ -139,10 +139,10 @@ def test_cli_bad_file_exits_2_with_one_line(tmp_path):
 
 def embedded_model(tmp_path, heads: int = 2, text_heads: int = 4, **changes):
     """A tiny SD1-layout file that states its own config (as `latentdesk train` exports)."""
+    from core.families import UNET_PREFIX
     from core.loading import embedded_config
     from core.loading.convert_unet import unet_config_from_shapes
     from core.loading.convert_vae import vae_config_from_shapes
-    from core.families import UNET_PREFIX
 
     path = write_single_file("sd1", tmp_path / "base.safetensors", seed=3)
     state = load_file(path)

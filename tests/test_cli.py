@@ -12,7 +12,8 @@ from PIL import Image
 
 from app.cli.commands import main
 from core.errors import LatentDeskError
-from core.metadata import read_parameters, request_from_infotext
+from core.metadata.infotext import request_from_infotext
+from core.metadata.png_files import read_parameters
 from core.request import GenerationRequest
 from tests.tiny_models import write_single_file
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from app.history import list_outputs
-from core.metadata import read_parameters, remove_stale_temporaries
+from core.metadata.png_files import read_parameters, remove_stale_temporaries
 
 SAVES = 50
 
@@ -26,7 +26,7 @@ SAVER = """
 import os, sys
 import numpy as np
 from PIL import Image
-from core.metadata import save_png
+from core.metadata.png_files import save_png
 folder, count = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(os.getpid())
 while len([n for n in os.listdir(folder) if n.endswith(".png") and not n.startswith(".")]) < count:

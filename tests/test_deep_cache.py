@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 import torch
 
-from core.sampling.deep_cache import DeepCacheUNet
 from core.errors import LatentDeskError
 from core.nets.unet import UNet, UNetConfig, coordinates, timestep_embedding
+from core.sampling.deep_cache import DeepCacheUNet
 from tests.tiny_models import randomize
 
 # Each family's distinguishing choices at toy size: attention per level, conv vs linear projections,

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from app.cli.bench.random_sd15 import clip_l_config, write_full_size_sd15
 from core.loading.checkpoint import load_model
 from core.nets.unet import UNetConfig
-from tests.tiny_models import clip_l_config, write_full_size_sd15
 
 TOLERANCE = 1e-4
 SD15_UNET = dict(  # diffusers' config of runwayml/stable-diffusion-v1-5 unet/config.json

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from core.loading.checkpoint import load_model
 from core.errors import LatentDeskError
 from core.generate import Cancelled, generate
-from core.sampling.guidance import GuidanceScale
+from core.loading.checkpoint import load_model
 from core.request import GenerationRequest
+from core.sampling.guidance import GuidanceScale
 from tests.tiny_models import write_diffusers_folder
 
 TOLERANCE = 1e-4

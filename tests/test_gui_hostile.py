@@ -348,7 +348,7 @@ def test_output_folder_that_is_a_file(open_window, qtbot, tmp_path):
 
 def test_restoring_a_crafted_png_brings_every_number_into_range(open_window, qtbot, tmp_path):
     """Qt's spin boxes raise above 2³¹: restoring once stopped half way, the form half changed."""
-    from core.metadata import save_png
+    from core.metadata.png_files import save_png
 
     crafted = save_png(noise(), tmp_path / "crafted.png", (
         "a red star\nNegative prompt: blur\nSteps: 99999999999, Sampler: Euler, CFG scale: 1e308, "

@@ -19,13 +19,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.loading.checkpoint import load_model, load_vae
 from core.errors import LatentDeskError, ModelLoadError
 from core.families import UNET_PREFIX, VAE_PREFIX
-from core.nets.preview_decoder import CONFIG_KEY, PreviewDecoder, PreviewDecoderConfig, load_preview_decoder
+from core.loading.checkpoint import load_model, load_vae
+from core.loading.preview_decoders import CONFIG_KEY, load_preview_decoder
+from core.loading.weights import build_on_meta
+from core.nets.preview_decoder import PreviewDecoder, PreviewDecoderConfig
 from core.nets.unet import UNet, UNetConfig
 from core.nets.vae import AutoencoderKL, VAEConfig
-from core.loading.weights import build_on_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
@@ -304,7 +305,7 @@ from pathlib import Path
 
 from core.loading.checkpoint import load_model                 # imported first: importing is not the load's cost
 from core.errors import LatentDeskError
-from core.nets.preview_decoder import load_preview_decoder
+from core.loading.preview_decoders import load_preview_decoder
 
 def kib(field):
     return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.loading.checkpoint import load_model, load_vae
 from core.errors import ModelLoadError
+from core.loading.checkpoint import load_model, load_vae
 from core.loading.safetensors_io import all_finite
 from tests.tiny_models import write_diffusers_folder, write_single_file
 

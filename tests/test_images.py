@@ -19,7 +19,6 @@ from PIL import Image, ImageFile
 
 from core.errors import LatentDeskError
 from core.images import (
-    check_size,
     default_size_for,
     fit_image,
     image_to_tensor,
@@ -28,6 +27,7 @@ from core.images import (
     tensor_to_images,
     to_rgb,
 )
+from core.limits import check_size
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 

@@ -8,14 +8,14 @@ from dataclasses import replace
 import pytest
 
 from app.cli.commands import main
+from core.nets.unet import UNetConfig
+from core.nets.vae import VAEConfig
 from core.shapes.captions import HELDOUT_MARKERS
 from core.shapes.evaluate import EvalCase, Tally, ground_truth, heldout_cases, score_images
 from core.shapes.world import ATTRIBUTES, render
 from core.train.autoencoder import build_autoencoder
 from core.train.diffusion import TextEncoderConfig, build_networks
 from core.train.export import ModelDefaults, export_model
-from core.nets.unet import UNetConfig
-from core.nets.vae import VAEConfig
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from app.jobs import Finished
 from core import memory
-from core.loading.checkpoint import load_model
 from core.errors import ModelLoadError
+from core.loading import footprint
+from core.loading.checkpoint import load_model
 from core.loading.safetensors_io import SafetensorsFile
 from tests.test_app import run
 
@@ -25,19 +26,19 @@ def test_free_memory_comes_from_psutil_and_an_exotic_system_means_no_check(monke
 
 def test_weights_bytes_counts_what_is_loaded_in_the_chosen_precision(tiny_model, tmp_path):
     tensors = load_file(tiny_model)
-    fp32 = memory.weights_bytes(tiny_model, torch.float32)
+    fp32 = footprint.weights_bytes(tiny_model, torch.float32)
     assert fp32 == sum(t.numel() * 4 if t.is_floating_point() else t.numel() * t.element_size()
                        for t in tensors.values())
-    assert memory.weights_bytes(tiny_model, torch.bfloat16) < 0.6 * fp32
+    assert footprint.weights_bytes(tiny_model, torch.bfloat16) < 0.6 * fp32
     # a training checkpoint's EMA copy is never loaded, so it does not count
     with_ema = dict(tensors, **{"model_ema." + k.replace(".", ""): v.clone() for k, v in tensors.items()
                                 if k.startswith("model.diffusion_model.")})
     save_file(with_ema, tmp_path / "ema.safetensors")
-    assert memory.weights_bytes(tmp_path / "ema.safetensors", torch.float32) == fp32
+    assert footprint.weights_bytes(tmp_path / "ema.safetensors", torch.float32) == fp32
 
 
 def test_a_model_too_large_for_free_memory_is_refused_before_a_weight_is_read(tiny_model, monkeypatch):
-    needed = memory.weights_bytes(tiny_model, torch.float32)
+    needed = footprint.weights_bytes(tiny_model, torch.float32)
     monkeypatch.setattr(memory, "available_bytes", lambda device: needed)
     reads = []
     monkeypatch.setattr(SafetensorsFile, "read_many", lambda self, *a, **k: reads.append(a))
@@ -51,7 +52,7 @@ def test_a_model_that_fits_only_alone_replaces_the_loaded_one(open_window, qtbot
     window = open_window()
     second = tmp_path / "second.safetensors"
     second.write_bytes(tiny_model.read_bytes())
-    needed = memory.weights_bytes(second, torch.float32)
+    needed = footprint.weights_bytes(second, torch.float32)
     # As if the first model took the memory the second needs: free only once it is released.
     monkeypatch.setattr(memory, "available_bytes",
                         lambda device: needed if window.model is not None else int(needed / 0.9) + 2**20)
@@ -119,8 +120,8 @@ def test_a_diffusers_folder_counts_every_shard_of_one_variant(tmp_path):
     for name in ("diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
                  "diffusion_pytorch_model.fp16-00002-of-00002.safetensors"):
         save_file({"w": torch.zeros(1000, dtype=torch.float16)}, unet / name)
-    assert memory.weights_bytes(tmp_path / "model", torch.float32) == 2 * 1000 * 4
+    assert footprint.weights_bytes(tmp_path / "model", torch.float32) == 2 * 1000 * 4
     for name in ("diffusion_pytorch_model-00001-of-00002.safetensors",
                  "diffusion_pytorch_model-00002-of-00002.safetensors"):
         (unet / name).unlink()
-    assert memory.weights_bytes(tmp_path / "model", torch.float32) == 2 * 1000 * 4   # the fp16 shards, both
+    assert footprint.weights_bytes(tmp_path / "model", torch.float32) == 2 * 1000 * 4   # the fp16 shards, both

@@ -1,4 +1,4 @@
-"""Infotext writing/reading (A1111's format), PNG saving and reading back, model hashes."""
+"""Infotext writing/reading (A1111's format), PNG saving and reading back, model hashes (core/metadata/)."""
 
 from __future__ import annotations
 
@@ -17,21 +17,21 @@ import pytest
 from PIL import Image, ImageFile
 from PIL.PngImagePlugin import PngInfo
 
-from core import metadata
 from core.errors import LatentDeskError
-from core.metadata import (
+from core.metadata import hashing, png_files
+from core.metadata.hashing import model_hash
+from core.metadata.infotext import (
+    guidance_schedule,
     join_sampler,
-    model_hash,
     parameter_pairs,
     parse_infotext,
-    read_parameters,
     request_from_infotext,
-    save_png,
     to_infotext,
 )
+from core.metadata.png_files import read_parameters, save_png
 from core.request import GenerationRequest
 
-A1111_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')   # as in REFERENCE.md
+A1111_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')   # A1111's own pattern for its parameters text (modules/infotext_utils.py)
 VERSION = "Latent Desk 0.1.0"
 
 
@@ -336,7 +336,7 @@ def test_save_without_hard_links_still_never_overwrites(tmp_path, monkeypatch):
 
 
 def test_only_our_own_stale_temporary_files_are_removed(tmp_path):
-    ours = metadata._temporary_file(tmp_path)
+    ours = png_files._temporary_file(tmp_path)
     os.close(ours[0])
     stale, fresh = ours[1], tmp_path / ".latentdesk-00000000000f.png.tmp"
     not_ours = [tmp_path / name for name in (".latentdesk-notes.png.tmp", ".latentdesk-0123456789AB.png.tmp",
@@ -349,9 +349,9 @@ def test_only_our_own_stale_temporary_files_are_removed(tmp_path):
     for path in (stale, *not_ours):
         os.utime(path, (hour_ago, hour_ago))
     os.utime(linked, (hour_ago, hour_ago), follow_symlinks=False)
-    assert metadata.remove_stale_temporaries(tmp_path) == [stale]
+    assert png_files.remove_stale_temporaries(tmp_path) == [stale]
     assert fresh.exists() and linked.is_symlink() and all(p.exists() for p in not_ours)
-    assert metadata.remove_stale_temporaries(tmp_path / "missing") == []
+    assert png_files.remove_stale_temporaries(tmp_path / "missing") == []
 
 
 def test_failed_save_raises_and_leaves_nothing(tmp_path):
@@ -385,7 +385,7 @@ def test_comfyui_and_plain_pngs_have_no_parameters(tmp_path):
 def test_a1111_exif_user_comment(tmp_path, fmt, encoding):
     text = "猫, cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 8x8"
     exif = Image.Exif()
-    exif.get_ifd(metadata.EXIF_IFD)[metadata.USER_COMMENT] = b"UNICODE\0" + text.encode(encoding)
+    exif.get_ifd(png_files.EXIF_IFD)[png_files.USER_COMMENT] = b"UNICODE\0" + text.encode(encoding)
     path = tmp_path / f"image.{fmt.lower()}"
     image().save(path, fmt, exif=exif.tobytes())     # bytes: Pillow's PNG writer skips an Exif with only sub-IFDs
     assert read_parameters(path) == text
@@ -404,7 +404,7 @@ def test_broken_files_give_none(tmp_path):
 
 
 def test_huge_parameters_chunk_gives_none(tmp_path):
-    path = save_png(image(), tmp_path / "huge.png", "x" * (metadata.MAX_PARAMETERS_CHARS + 1))
+    path = save_png(image(), tmp_path / "huge.png", "x" * (png_files.MAX_PARAMETERS_CHARS + 1))
     assert read_parameters(path) is None
 
 
@@ -433,7 +433,7 @@ def test_a_huge_pngs_parameters_are_read_from_its_chunks_without_decoding_a_pixe
     parameters were not in a chunk Image.open had read; now no Pillow decoder is even opened."""
     key, text = b"parameters\0", INFOTEXT.encode()
     exif = Image.Exif()
-    exif.get_ifd(metadata.EXIF_IFD)[metadata.USER_COMMENT] = b"UNICODE\0" + INFOTEXT.encode("utf-16-be")
+    exif.get_ifd(png_files.EXIF_IFD)[png_files.USER_COMMENT] = b"UNICODE\0" + INFOTEXT.encode("utf-16-be")
     extras = {"tEXt": [chunk(b"tEXt", key + text)],
               "zTXt": [chunk(b"zTXt", key + b"\0" + zlib.compress(text))],
               "iTXt": [chunk(b"iTXt", key + b"\0\0en\0\0" + text)],
@@ -461,7 +461,7 @@ def test_a_compressed_text_bomb_is_not_inflated_past_the_limit(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 3 * metadata.MAX_PARAMETERS_BYTES
+    assert peak < 3 * png_files.MAX_PARAMETERS_BYTES
 
 
 def test_damaged_text_chunks_give_none(tmp_path):
@@ -490,7 +490,7 @@ def test_model_hash_is_sha256_prefix(tmp_path, monkeypatch):
     path = tmp_path / "model.safetensors"
     data = os.urandom(3 * 1024 + 17)
     path.write_bytes(data)
-    monkeypatch.setattr(metadata, "HASH_BLOCK", 1024)        # several blocks: the file is streamed
+    monkeypatch.setattr(hashing, "HASH_BLOCK", 1024)        # several blocks: the file is streamed
     assert model_hash(path) == hashlib.sha256(data).hexdigest()[:10]
 
 
@@ -505,8 +505,6 @@ def test_model_hash_of_diffusers_folder_is_its_unet_weights(tmp_path):
 
 
 def test_guidance_moved_during_a_run_is_written_as_a_schedule_and_parsing_ignores_it():
-    from core.metadata import guidance_schedule
-
     req = GenerationRequest(prompt="a red circle", guidance=7.0, steps=6)
     assert guidance_schedule([7.0] * 6) is None and guidance_schedule([]) is None
     assert guidance_schedule([7.0, 7.0, 3.5, 3.5, 3.5, 12.0]) == "7 (steps 1-2), 3.5 (steps 3-5), 12 (step 6)"

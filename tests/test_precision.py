@@ -8,15 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from core.loading.checkpoint import load_model
 from app.cli.commands import main
-from core.sampling.denoiser import Denoiser
 from core.errors import LatentDeskError
 from core.generate import generate
 from core.images import psnr
-from core.metadata import to_infotext
+from core.loading.checkpoint import load_model
+from core.metadata.infotext import to_infotext
 from core.precision import at_precision, precision_dtype, sampling_dtype
 from core.request import GenerationRequest
+from core.sampling.denoiser import Denoiser
 from tests.tiny_models import write_single_file
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.jobs import LoadedModel, PreviewMode
+from app.jobs import PreviewMode, ReadyModel
 from app.preview import AutoPreview, FastPreview, TinyPreview, VaePreview, keep_last_frame, make_previewer
 from core.generate import StepInfo
 from core.nets.latent_rgb import LatentToRGB, fit_latent_to_rgb
@@ -49,8 +49,8 @@ def test_fit_recovers_a_linear_decoder_exactly():
 
 
 def test_fit_on_a_real_vae_explains_most_of_the_colour():
-    from core.train.autoencoder import build_autoencoder
     from core.nets.vae import VAEConfig
+    from core.train.autoencoder import build_autoencoder
 
     vae = build_autoencoder(VAEConfig(base_channels=8, channel_mult=(1, 1, 1, 1), num_res_blocks=1, norm_groups=4,
                                       scale_factor=0.5), seed=0).eval()
@@ -189,9 +189,9 @@ def test_auto_never_decodes_when_the_between_preview_alone_spends_the_budget():
     assert kinds == ["between"] * 20
 
 
-def loaded_with(latent_rgb: bool, decoder: bool) -> LoadedModel:
+def loaded_with(latent_rgb: bool, decoder: bool) -> ReadyModel:
     mapping = LatentToRGB(TRUE_WEIGHT, TRUE_BIAS, 1.0) if latent_rgb else None
-    return LoadedModel(SimpleNamespace(vae=LinearVae()), "builtin", None, mapping,
+    return ReadyModel(SimpleNamespace(vae=LinearVae()), "builtin", None, mapping,
                        tiny_decoder() if decoder else None)
 
 
@@ -203,7 +203,7 @@ def test_each_mode_has_its_previewer(mode, kind):
 
     # Without a tiny decoder, so that Auto is the budgeted mix (with one, Auto is the tiny decoder: below).
     assert isinstance(make_previewer(mode, loaded_with(latent_rgb=True, decoder=mode is PreviewMode.TINY)), kind)
-    assert DiffusionModel  # the real type is what LoadedModel holds in the app; a stand-in suffices here
+    assert DiffusionModel  # the real type is what ReadyModel holds in the app; a stand-in suffices here
 
 
 def test_the_menu_lists_tiny_between_vae_and_fast():
@@ -227,6 +227,6 @@ def test_tiny_and_auto_fall_back_to_what_the_model_has(latent_rgb, decoder, tiny
 
 
 def test_auto_without_a_fitted_map_decodes_every_step():
-    loaded = LoadedModel(SimpleNamespace(vae=LinearVae()), "x", None, None)
+    loaded = ReadyModel(SimpleNamespace(vae=LinearVae()), "x", None, None)
     assert isinstance(make_previewer(PreviewMode.AUTO, loaded), VaePreview)
     assert make_previewer(PreviewMode.FAST, loaded) is None

@@ -14,17 +14,16 @@ import torch
 from safetensors.torch import save_file
 
 from core.errors import ModelLoadError
-from core.nets.preview_decoder import (
+from core.loading.preview_decoders import (
     CONFIG_KEY,
-    PreviewDecoder,
-    PreviewDecoderConfig,
     load_preview_decoder,
     preview_decoder_path,
     save_preview_decoder,
 )
-from core.train.loop import TrainSettings
-from core.train.preview import PreviewDecoderStage, _blur, preview_psnr, teacher_pairs, train_preview_decoder
+from core.nets.preview_decoder import PreviewDecoder, PreviewDecoderConfig
 from core.nets.vae import AutoencoderKL
+from core.train.preview import PreviewDecoderStage, _blur, preview_psnr, teacher_pairs, train_preview_decoder
+from core.train.settings import TrainSettings
 from tests.test_train import VAE as TRAIN_VAE
 from tests.test_train import Pictures
 

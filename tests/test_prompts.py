@@ -12,6 +12,7 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from core.families import SD1, SD2, SDXL
+from core.text.encoder import TextEncoder
 from core.text.prompts import (
     BREAK,
     EMPTY_CHUNK,
@@ -22,7 +23,6 @@ from core.text.prompts import (
     parse_emphasis,
     prompt_chunks,
 )
-from core.text.encoder import TextEncoder
 from core.text.tokenizer import ClipTokenizer
 
 CAT, DOG, BIRD, COMMA = 2368, 1929, 3329, 267      # one token each in CLIP's vocabulary

@@ -29,9 +29,10 @@ from diffusers import (
 )
 from diffusers.schedulers import scheduling_lms_discrete
 
-from core.sampling.denoiser import Conditioning, Denoiser
 from core.errors import LatentDeskError
+from core.sampling.denoiser import Conditioning, Denoiser
 from core.sampling.guidance import CFGDenoiser, GuidanceScale
+from core.sampling.sampler_names import SAMPLER_NAMES
 from core.sampling.samplers import (
     SAMPLERS,
     SamplerSpec,
@@ -47,6 +48,12 @@ from core.sampling.schedules import SD_SCHEDULE
 from tests.test_schedules import SD_CONFIG
 
 TOLERANCE = 1e-4  # max |ours − diffusers| ≤ TOLERANCE · max |diffusers|
+
+
+def test_the_torch_free_name_list_is_the_samplers_in_their_order():
+    """The window's menu and the PNG parser read SAMPLER_NAMES without importing torch; the engine's
+    SAMPLERS must be the same names in the same order, or a menu entry would have no sampler behind it."""
+    assert tuple(SAMPLERS) == SAMPLER_NAMES
 
 
 def _gauss_legendre_quad(f, a, b, epsrel=None):

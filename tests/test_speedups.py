@@ -8,12 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from core.loading.checkpoint import load_model
 from core.errors import LatentDeskError
 from core.generate import generate
+from core.loading.checkpoint import load_model
+from core.request import GenerationRequest, check_request
 from core.sampling.guidance import GuidanceScale
-from core.request import GenerationRequest
-from core.sampling.speedups import check_speedups, steps_part
+from core.sampling.speedups import steps_part
 from tests.tiny_models import write_single_file
 
 STEPS = 10
@@ -120,7 +120,7 @@ def test_steps_part_rounds_half_up():
 ])
 def test_bad_values_are_refused_with_a_message(changes, words):
     with pytest.raises(LatentDeskError, match=words):
-        check_speedups(request(**changes))
+        check_request(request(**changes))
 
 
 def test_more_deep_cache_blocks_than_the_model_has_is_refused_by_generate(model):

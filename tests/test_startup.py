@@ -3,10 +3,15 @@
 torch and transformers take seconds to import; the window module imports only Qt and light
 modules, and the engine is imported by the model-loading and generation threads."""
 
+import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ("torch", "transformers", "numpy", "safetensors")
 
 
@@ -27,3 +32,15 @@ def test_the_window_module_imports_without_the_engine():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "'app.window'" in result.stdout and "'app.widgets.controls'" in result.stdout
+
+
+def test_the_window_is_shown_within_two_seconds_of_launch(tmp_path):
+    """From source, launch to first paint; 0.25 s measured here (scripts/bench_startup.py), so the
+    bound leaves room for a slow CI machine while catching the engine (seconds of torch import) creeping in."""
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", LATENTDESK_DATA_DIR=str(tmp_path),
+               LATENTDESK_OUTPUT_DIR=str(tmp_path / "out"), LATENTDESK_LAUNCHED_AT=repr(time.time()))
+    result = subprocess.run([sys.executable, "-m", "app", "--smoke-test"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    times = dict(re.findall(r"startup: (.+?) after ([\d.]+) s", result.stdout))
+    assert float(times["window shown"]) <= 2.0, result.stdout

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from core.errors import ModelLoadError
 from core.families import SD1, SD2, SDXL
-from core.nets.preview_decoder import load_preview_decoder, preview_decoder_path
+from core.loading.preview_decoders import load_preview_decoder, preview_decoder_path
 from core.nets.taesd import TaesdDecoder, taesd_file_for
 from tests.tiny_models import randomize
 

@@ -25,6 +25,8 @@ from safetensors.torch import load_file
 
 from core.errors import LatentDeskError
 from core.families import EOS_ID, UNET_PREFIX, VAE_PREFIX
+from core.nets.unet import UNetConfig
+from core.nets.vae import VAEConfig
 from core.train import loop as loop_module
 from core.train.autoencoder import (
     AutoencoderLoss,
@@ -43,10 +45,11 @@ from core.train.diffusion import (
     TextEncoderConfig,
     build_latent_cache,
 )
+from core.train.distributed import Distributed
+from core.train.ema import EMA
 from core.train.export import TEXT_PREFIX, ModelDefaults, export_model
-from core.train.loop import EMA, Distributed, TrainSettings, attention_for_training, train
-from core.nets.unet import UNetConfig
-from core.nets.vae import VAEConfig
+from core.train.loop import attention_for_training, train
+from core.train.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 VAE = VAEConfig(base_channels=8, channel_mult=(1, 1, 1, 1), num_res_blocks=1, norm_groups=4, scale_factor=1.0)
@@ -344,6 +347,23 @@ def test_progress_reports_rate_and_eta(tmp_path):
     assert last.startswith("diffusion step 2/2") and "it/s" in last and "ETA 0:00:00" in last
 
 
+def test_training_and_the_command_line_show_the_same_pace_each_in_its_own_format():
+    from app.cli.progress import ProgressBar
+    from core.train.progress import Progress
+
+    stream = io.StringIO()
+    line = Progress("diffusion", 10, 2, stream)          # resumed at step 2: only this run's steps count
+    line.started -= 4.0                                 # 4 steps in 4 s, 4 to go
+    line.update(6, {"loss": 0.5})
+    assert stream.getvalue() == "diffusion step 6/10  loss 0.5  1.00 it/s  ETA 0:00:04\n"
+
+    stream = io.StringIO()
+    bar = ProgressBar(2, stream, width=4)               # 2 images of 4 steps: 8 steps in all
+    bar.started -= 2.0
+    bar.update(0, 0, 4)
+    assert stream.getvalue() == "\rimage 1/2 [#...] 1/4 0.50 it/s ETA 0:14 "
+
+
 def test_learning_rate_warms_up_then_decays_by_the_step_alone():
     run = TrainSettings(steps=100, lr=1.0, warmup_steps=10, lr_decay_until=110, lr_floor=0.1)
     assert [run.lr_at(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
@@ -399,7 +419,7 @@ def test_export_round_trip_keys_metadata_dtype_and_loader(tmp_path):
 
 def test_export_states_v_prediction_and_the_schedule_and_the_loader_uses_them(tmp_path):
     from core.loading.checkpoint import load_model
-    from core.sampling.schedules import ZERO_SNR_SCHEDULE
+    from core.sampling.schedules import ZERO_SNR_SCHEDULE, schedule_for
 
     stage = diffusion_stage()
     vae = build_autoencoder(replace(VAE, scale_factor=0.25), seed=0)
@@ -411,7 +431,7 @@ def test_export_states_v_prediction_and_the_schedule_and_the_loader_uses_them(tm
     assert json.loads(metadata["latentdesk.config"])["zero_terminal_snr"] is True
     model = load_model(path)
     assert model.prediction == "v" and model.family.zero_terminal_snr
-    assert model.family.schedule is ZERO_SNR_SCHEDULE
+    assert schedule_for(model.family.zero_terminal_snr) is ZERO_SNR_SCHEDULE
     assert not load_model(export_model(tmp_path / "e.safetensors", stage.objective.unet, vae,
                                        stage.objective.text_model)).family.zero_terminal_snr
 
@@ -434,10 +454,10 @@ def test_export_keeps_the_coordinate_channels(tmp_path):
 
 def test_pooled_text_condition_trains_exports_and_samples_as_one_path(tmp_path):
     """A UNet with y = the caption's pooled embedding: what training feeds it is what generation feeds it."""
-    from core.loading.checkpoint import load_model
     from core.generate import conditioning
-    from core.text.prompts import encode_prompt
+    from core.loading.checkpoint import load_model
     from core.request import GenerationRequest
+    from core.text.prompts import encode_prompt
 
     unet_config = replace(UNET, adm_in_channels=TEXT.hidden_size)
     stage = diffusion_stage(unet_config=unet_config)
@@ -556,8 +576,8 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
 
 
 def test_train_builtin_runs_both_stages_and_exports(tmp_path, capsys):
-    from core.loading.checkpoint import load_model
     from app.cli.train import run_train_builtin
+    from core.loading.checkpoint import load_model
     from core.train.recipe import BUILTIN_RECIPE as R
 
     recipe = replace(R, vae=replace(VAE, scale_factor=1.0), vae_loss=replace(R.vae_loss, crop=0),
@@ -595,8 +615,8 @@ def test_snr_weighted_loss_weighs_x0_errors_by_the_clamped_snr():
 
 
 def test_snapshot_exports_an_unfinished_runs_ema_weights_and_refuses_another_autoencoder(tmp_path, capsys):
-    from core.loading.checkpoint import load_model
     from app.cli.commands import main
+    from core.loading.checkpoint import load_model
     from core.train.autoencoder import autoencoder_id
     from core.train.diffusion import export_snapshot
 

@@ -16,9 +16,13 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-from core.loading.convert_unet import unet_config_from_diffusers, unet_config_from_shapes, unet_state_from_diffusers
 from core.errors import LatentDeskError
 from core.families import SD1, SD2, SDXL, UNET_PREFIX
+from core.loading.convert_unet import (
+    unet_config_from_diffusers,
+    unet_config_from_shapes,
+    unet_state_from_diffusers,
+)
 from core.nets.unet import UNet, UNetConfig, sdxl_added_condition
 
 TOLERANCE = 1e-4  # max |ours - ref| relative to max |ref|

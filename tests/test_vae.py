@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
+from core.errors import LatentDeskError
 from core.loading.convert_vae import (
     fix_attention_shapes,
     vae_config_from_diffusers,
     vae_config_from_shapes,
     vae_state_from_diffusers,
 )
-from core.errors import LatentDeskError
 from core.nets.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 
 diffusers = pytest.importorskip("diffusers")

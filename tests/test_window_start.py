@@ -128,7 +128,7 @@ def write_ini(path: Path, form: dict[str, str]) -> None:
 
 
 def form_state(panel: ControlsPanel) -> dict:
-    return {"values": panel.values(), "seed": panel.seed.edit.text(), "random": panel.seed.random.isChecked(),
+    return {"request": panel.request(), "seed": panel.seed.edit.text(), "random": panel.seed.random.isChecked(),
             "preview": panel.preview_choice(), "precision": panel.speedups.precision()}
 
 
@@ -158,11 +158,11 @@ def test_a_good_saved_form_is_restored_without_a_message(open_window, folders):
                                       "width": "640", "height": "384", "seed": "42", "seed_random": "false",
                                       "deep_cache_interval": "3", "guidance_cutoff": "0.3", "precision": "float32"})
     window = open_window(small=False)
-    values = window.panel.values()
-    assert (values.prompt, values.guidance, values.steps, values.width, values.height) == (
+    request = window.panel.request()
+    assert (request.prompt, request.guidance, request.steps, request.width, request.height) == (
         "a red fox, at dusk", 4.5, 33, 640, 384)
     assert window.panel.seed.edit.text() == "42" and not window.panel.seed.random.isChecked()
-    assert (values.speedups["deep_cache_interval"], values.speedups["guidance_cutoff"]) == (3, 0.3)
+    assert (request.deep_cache_interval, request.guidance_cutoff) == (3, 0.3)
     assert "defaults" not in window.message_bar.text()
 
 
@@ -205,7 +205,7 @@ def test_a_settings_file_that_cannot_be_read_opens_the_window_with_defaults(open
         folders.data_dir.write_bytes(b"not a folder")
         folders = dataclasses.replace(folders, settings_file=folders.data_dir / "settings.ini")
     window = open_window(paths=folders, small=False)
-    assert window.model is not None and window.panel.values().steps == 20
+    assert window.model is not None and window.panel.request().steps == 20
 
 
 # -- leftovers of a crash ---------------------------------------------------------------------------

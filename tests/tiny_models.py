@@ -134,9 +134,9 @@ def original_layout_state(family: str, seed: int = 0) -> dict[str, torch.Tensor]
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    from core.families import UNET_PREFIX, VAE_PREFIX
     from core.loading.convert_unet import unet_config_from_diffusers
     from core.loading.convert_vae import vae_config_from_diffusers
-    from core.families import UNET_PREFIX, VAE_PREFIX
     from core.nets.unet import UNet
     from core.nets.vae import AutoencoderKL
 
@@ -163,28 +163,3 @@ def write_single_file(family: str, path: Path, seed: int = 0, dtype: torch.dtype
     save_file(state, path, metadata=metadata)
     return path
 
-
-def clip_l_config():
-    """SD 1.x's text encoder, CLIP ViT-L/14's text tower."""
-    from transformers import CLIPTextConfig
-    return CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                          num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
-                          hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407)
-
-
-def write_full_size_sd15(path: Path) -> Path:
-    """An SD1.5-shaped single file: original-layout tensors, PyTorch's default random init, fp16 (2 GB)."""
-    from transformers import CLIPTextModel
-
-    from core.families import UNET_PREFIX, VAE_PREFIX
-    from core.nets.unet import UNet, UNetConfig
-    from core.nets.vae import AutoencoderKL, VAEConfig
-
-    torch.manual_seed(0)
-    state = {UNET_PREFIX + k: v for k, v in UNet(UNetConfig()).state_dict().items()}
-    state |= {VAE_PREFIX + k: v for k, v in AutoencoderKL(VAEConfig()).state_dict().items()}
-    clip = CLIPTextModel(clip_l_config())
-    state |= {"cond_stage_model.transformer.text_model." + k.removeprefix("text_model."): v
-              for k, v in clip.state_dict().items()}
-    save_file({k: v.half() for k, v in state.items()}, path)
-    return path

@@ -21,12 +21,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from app.cli.measure import add_measure_commands
+from app.cli.train import add_train_commands
 from core import __version__
 from core.errors import LatentDeskError, ModelLoadError
-from app.cli.measure import add_measure_commands
-from core.request import MAX_SEED, GenerationRequest
+from core.limits import require
+from core.request import GenerationRequest, check_request, seed_rule
 from core.sampling.speedups import DEEP_CACHE_BLOCKS, DEEP_CACHE_INTERVAL, DEEP_CACHE_START, GUIDANCE_CUTOFF
-from app.cli.train import add_train_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,11 +106,13 @@ def add_speedup_arguments(parser) -> None:
 
 
 def run_generate(args) -> int:
-    from core.generate import check_request, generate
-    from core.images import default_size_for, load_image
-    from core.metadata import model_hash, remove_stale_temporaries, save_png, to_infotext
-    from core.precision import precision_dtype, precision_name
     from app.cli.progress import ProgressBar
+    from core.generate import generate
+    from core.images import default_size_for, load_image
+    from core.metadata.hashing import model_hash
+    from core.metadata.infotext import to_infotext
+    from core.metadata.png_files import remove_stale_temporaries, save_png
+    from core.precision import precision_dtype, precision_name
 
     # 1. Everything the user typed is checked before the model loads (seconds to minutes).
     prompts = read_prompts(args)
@@ -125,10 +128,8 @@ def run_generate(args) -> int:
     given = GenerationRequest(steps=pick(args.steps, 1), guidance=pick(args.guidance, 1.0), seed=seed,
                               width=pick(args.width, 512), height=pick(args.height, 512), batch=args.batch,
                               clip_skip=args.clip_skip, init_image=args.init_image, strength=args.strength, **speedups)
-    if not 0 <= seed <= MAX_SEED - max(images - 1, 0):     # image i uses seed + i
-        raise LatentDeskError(f"--seed must be a whole number from 0 to {MAX_SEED - max(images - 1, 0)}"
-                              + (f" (the {images} images use seed to seed + {images - 1})" if images > 1 else "")
-                              + f", not {seed}")
+    seed_name, first_seed = seed_rule(max(images, 1), "--seed")     # every prompt's images follow on from it
+    require(seed_name, seed, first_seed)
     check_request(given)
     out = output_path(args)
     remove_stale_temporaries(out.parent if args.out else out)     # the half-written saves of a crash

@@ -1,9 +1,11 @@
-"""A one-line progress bar for the command line: steps, it/s and time left."""
+"""A one-line progress bar for the command line: steps, it/s and time left (core/eta.py's sum)."""
 
 from __future__ import annotations
 
 import sys
 import time
+
+from core.eta import pace
 
 
 class ProgressBar:
@@ -21,15 +23,13 @@ class ProgressBar:
         self.steps_done += 1
         if self.stream is None:
             return
-        elapsed = time.perf_counter() - self.started
-        rate = self.steps_done / elapsed if elapsed > 0 else 0.0
-        remaining = (self.total_images * total_steps - self.steps_done) / rate if rate else 0.0
+        # The time left counts every image's steps, not only this image's.
+        speed = pace(self.steps_done, self.total_images * total_steps, time.perf_counter() - self.started)
         filled = round(self.width * (step + 1) / total_steps)
         bar = "#" * filled + "." * (self.width - filled)
         label = f"image {image + 1}/{self.total_images} " if self.total_images > 1 else ""
         label += f"{note} " if note else ""
-        self.stream.write(f"\r{label}[{bar}] {step + 1}/{total_steps} {rate:.2f} it/s "
-                          f"ETA {int(remaining) // 60}:{int(remaining) % 60:02d} ")
+        self.stream.write(f"\r{label}[{bar}] {step + 1}/{total_steps} {speed.text(separator=' ')} ")
         self.stream.flush()
 
     def close(self) -> None:

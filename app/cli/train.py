@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core.errors import LatentDeskError
-from core.nets.preview_decoder import PreviewDecoderConfig
+from core.nets.preview_decoder import MAX_SIZES, PreviewDecoderConfig
 from core.train.preview import PREVIEW_EVAL_ITEMS, PREVIEW_ITEMS, PREVIEW_TRAIN
 from core.train.recipe import BUILTIN_RECIPE, BuiltinRecipe
 
@@ -180,7 +180,7 @@ def _run_args(parser, settings) -> None:
 
 
 def _settings(args, base):
-    from core.train.loop import TrainSettings
+    from core.train.settings import TrainSettings
     return TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          warmup_steps=args.warmup_steps,
                          lr_decay_until=args.steps if args.lr_decay_until is None else args.lr_decay_until,
@@ -208,10 +208,10 @@ def shapes_name(seed: int, items: int, phrasings: int = 1) -> str:
 
 
 def run_train_autoencoder(args) -> int:
+    from core.nets.vae import VAEConfig
     from core.train.autoencoder import AutoencoderLoss, AutoencoderStage, train_autoencoder
     from core.train.data import shapes
-    from core.train.loop import Distributed
-    from core.nets.vae import VAEConfig
+    from core.train.distributed import Distributed
 
     processes = Distributed.from_env(args.device)
     dataset, name = _dataset(args, R.vae_items)
@@ -230,11 +230,11 @@ def run_train_autoencoder(args) -> int:
 
 
 def run_train_diffusion(args) -> int:
+    from core.nets.unet import UNetConfig
     from core.train.autoencoder import autoencoder_id, load_autoencoder
     from core.train.diffusion import NoiseTarget, TextEncoderConfig, train_diffusion
+    from core.train.distributed import Distributed
     from core.train.export import ModelDefaults
-    from core.train.loop import Distributed
-    from core.nets.unet import UNetConfig
 
     processes = Distributed.from_env(args.device)
     vae = load_autoencoder(args.autoencoder)
@@ -279,11 +279,11 @@ def run_train_preview(args) -> int:
     import shutil
 
     from core.loading.checkpoint import load_model
-    from core.metadata import model_hash
-    from core.nets.preview_decoder import preview_decoder_path
+    from core.loading.preview_decoders import preview_decoder_path
+    from core.metadata.hashing import model_hash
     from core.resources import resolve_model
     from core.train.data import shapes
-    from core.train.loop import Distributed
+    from core.train.distributed import Distributed
     from core.train.preview import train_preview_decoder
 
     model_path = resolve_model(args.model)
@@ -293,6 +293,7 @@ def run_train_preview(args) -> int:
     if args.install and not args.force and target.exists():     # refused now, not after the training
         raise LatentDeskError(f"{target}: the model has a preview decoder already; --install replaces it only "
                               "with --force (or leave --install out and copy the trained file yourself)")
+    _check_preview_size(args)
     device = Distributed.from_env(args.device).device   # one process; this picks the GPU or the CPU threads
     vae = load_model(model_path, device=device).vae.requires_grad_(False)
     items = (args.shapes_items or args.items) if args.shapes else args.items
@@ -306,7 +307,10 @@ def run_train_preview(args) -> int:
         held = max(1, min(args.eval_items, len(folder) // 5))
         dataset = _subset(folder, range(len(folder) - held))
         eval_dataset = _subset(folder, range(len(folder) - held, len(folder)))
-    config = PreviewDecoderConfig(vae.config.z_channels, vae.config.downsample_factor, args.width, args.blocks)
+    try:
+        config = PreviewDecoderConfig(vae.config.z_channels, vae.config.downsample_factor, args.width, args.blocks)
+    except ValueError as e:   # the sizes were checked above: what is left is the model's VAE
+        raise LatentDeskError(f"{model_path}: no preview decoder fits this model's VAE ({e})") from None
     report = train_preview_decoder(vae, f"{model_path.name} {model_hash(model_path)}", dataset, eval_dataset, name,
                                    args.out, config, _settings(args, PREVIEW_TRAIN), items=items,
                                    eval_items=args.eval_items)
@@ -321,6 +325,15 @@ def run_train_preview(args) -> int:
     return 0
 
 
+def _check_preview_size(args) -> None:
+    """--width and --blocks within what a preview decoder may be (core/nets/preview_decoder.py): refused
+    before the model is loaded and its images encoded, with the flag's name rather than a traceback."""
+    for name in ("width", "blocks"):
+        value, high = getattr(args, name), MAX_SIZES[name]
+        if not 1 <= value <= high:
+            raise LatentDeskError(f"--{name} must be from 1 to {high} (a preview decoder is tiny), not {value}")
+
+
 def _subset(dataset, indices):
     import torch
     return torch.utils.data.Subset(dataset, list(indices))
@@ -328,6 +341,7 @@ def _subset(dataset, indices):
 
 def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
     """Stage 1 into OUT/autoencoder, stage 2 into OUT/diffusion, the model to OUT/builtin.safetensors."""
+    from core.atomic_files import write_json
     from core.train.autoencoder import (
         AUTOENCODER_FILE,
         AutoencoderStage,
@@ -337,7 +351,7 @@ def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
     )
     from core.train.data import shapes
     from core.train.diffusion import train_diffusion
-    from core.train.loop import Distributed, write_json
+    from core.train.distributed import Distributed
 
     processes = Distributed.from_env(args.device)
     out = Path(args.out)

@@ -5,7 +5,6 @@ the bottom. It reads and writes `GenerationRequest` fields; it never touches the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSettings, Qt, Signal
@@ -24,7 +23,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.jobs import PreviewMode
+from app.jobs import PreviewMode, ReadyModel
+from app.models import tiny_decoder_note
+from app.seeds import FORM_MAX_SEED
 from app.settings import StoredSettings, between, one_of
 from app.widgets.guidance import HIGH as GUIDANCE_HIGH
 from app.widgets.guidance import LOW as GUIDANCE_LOW
@@ -32,12 +33,17 @@ from app.widgets.guidance import GuidanceControl
 from app.widgets.init_image import MIN_STRENGTH, InitImageWell
 from app.widgets.model_picker import ModelPicker
 from app.widgets.prompt_edit import PromptEdit
-from app.widgets.seed import MAX_SEED, SEED_TEXT, SeedControl
+from app.widgets.seed import SEED_TEXT, SeedControl
 from app.widgets.speedups import SpeedupsControl
 from core.request import GenerationRequest
 from core.sampling.sampler_names import SAMPLER_NAMES
 
 if TYPE_CHECKING:   # the window is built before torch (which core.families needs) is imported
+    from pathlib import Path
+
+    from PySide6.QtGui import QImage
+
+    from app.session import Session
     from core.families import Family
 
 SIZE_STEP = 8              # the VAE downsamples by 8
@@ -60,28 +66,13 @@ def _round8(value: float) -> int:
     return max(MIN_SIDE, int(round(value / SIZE_STEP)) * SIZE_STEP)
 
 
-@dataclass(frozen=True)
-class FormValues:
-    """What the panel holds, minus the seed (drawn per run) and the model (the window's)."""
-
-    prompt: str
-    negative_prompt: str
-    guidance: float
-    steps: int
-    sampler: str
-    width: int
-    height: int
-    batch: int
-    strength: float
-    speedups: dict                 # the approximate speed-ups' GenerationRequest fields (app/widgets/speedups.py)
-
-
 def section(title: str) -> QLabel:
     return QLabel(title.upper(), objectName="SectionTitle")
 
 
 class ControlsPanel(QFrame):
-    edited = Signal()          # any setting that changes the picture was changed (Live mode listens)
+    edited = Signal()          # the user changed a setting that changes the picture (Live mode listens)
+    changed = Signal()         # any field of `request()` may differ: the session takes the form again
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -186,6 +177,14 @@ class ControlsPanel(QFrame):
                        self.height.valueChanged, self.seed.edit.textEdited, self.init_well.strength.valueChanged,
                        self.speedups.valueChanged):
             signal.connect(self.edited)
+        # Every field, however set (typing, a restored PNG, a drawn seed, the init image): the session
+        # must never generate from a stale copy of the form.
+        for signal in (self.prompt.textChanged, self.negative.textChanged, self.guidance.valueChanged,
+                       self.steps.valueChanged, self.sampler.currentIndexChanged, self.width.valueChanged,
+                       self.height.valueChanged, self.batch.valueChanged, self.seed.edit.textChanged,
+                       self.seed.random.toggled, self.init_well.strength.valueChanged,
+                       self.init_well.pathChanged, self.speedups.valueChanged):
+            signal.connect(self.changed)
 
     def _build_toolbar(self) -> QWidget:
         """The strip above everything: the model (what every setting depends on) and the preview.
@@ -210,6 +209,46 @@ class ControlsPanel(QFrame):
         row.addWidget(self.preview_noisy)
         return bar
 
+    # -- bound to the session ----------------------------------------------------------------
+
+    def bind(self, session: Session) -> None:
+        """The form pushed into the session whenever it changes, the buttons and live controls to its
+        actions, and what it reports (a model in, a seed drawn, a run going) shown here."""
+        self.changed.connect(lambda: session.set_form(self.request(), self.seed.mode()))
+        for start in (self.generate_button.clicked, self.prompt.submitted, self.negative.submitted):
+            start.connect(lambda *_: session.generate())
+        self.cancel_button.clicked.connect(session.cancel)
+        for pasted in (self.prompt.imagePasted, self.negative.imagePasted, self.init_well.imageDropped):
+            pasted.connect(session.use_image_data)
+        self.init_well.filesDropped.connect(session.drop_paths)
+        self.guidance.valueChanged.connect(session.set_guidance)
+        self.edited.connect(session.live.edited)
+        self.live.toggled.connect(session.live.set_enabled)
+        self.preview_mode.currentIndexChanged.connect(lambda *_: session.set_preview_choice(*self.preview_choice()))
+        self.preview_noisy.toggled.connect(lambda *_: session.set_preview_choice(*self.preview_choice()))
+        self.speedups.precisionChanged.connect(session.change_precision)
+        self.model_picker.modelChosen.connect(session.open_model)
+        self.model_picker.retryRequested.connect(session.open_model)
+        session.modelReady.connect(self.show_model)
+        session.current_model.failed.connect(lambda spec, _: self._show_failed(spec, session.model))
+        session.seedDrawn.connect(self.seed.show_drawn)
+        session.runStarted.connect(lambda request, _: (self.seed.set_last_used(request.seed), self.set_busy(True)))
+        session.jobDone.connect(lambda _: self.set_busy(False))
+        session.initImageRead.connect(self.show_init_image)
+        # What was restored without signals (the precision: asking for no reload) goes in once.
+        session.set_form(self.request(), self.seed.mode())
+        session.set_preview_choice(*self.preview_choice())
+        session.current_model.precision = self.speedups.precision()
+
+    def _show_failed(self, spec: str, ready: ReadyModel | None) -> None:
+        self.model_picker.set_failed(spec)      # offers "Try again"
+        self.model_picker.set_current(ready.spec if ready else None)
+
+    def show_init_image(self, path: Path, thumb: QImage, width: int, height: int) -> None:
+        self.init_well.set_image(path, thumb)
+        self.width.setValue(width)
+        self.height.setValue(height)
+
     # -- model defaults ----------------------------------------------------------------------
 
     def set_family(self, native_size: int, default_guidance: float) -> None:
@@ -225,6 +264,19 @@ class ControlsPanel(QFrame):
         self.guidance.setDefault(default_guidance)
         self._size_edited()
 
+    def show_model(self, ready: ReadyModel, apply_defaults: bool, live_on: bool) -> None:
+        """A model is in: its family's sizes and guidance default (and, when asked, its other defaults),
+        the Live choice for it, and what it is."""
+        diffusion, family = ready.diffusion, ready.diffusion.family
+        self.model_picker.set_failed(None)
+        self.set_family(family.default_size, family.default_guidance)
+        self.live.setChecked(live_on)
+        if apply_defaults:
+            self.apply_family_defaults(family)
+        self.model_picker.set_current(ready.spec)
+        self.model_info.setText(f"{family.title} · predicts {diffusion.prediction} · {family.default_size}px native")
+        self.preview_mode.setToolTip(tiny_decoder_note(ready))
+
     def apply_family_defaults(self, family: Family) -> None:
         """The model's own steps, guidance, sampler and size: for a first start or a new family."""
         self.steps.setValue(family.default_steps)
@@ -236,11 +288,17 @@ class ControlsPanel(QFrame):
 
     # -- values in and out -------------------------------------------------------------------
 
-    def values(self) -> FormValues:
-        return FormValues(self.prompt.toPlainText().strip(), self.negative.toPlainText().strip(),
-                          self.guidance.value(), self.steps.value(), self.sampler.currentText(),
-                          self.width.value(), self.height.value(), self.batch.value(),
-                          self.init_well.strength_value(), self.speedups.values())
+    def request(self) -> GenerationRequest:
+        """What the form holds, as the request it asks for. The seed is the box's number (0 when it is
+        empty; `seed.mode()` says whether a run draws its own); the model is the session's to fill in."""
+        init = self.init_well.path
+        request = GenerationRequest(
+            prompt=self.prompt.toPlainText().strip(), negative_prompt=self.negative.toPlainText().strip(),
+            steps=self.steps.value(), guidance=self.guidance.value(), sampler=self.sampler.currentText(),
+            seed=self.seed.typed() or 0, width=self.width.value(), height=self.height.value(),
+            batch=self.batch.value(), init_image=str(init) if init else None,
+            strength=self.init_well.strength_value())
+        return self.speedups.read_into(request)
 
     def apply_request(self, request: GenerationRequest) -> list[str]:
         """Show a request's settings (restored from a PNG or the history). The seed is fixed to it.
@@ -267,7 +325,9 @@ class ControlsPanel(QFrame):
         self.height.setValue(within("Height", self.height, request.height))
         self.seed.set_seed(request.seed)
         self.init_well.set_strength(request.strength)
-        return changed + self.speedups.apply_request(request)
+        changed += self.speedups.apply_request(request)
+        self.changed.emit()         # the deep cache's blocks and start have no widget to say so
+        return changed
 
     def preview_choice(self) -> tuple[PreviewMode, bool]:
         return PreviewMode(self.preview_mode.currentData()), self.preview_noisy.isChecked()
@@ -278,10 +338,10 @@ class ControlsPanel(QFrame):
     # -- settings ----------------------------------------------------------------------------
 
     def save(self, settings: QSettings) -> None:
-        v = self.values()
-        for key, value in (("prompt", v.prompt), ("negative", v.negative_prompt), ("guidance", v.guidance),
-                           ("steps", v.steps), ("sampler", v.sampler), ("width", v.width),
-                           ("height", v.height), ("batch", v.batch), ("strength", v.strength),
+        r = self.request()
+        for key, value in (("prompt", r.prompt), ("negative", r.negative_prompt), ("guidance", r.guidance),
+                           ("steps", r.steps), ("sampler", r.sampler), ("width", r.width),
+                           ("height", r.height), ("batch", r.batch), ("strength", r.strength),
                            ("seed", self.seed.edit.text()), ("seed_random", self.seed.random.isChecked()),
                            ("preview_mode", self.preview_mode.currentData()),
                            ("preview_noisy", self.preview_noisy.isChecked())):
@@ -307,15 +367,16 @@ class ControlsPanel(QFrame):
         self.init_well.set_strength(get("form/strength", self.init_well.strength_value(),
                                         between(MIN_STRENGTH, 1.0)))
         seed = get("form/seed", "", lambda text: text == "" or (SEED_TEXT.fullmatch(text) is not None
-                                                               and int(text) <= MAX_SEED))
+                                                               and int(text) <= FORM_MAX_SEED))
         if seed:
             self.seed.set_seed(int(seed))
         self.seed.random.setChecked(get("form/seed_random", True))
         mode = get("form/preview_mode", PreviewMode.AUTO.value, one_of([mode.value for mode in PreviewMode]))
         self.preview_mode.setCurrentIndex(self.preview_mode.findData(mode))
         self.preview_noisy.setChecked(get("form/preview_noisy", False))
-        get("form/live", False)     # only checked here: the window applies it when a model loads
+        get("form/live", False)     # only checked here: the session applies it when a model loads
         self.speedups.restore(stored)
+        self.changed.emit()
         return True
 
     # -- size --------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The init-image well (img2img): drop or paste a picture, see its thumbnail, set the strength,
-clear it. The well only shows and forwards; the window checks and loads the file."""
+clear it. The well only shows and forwards; the session checks and loads the file
+(`app/init_image_files.py`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-THUMB = 84
+WELL_THUMB_SIZE = 84    # px, the side of the well's thumbnail
 MIN_STRENGTH = 0.05     # the slider's lowest: 0 would give back the image untouched
 
 
@@ -32,7 +33,8 @@ class InitImageWell(QFrame):
     imageDropped = Signal(QImage)     # raw image data (e.g. from a browser)
     browseRequested = Signal()
     pasteRequested = Signal()
-    cleared = Signal()
+    cleared = Signal()                # the user cleared it (the ✕ button)
+    pathChanged = Signal()            # set or cleared, by the user or the program: the request changed
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -40,7 +42,7 @@ class InitImageWell(QFrame):
         self.setAcceptDrops(True)
         self.path: Path | None = None
         self.thumb = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
-        self.thumb.setFixedSize(THUMB, THUMB)
+        self.thumb.setFixedSize(WELL_THUMB_SIZE, WELL_THUMB_SIZE)
         self.caption = QLabel(objectName="Muted", wordWrap=True)
         self.browse = QPushButton("Browse…", toolTip="Start from an image file (img2img)")
         self.paste = QPushButton("Paste", toolTip="Start from the image on the clipboard (Ctrl+V)")
@@ -80,13 +82,14 @@ class InitImageWell(QFrame):
 
     def set_image(self, path: Path, image: QImage) -> None:
         self.path = path
-        thumb = QPixmap.fromImage(image).scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio,
+        thumb = QPixmap.fromImage(image).scaled(WELL_THUMB_SIZE, WELL_THUMB_SIZE, Qt.AspectRatioMode.KeepAspectRatio,
                                                 Qt.TransformationMode.SmoothTransformation)
         self.thumb.setPixmap(thumb)
         self.caption.setText(f"{path.name}\n{image.width()}×{image.height()}")
         self.caption.setToolTip(str(path))
         self.clear_button.setEnabled(True)
         self._show_image_parts(True)
+        self.pathChanged.emit()
 
     def clear(self) -> None:
         self.path = None
@@ -95,6 +98,7 @@ class InitImageWell(QFrame):
         self.caption.setToolTip("")
         self.clear_button.setEnabled(False)
         self._show_image_parts(False)
+        self.pathChanged.emit()
 
     def strength_value(self) -> float:
         return self.strength.value() / 100

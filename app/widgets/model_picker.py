@@ -3,21 +3,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox
 
-BUILTIN = "builtin"
+from app.models import BUILTIN, spec_label
+
 OPEN_FILE, OPEN_FOLDER, RETRY = "open-file", "open-folder", "retry"
 ACTIONS = (OPEN_FILE, OPEN_FOLDER, RETRY)
-
-
-def spec_label(spec: str) -> str:
-    if spec == BUILTIN:
-        return "Built-in model"
-    path = Path(spec)
-    return path.stem if path.suffix else path.name
 
 
 class ModelPicker(QComboBox):

@@ -1,20 +1,18 @@
-"""The seed: a number, or a fresh random one every run; a dice button and "reuse last"."""
+"""The seed: a number, or a fresh random one every run; a dice button and "reuse last".
+Which seed a run gets is decided by the session (app/seeds.py); this box shows and edits it."""
 
 from __future__ import annotations
 
 import re
-import secrets
 
 from PySide6.QtCore import QRegularExpression
 from PySide6.QtGui import QRegularExpressionValidator
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLineEdit, QToolButton, QWidget
 
-MAX_SEED = 2**32 - 1     # A1111's range; image i of a batch uses seed + i
+from app.seeds import FORM_MAX_SEED, SeedMode, random_seed
+
 SEED_TEXT = re.compile(r"[0-9]{1,10}")     # what the box takes; str.isdigit() also says yes to "²"
-
-
-def random_seed() -> int:
-    return secrets.randbelow(MAX_SEED + 1)
+_DIGITS = re.compile(r"[0-9]+")
 
 
 class SeedControl(QWidget):
@@ -44,15 +42,24 @@ class SeedControl(QWidget):
     def set_seed(self, seed: int) -> None:
         """Fix the seed to `seed` (turns Random off)."""
         self.random.setChecked(False)
-        self.edit.setText(str(min(max(int(seed), 0), MAX_SEED)))
+        self.edit.setText(str(min(max(int(seed), 0), FORM_MAX_SEED)))
 
-    def seed_for_run(self) -> int:
-        """The seed the next run uses; in Random mode a new one, shown in the box."""
-        if self.random.isChecked() or not self.edit.text():
-            seed = random_seed()
-            self.edit.setText(str(seed))
-            return seed
-        return min(int(self.edit.text()), MAX_SEED)
+    def show_drawn(self, seed: int) -> None:
+        """A seed the session drew for a run: shown, Random left as it is."""
+        self.edit.setText(str(seed))
+
+    def mode(self) -> SeedMode:
+        if self.random.isChecked():
+            return SeedMode.RANDOM
+        return SeedMode.TYPED if self.typed() is not None else SeedMode.EMPTY
+
+    def typed(self) -> int | None:
+        """The number in the box, within the form's range; None when there is none. (Text set by the
+        program may be longer than the validator allows: anything past 10 digits is above the range.)"""
+        text = self.edit.text()
+        if not _DIGITS.fullmatch(text):
+            return None
+        return min(int(text), FORM_MAX_SEED) if len(text) <= 10 else FORM_MAX_SEED
 
     def set_last_used(self, seed: int) -> None:
         self.last_used = seed

@@ -8,6 +8,8 @@ restored image or the saved settings say otherwise, and the tooltip shows them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from PySide6.QtCore import QSettings, Signal
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QSpinBox, QVBoxLayout, QWidget
 
@@ -54,10 +56,10 @@ class SpeedupsControl(QWidget):
         self.half.toggled.connect(lambda _: self.precisionChanged.emit(self.precision()))
         self._show_details()
 
-    def values(self) -> dict[str, float]:
-        """The GenerationRequest fields this control holds."""
-        return {"deep_cache_interval": self.deep_cache.value(), "deep_cache_blocks": self.blocks,
-                "deep_cache_start": self.start, "guidance_cutoff": self.cutoff.value() / 100}
+    def read_into(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` with the speed-up fields this control holds."""
+        return replace(request, deep_cache_interval=self.deep_cache.value(), deep_cache_blocks=self.blocks,
+                       deep_cache_start=self.start, guidance_cutoff=self.cutoff.value() / 100)
 
     def set_values(self, deep_cache_interval: int, deep_cache_blocks: int, deep_cache_start: float,
                    guidance_cutoff: float) -> None:
@@ -88,8 +90,9 @@ class SpeedupsControl(QWidget):
                 "guidance_cutoff": between(0, MAX_CUTOFF_PERCENT / 100)}
 
     def save(self, settings: QSettings) -> None:
-        for field, value in self.values().items():
-            settings.setValue(f"form/{field}", value)
+        held = self.read_into(GenerationRequest())
+        for field in FIELDS:
+            settings.setValue(f"form/{field}", getattr(held, field))
         settings.setValue("form/precision", self.precision())
 
     def restore(self, stored: StoredSettings) -> None:

@@ -6,7 +6,7 @@
 
 A single file uses the original LDM key layout; the family (SD1.x / SD2.x / SDXL)
 is read off which text encoders it carries, and every network's config off the
-tensor shapes (REFERENCE.md). Any problem raises `ModelLoadError` naming the
+tensor shapes (the key prefixes of each family are in core/families.py). Any problem raises `ModelLoadError` naming the
 file and the reason; nothing half-built survives it, since nothing is kept
 until every part has loaded.
 """
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from core.errors import LatentDeskError, ModelLoadError
+from core.families import FAMILIES, UNET_PREFIX, VAE_PREFIX, Family
 from core.loading import diffusers_folder, embedded_config
 from core.loading.assemble import blame, check_context_width, load_text_encoder
 from core.loading.convert_unet import check_stated_unet, unet_config_from_shapes
@@ -29,15 +31,14 @@ from core.loading.convert_vae import (
     vae_shapes_from_diffusers,
     vae_state_from_diffusers,
 )
-from core.errors import LatentDeskError, ModelLoadError
-from core.families import FAMILIES, UNET_PREFIX, VAE_PREFIX, Family
-from core.memory import check_load_fits
-from core.model import DiffusionModel, Loaded
+from core.loading.footprint import check_load_fits
+from core.loading.loaded_parts import LoadedParts
 from core.loading.prediction import PREDICTIONS, decide_prediction
 from core.loading.safetensors_io import SafetensorsFile
+from core.loading.weights import build_on_meta, fill
+from core.model import DiffusionModel
 from core.nets.unet import UNet
 from core.nets.vae import AutoencoderKL
-from core.loading.weights import build_on_meta, fill
 
 # Families are tried most specific first: SDXL's first encoder looks like SD1's.
 DETECTION_ORDER = ("sdxl", "sd2", "sd1")
@@ -78,7 +79,7 @@ def replace_parts(model: DiffusionModel, path: str | Path, parts: tuple[str, ...
     return swapped
 
 
-def load_parts(path: Path, parts, *, dtype: torch.dtype, device) -> Loaded:
+def load_parts(path: Path, parts, *, dtype: torch.dtype, device) -> LoadedParts:
     try:
         check_load_fits(path, dtype, torch.device(device))
         if path.is_dir():
@@ -91,7 +92,7 @@ def load_parts(path: Path, parts, *, dtype: torch.dtype, device) -> Loaded:
         raise ModelLoadError(e.filename or path, f"cannot be read ({e.strerror or e})") from None
 
 
-def _single_file_parts(path: Path, parts, dtype: torch.dtype, device) -> Loaded:
+def _single_file_parts(path: Path, parts, dtype: torch.dtype, device) -> LoadedParts:
     file = SafetensorsFile(path)
     family = detect_family(file)
     embedded = embedded_config.read(path, file.metadata)
@@ -117,7 +118,7 @@ def _single_file_parts(path: Path, parts, dtype: torch.dtype, device) -> Loaded:
                                lambda: unet_config_from_shapes(shapes(UNET_PREFIX), family.heads_for))
         vae_config = _derived(path, f"VAE ({VAE_PREFIX}*)",
                               lambda: vae_config_from_shapes(shapes(VAE_PREFIX), family.latent_scale))
-    loaded = Loaded(family, {}, file.metadata, file.keys())
+    loaded = LoadedParts(family, {}, file.metadata, file.keys())
     # 1. Text encoders first: they tell us the context width the UNet must have.
     if "text_encoder" in parts:
         text_encoder = load_text_encoder(family, [read_component(s.prefix) for s in family.text_encoders], path,

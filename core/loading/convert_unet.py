@@ -24,10 +24,10 @@ from core.limits import (
     MAX_DEPTH,
     MAX_LEVELS,
     MAX_VECTOR,
-    check_unet_config,
     numbered_parts,
     whole,
 )
+from core.loading.config_checks import check_unet_config
 from core.nets.unet import UNet, UNetConfig
 
 # --- diffusers config.json ---------------------------------------------------------------------------

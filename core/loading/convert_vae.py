@@ -18,11 +18,11 @@ from core.limits import (
     MAX_BLOCKS,
     MAX_CHANNELS,
     MAX_LEVELS,
-    check_vae_config,
     numbered_parts,
     positive_real,
     whole,
 )
+from core.loading.config_checks import check_vae_config
 from core.nets.vae import AutoencoderKL, VAEConfig
 
 # Mid-block attention weights, 1x1 convs in the original. diffusers stores them as

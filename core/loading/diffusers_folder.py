@@ -10,6 +10,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 
+from core.errors import ModelLoadError, shown
+from core.families import SD1, SD2, SDXL, Family
 from core.loading.assemble import blame, check_context_width, load_text_encoder
 from core.loading.convert_unet import check_stated_unet, unet_config_from_diffusers, unet_state_from_diffusers
 from core.loading.convert_vae import (
@@ -18,14 +20,12 @@ from core.loading.convert_vae import (
     vae_shapes_from_diffusers,
     vae_state_from_diffusers,
 )
-from core.errors import ModelLoadError, shown
-from core.families import SD1, SD2, SDXL, Family
-from core.model import Loaded
+from core.loading.loaded_parts import LoadedParts
 from core.loading.safetensors_io import PICKLE_SUFFIXES, SafetensorsFile, refuse_pickle
-from core.nets.unet import UNet
 from core.loading.untrusted_json import UnreadableJson, loads
-from core.nets.vae import AutoencoderKL, VAEConfig
 from core.loading.weights import build_on_meta, fill
+from core.nets.unet import UNet
+from core.nets.vae import AutoencoderKL, VAEConfig
 
 MAX_CONFIG_BYTES = 1024 * 1024
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
@@ -43,7 +43,7 @@ def load_parts(folder: Path, parts, *, dtype: torch.dtype, device):
                                      "Diffusion 1.x/2.x/XL pipeline")
     family = _family(folder, index)
     scheduler = _optional_json(folder / "scheduler" / "scheduler_config.json", folder)
-    loaded = Loaded(family, {}, scheduler_prediction=scheduler.get("prediction_type"))
+    loaded = LoadedParts(family, {}, scheduler_prediction=scheduler.get("prediction_type"))
 
     # 1. Each network's config, bounded and held against its files' tensor shapes: nothing read or built yet.
     unet_dir = folder / "unet"

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from core.errors import LatentDeskError, ModelLoadError, shown
 from core.families import FAMILIES, Family
-from core.images import check_size
-from core.limits import check_unet_config, check_vae_config, flag, whole
+from core.limits import check_size, flag, whole
+from core.loading.config_checks import check_unet_config, check_vae_config
+from core.loading.untrusted_json import UnreadableJson, loads
+from core.nets.unet import UNetConfig
+from core.nets.vae import VAEConfig
 from core.sampling.sampler_names import SAMPLER_NAMES
 from core.text.encoder import STATED_SETTINGS
-from core.nets.unet import UNetConfig
-from core.loading.untrusted_json import UnreadableJson, loads
-from core.nets.vae import VAEConfig
 
 KEY = "latentdesk.config"
 FORMAT = 1

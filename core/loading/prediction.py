@@ -1,7 +1,9 @@
 """Does the UNet predict the noise (epsilon) or the velocity (v)?
 
-The weights carry no reliable marker (REFERENCE.md), so several signals are
-combined, strongest first, and the caller (the user) can always override.
+The weights carry no reliable marker: SD 2.x's 768-v and 512-base checkpoints have the same keys and
+shapes. So several signals are combined, strongest first (a ModelSpec `modelspec.prediction_type`
+metadata entry, a `v_pred` key, a diffusers scheduler config, a probe of the UNet for SD2), and the
+caller (the user) can always override.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from core.errors import LatentDeskError
-from core.sampling.sampler_names import SAMPLER_NAMES
 from core.sampling.schedules import SD_SCHEDULE, NoiseSchedule
 
 Model = Callable[[Tensor, Tensor], Tensor]       # D(x (B, C, H, W), sigma (B,)) -> x0 (B, C, H, W)
@@ -327,10 +326,6 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "UniPC": SamplerSpec(sample_unipc, "linspace_exclusive", vp_start=True, reference="UniPCMultistepScheduler"),
     "LCM": SamplerSpec(sample_lcm, "lcm", stochastic=True, vp_start=True, reference="LCMScheduler"),
 }
-
-
-if tuple(SAMPLERS) != SAMPLER_NAMES:   # one list of names, in one order, for the engine and the window
-    raise ImportError("core/sampling/sampler_names.py does not list the samplers of core/sampling/samplers.py")
 
 
 def get_sampler(name: str) -> SamplerSpec:

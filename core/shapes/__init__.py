@@ -1,4 +1,4 @@
-"""The built-in model's world (docs: /work/shared/SHAPES.md): one flat shape on a flat background.
+"""The built-in model's world (docs/SHAPES.md): one flat shape on a flat background.
 
     world     the palette, shapes, sizes, positions; sample_scene() and render()
     captions  scene -> caption, with training and held-out templates

@@ -4,7 +4,7 @@
     make_caption(...)                 the same, plus the template used (None for the empty caption)
     describe(scene, template, mentioned)  one template filled in, without randomness
 
-Only the words of SHAPES.md carry meaning: the 12 colours, the 6 shapes, "small" and
+Only the words of docs/SHAPES.md carry meaning: the 12 colours, the 6 shapes, "small" and
 "large" (medium has no word, so a medium object's size is never mentioned), the 9
 position words, and "background"/"corner"/"side" plus function words. When every
 shape word is left out the noun is "shape". In training captions the background colour

@@ -1,6 +1,6 @@
-"""The shapes world exactly as SHAPES.md defines it: words, a scene, and its picture.
+"""The shapes world exactly as docs/SHAPES.md defines it: words, a scene, and its picture.
 
-    PALETTE, SHAPES, SIZES, POSITIONS    the vocabulary (SHAPES.md tables, in their order)
+    PALETTE, SHAPES, SIZES, POSITIONS    the vocabulary (docs/SHAPES.md tables, in their order)
     Scene                                one picture's attributes plus its exact geometry
     sample_scene(rng)                    uniform over the words, then size and placement jitter
     coverage(shape, s, x, y)             (128, 128) float alpha of one shape, 4x4 supersampled
@@ -42,7 +42,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 COLORS = tuple(PALETTE)
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
-# "medium" has no word in captions (SHAPES.md): a caption never names it.
+# "medium" has no word in captions (docs/SHAPES.md): a caption never names it.
 SIZES: dict[str, float] = {"small": 32.0, "medium": 52.0, "large": 80.0}
 # position word -> (column, row) as 0 = start, 1 = middle, 2 = end of the free range
 POSITIONS: dict[str, tuple[int, int]] = {
@@ -60,7 +60,7 @@ def attribute_labels(scene: Scene, mentioned: frozenset[str]) -> list[int]:
     """Per attribute (ATTRIBUTES order), the index of the scene's value where the caption names it, else -1."""
     return [ATTRIBUTE_VALUES[a].index(getattr(scene, a)) if a in mentioned else -1 for a in ATTRIBUTES]
 
-STAR_INNER = 0.4  # inner radius / outer radius (SHAPES.md); a true pentagram would be 0.382
+STAR_INNER = 0.4  # inner radius / outer radius (docs/SHAPES.md); a true pentagram would be 0.382
 # Area of each shape over s^2 and its centroid inside the unit box (the checker reads
 # size and placement back from these). Star: 10 triangles of sides R, r at 36 degrees.
 AREA_RATIO = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5, "diamond": 0.5,

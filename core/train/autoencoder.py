@@ -26,10 +26,13 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
+from core.atomic_files import save_tensors, write_json
 from core.errors import LatentDeskError
-from core.train.data import BatchRandom, image_and_caption
-from core.train.loop import Distributed, TrainSettings, save_tensors, train, write_json
 from core.nets.vae import AutoencoderKL, VAEConfig
+from core.train.data import BatchRandom, image_and_caption
+from core.train.distributed import Distributed
+from core.train.loop import train
+from core.train.settings import TrainSettings
 
 AUTOENCODER_FILE = "autoencoder.safetensors"
 REPORT_FILE = "autoencoder.json"

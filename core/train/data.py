@@ -58,7 +58,7 @@ class CaptionedFolder(torch.utils.data.Dataset):
 
 
 def shapes(seed: int, length: int, split: str = "train", captions_per_item: int = 1) -> torch.utils.data.Dataset:
-    """The captioned-shapes world (SHAPES.md) with no empty captions of its own.
+    """The captioned-shapes world (docs/SHAPES.md) with no empty captions of its own.
 
     With `captions_per_item` > 1 each scene is phrased that many ways (`dataset.captions(i)`), so a
     scene seen 25 times over a run is not read in one wording 25 times.

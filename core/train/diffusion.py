@@ -27,26 +27,22 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from core.sampling.denoiser import PREDICTIONS
+from core.atomic_files import save_tensors, write_json
 from core.errors import LatentDeskError
 from core.families import EOS_ID, SD1
+from core.nets.unet import UNet, UNetConfig
+from core.nets.vae import AutoencoderKL
+from core.sampling.denoiser import PREDICTIONS
 from core.sampling.schedules import NoiseSchedule, schedule_for
 from core.text.encoder import BOS_ID, TextEncoder
 from core.text.tokenizer import ClipTokenizer
+from core.train.checkpoints import CHECKPOINT_DIR, read_checkpoint
 from core.train.data import BatchRandom, image_and_caption
+from core.train.distributed import Distributed
 from core.train.export import ModelDefaults, export_model
-from core.train.loop import (
-    CHECKPOINT_DIR,
-    Distributed,
-    Progress,
-    TrainSettings,
-    read_checkpoint,
-    save_tensors,
-    train,
-    write_json,
-)
-from core.nets.unet import UNet, UNetConfig
-from core.nets.vae import AutoencoderKL
+from core.train.loop import train
+from core.train.progress import Progress
+from core.train.settings import TrainSettings
 
 CACHE_FILE = "latents.safetensors"
 MODEL_FILE = "model.safetensors"

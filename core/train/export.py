@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextModel
 
-from core.loading import embedded_config
+from core.atomic_files import save_tensors
 from core.errors import LatentDeskError
 from core.families import SD1, UNET_PREFIX, VAE_PREFIX
-from core.sampling.samplers import SAMPLERS
-from core.train.loop import save_tensors
+from core.loading import embedded_config
 from core.nets.unet import UNet
 from core.nets.vae import AutoencoderKL
+from core.sampling.samplers import SAMPLERS
 
 TEXT_PREFIX = SD1.text_encoders[0].prefix + "text_model."
 TEXT_SETTINGS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -22,11 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.atomic_files import write_json
 from core.errors import LatentDeskError
-from core.nets.preview_decoder import PreviewDecoder, PreviewDecoderConfig, save_preview_decoder
-from core.train.data import BatchRandom, image_and_caption
-from core.train.loop import Distributed, Progress, TrainSettings, train, write_json
+from core.loading.preview_decoders import save_preview_decoder
+from core.nets.preview_decoder import PreviewDecoder, PreviewDecoderConfig
 from core.nets.vae import AutoencoderKL
+from core.train.data import BatchRandom, image_and_caption
+from core.train.distributed import Distributed
+from core.train.loop import train
+from core.train.progress import Progress
+from core.train.settings import TrainSettings
 
 KINDS = ("clean", "blend", "blur")   # item i is of kind i % 3
 

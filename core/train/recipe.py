@@ -36,12 +36,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.nets.unet import UNetConfig
+from core.nets.vae import VAEConfig
 from core.train.autoencoder import AutoencoderLoss
 from core.train.diffusion import NoiseTarget, TextEncoderConfig
 from core.train.export import ModelDefaults
-from core.train.loop import TrainSettings
-from core.nets.unet import UNetConfig
-from core.nets.vae import VAEConfig
+from core.train.settings import TrainSettings
 
 
 @dataclass(frozen=True)

@@ -11,4 +11,7 @@
     machine.py          what the numbers were measured on
     compare.py          the recipe that runs the cases
     report.py           markdown table and JSON
+
+and, for scripts/bench_preview.py and tests/test_full_size.py (no diffusers needed):
+    random_sd15.py      an SD1.5-shaped single file with random weights
 """

@@ -16,14 +16,14 @@ import torch
 
 from app.cli.bench.reference import diffusers_networks
 from app.cli.bench.specs import BenchSpec
+from core.families import SD1
 from core.loading.convert_unet import unet_config_from_diffusers, unet_state_from_diffusers
 from core.loading.convert_vae import vae_config_from_diffusers, vae_state_from_diffusers
-from core.families import SD1
+from core.loading.weights import build_on_meta, fill
 from core.model import DiffusionModel
-from core.text.encoder import TextEncoder
 from core.nets.unet import UNet
 from core.nets.vae import AutoencoderKL
-from core.loading.weights import build_on_meta, fill
+from core.text.encoder import TextEncoder
 
 SOURCE = Path("benchmark-random-weights")   # DiffusionModel wants a source; nothing is read from it
 

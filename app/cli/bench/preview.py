@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from core.generate import StepInfo
-from core.nets.latent_rgb import fit_latent_to_rgb
 from core.model import DiffusionModel
+from core.nets.latent_rgb import fit_latent_to_rgb
 
 
 def to_pixels(image: torch.Tensor) -> np.ndarray:

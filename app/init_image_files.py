@@ -1,6 +1,6 @@
-"""img2img's starting picture, outside the widgets: checking a dropped file the way the engine
-will read it, the size to generate at, and writing a pasted picture to a file. All blocking;
-the window runs them in worker threads."""
+"""img2img's starting picture as files: checking a dropped file the way the engine will read it,
+the size to generate at, and writing a pasted picture to a file. All blocking; the session runs
+them in worker threads. (The well that shows the picture is `app/widgets/init_image.py`.)"""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from types import SimpleNamespace
 
 from PySide6.QtGui import QImage
 
-from core.metadata import read_parameters
+from core.metadata.png_files import read_parameters
 
-THUMB = 256
+# The init image is decoded at most this large for the well: big enough that the well's smaller
+# thumbnail (app/widgets/init_image.py WELL_THUMB_SIZE) is scaled down, never up.
+INIT_IMAGE_DECODE_SIZE = 256
 KEEP_PASTED = 50
 
 
@@ -26,7 +28,7 @@ def read_init_image(path: Path) -> tuple[QImage, tuple[int, int], str | None]:
 
     image = load_image(path)
     size = image.size
-    image.thumbnail((THUMB, THUMB))
+    image.thumbnail((INIT_IMAGE_DECODE_SIZE, INIT_IMAGE_DECODE_SIZE))
     return pil_to_qimage(image), size, read_parameters(path)
 
 
