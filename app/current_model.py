@@ -32,6 +32,8 @@ class CurrentModel(QObject):
     released = Signal(str, str)            # the closed model's name, the spec that needed its room
     failed = Signal(str, str)              # spec, the message for the user
     none_available = Signal()              # nothing to open at start: no built-in model, no other
+    choices_changed = Signal()             # the models to pick from changed: list them again
+    shared_added = Signal(list)            # specs a running folder scan found (for the list to add)
 
     def __init__(self, settings: QSettings, models_dir: Path, builtin: Path | None, spawn,
                  parent: QObject | None = None):
@@ -43,6 +45,7 @@ class CurrentModel(QObject):
         self.loading: str | None = None      # the spec being loaded
         self.failure: tuple[str, str] | None = None     # (spec, message) of the last failed load
         self.precision = "float32"           # the networks' format for the next load
+        self.shared: list[str] = []          # checkpoints found in the user's shared folders (app/model_folders.py)
         self._serial = 0
         self._cancel = threading.Event()
 
@@ -51,11 +54,31 @@ class CurrentModel(QObject):
         return self.builtin is not None and models.quietly(Path.is_file, self.builtin)
 
     def choices(self) -> list[str]:
-        """The models folder's models, then those opened before that still exist (duplicates kept:
-        the picker drops them)."""
+        """The models folder's models, those found in shared folders, then those opened before that
+        still exist (duplicates kept: the picker drops them). The shared ones are not looked at
+        again here: there may be thousands, and the scan has just seen them."""
         recent = [s for s in read(self.settings, "models/recent", "").split("\n")
                   if s and models.quietly(Path.exists, Path(s))]
-        return [str(p) for p in models.scan_models(self.models_dir)] + recent
+        return [str(p) for p in models.scan_models(self.models_dir)] + self.shared + recent
+
+    def set_shared(self, specs: list[str]) -> None:
+        """A finished scan's finds: the list is filled again only when they differ from those added
+        while it ran (a folder was removed): filling it with thousands of models takes a moment."""
+        changed = set(specs) != set(self.shared)
+        self.shared = list(specs)
+        if changed:
+            self.choices_changed.emit()
+
+    def add_shared(self, specs: list[str]) -> None:
+        """Found by a scan that still runs (one that started again finds the ones known already)."""
+        known = set(self.shared)
+        if new := [spec for spec in specs if spec not in known]:
+            self.shared.extend(new)
+            self.shared_added.emit(new)
+
+    def refresh(self) -> None:
+        """The models folder changed (a download finished): the picker lists it again."""
+        self.choices_changed.emit()
 
     async def open_at_start(self) -> None:
         """The model used last, if it is still there; else the built-in one; else the first found."""

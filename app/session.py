@@ -2,6 +2,8 @@
 it (krita-ai-diffusion's `model.py` plays this part there).
 
     the model       `current_model` (app/current_model.py): the one generated with, and loading another
+    more models     `downloads` (app/downloads.py) from the catalogue; `model_folders` (app/model_folders.py),
+                    the user's own folders of models, scanned in the background
     the form        `form`: the GenerationRequest the controls hold, pushed in on every change
     the run         generate / cancel / Live runs; the worker's previews and final messages
     the images      `image_history` (app/history.py): saved and unsaved images; the output folder
@@ -25,10 +27,12 @@ from PySide6.QtGui import QImage
 from app import models
 from app.background_tasks import BackgroundTasks
 from app.current_model import CurrentModel
+from app.downloads import Downloads
 from app.history import HistoryEntry, ImageHistory, Thumb, caption, list_outputs, read_thumbnails, thumbnail
 from app.init_image_files import read_init_image, size_for, write_pasted
 from app.jobs import Finished, Job, PreviewMode, PreviewOptions, ReadyModel
 from app.live import LiveMode
+from app.model_folders import ModelFolders
 from app.models import BUILTIN, spec_label
 from app.seeds import SeedMode, seed_for_run
 from app.settings import AppPaths, StoredSettings, absolute_path_or_empty, read
@@ -67,6 +71,8 @@ class Session(QObject):
         self.paths = dataclasses.replace(paths, output_dir=Path(chosen)) if chosen else paths
         self.tasks = BackgroundTasks(self)
         self.current_model = CurrentModel(settings, self.paths.models_dir, builtin, self.tasks.spawn, self)
+        self.downloads = Downloads(self.paths.models_dir, parent=self)
+        self.model_folders = ModelFolders(settings, self)
         self.worker = GenerationWorker(self)
         self.image_history = ImageHistory(self)
         self.live = LiveMode(lambda: self.generate(live=True), self._can_run_live, self)
@@ -86,6 +92,9 @@ class Session(QObject):
         self.current_model.released.connect(self._model_released)
         self.worker.preview_ready.connect(self._take_preview)
         self.worker.message.connect(self._on_message)
+        self.downloads.finished.connect(lambda *_: self.current_model.refresh())   # in the picker at once
+        self.model_folders.found.connect(self.current_model.add_shared)
+        self.model_folders.scan_finished.connect(self.current_model.set_shared)    # a removed folder's go
 
     def start(self, form_restored: bool) -> None:
         """Read the history, open the start model, start the worker thread. Last in the window's
@@ -93,12 +102,15 @@ class Session(QObject):
         self._form_restored = form_restored
         self.tasks.spawn(self.load_history())
         self.tasks.spawn(self.current_model.open_at_start())
+        self.model_folders.scan()
         self.worker.start()
 
     def shutdown(self) -> None:
         """Cancel what runs and end the worker thread (a QThread destroyed while running aborts)."""
         self.worker.shutdown()
         self.tasks.cancel_all()
+        self.model_folders.stop()
+        self.downloads.shutdown()       # their partial files stay: the next start resumes them
 
     # -- the model -----------------------------------------------------------------------------
 

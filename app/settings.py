@@ -22,8 +22,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, QStandardPaths
 
-ORGANIZATION = "LatentDesk"
-APPLICATION = "Latent Desk"
+from app.paths import APPLICATION, DATA_DIR_VAR, ORGANIZATION, default_data_dir
+
 _HASH = re.compile(r"[0-9a-f]{10}")       # core.metadata.model_hash: A1111's 10 hex digits
 
 
@@ -43,14 +43,12 @@ class AppPaths:
 
 
 def default_paths() -> AppPaths:
-    """The folders for this user, honouring LATENTDESK_DATA_DIR and LATENTDESK_OUTPUT_DIR."""
-    settings_file = None
-    if os.environ.get("LATENTDESK_DATA_DIR"):
-        data = Path(os.environ["LATENTDESK_DATA_DIR"]).expanduser()
-        settings_file = data / "settings.ini"
-    else:
-        location = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
-        data = Path(location) if location else Path.home() / ".latentdesk"
+    """The folders for this user, honouring LATENTDESK_DATA_DIR and LATENTDESK_OUTPUT_DIR.
+
+    The data folder comes from app.paths, which works out Qt's AppDataLocation without Qt, so the
+    command line (no Qt) uses the same models folder as the window."""
+    data = default_data_dir()
+    settings_file = data / "settings.ini" if os.environ.get(DATA_DIR_VAR) else None
     if os.environ.get("LATENTDESK_OUTPUT_DIR"):
         output = Path(os.environ["LATENTDESK_OUTPUT_DIR"]).expanduser()
     else:

@@ -25,6 +25,7 @@ from app.widgets.history_strip import HistoryStrip
 from app.widgets.image_view import ImageDialog
 from app.widgets.init_image import dropped_paths
 from app.widgets.message_bar import MessageBar
+from app.widgets.model_sources import ModelSources
 from app.widgets.run_view import RunView
 from app.widgets.status_bar import StatusBar
 from core.request import GenerationRequest
@@ -83,8 +84,7 @@ class MainWindow(QMainWindow):
         restored = self.panel.restore(stored)
         self._connect()
         self._restore_window()
-        current = self.session.current_model
-        self.panel.model_picker.set_models(current.builtin_present, current.choices())
+        self.model_sources = ModelSources(self)     # the picker's list, "Get models…", the user's model folders
         if stored.unusable:
             log.warning("unusable settings in %s: %s", self.settings.fileName(), stored.unusable)
             self.message_bar.show_message(stored.message(), "warning")
@@ -185,7 +185,8 @@ class MainWindow(QMainWindow):
     def _show_no_model(self) -> None:
         self.message_bar.show_message(
             f"The built-in model is not installed. Open a model, or put models in {self.session.paths.models_dir}.",
-            "info", [("Open model file…", self.choose_model_file), ("Open diffusers folder…", self.choose_model_folder)])
+            "info", [("Get models…", self.model_sources.open_dialog), ("Open model file…", self.choose_model_file),
+                     ("Open diffusers folder…", self.choose_model_folder)])
 
     def _explain_no_model(self) -> None:
         if self.session.load_failure and not self.session.loading:

@@ -8,6 +8,7 @@
     latentdesk inspect MODEL [--prediction epsilon|v] [--json]
     latentdesk train autoencoder|diffusion|builtin ...   (app/cli/train.py)
     latentdesk eval shapes ... | latentdesk bench ...     (app/cli/measure.py)
+    latentdesk models list [--json] | models get NAME|REPO_ID:FILE   (app/cli/models.py)
 
 Exit status 0 on success, 2 with a one-line reason on bad input.
 """
@@ -22,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.cli.measure import add_measure_commands
+from app.cli.models import add_models_commands
 from app.cli.train import add_train_commands
 from core import __version__
 from core.errors import LatentDeskError, ModelLoadError
@@ -40,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     add_generate_command(commands)
     add_train_commands(commands)
     add_measure_commands(commands)
+    add_models_commands(commands)
     args = parser.parse_args(argv)
     try:
-        if hasattr(args, "handler"):  # train, eval, bench
+        if hasattr(args, "handler"):  # train, eval, bench, models
             return args.handler(args)
         return {"inspect": run_inspect, "generate": run_generate}[args.command](args)
     except LatentDeskError as e:

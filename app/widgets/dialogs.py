@@ -39,3 +39,8 @@ def choose_init_image(parent: QWidget) -> str:
 
 def choose_output_dir(parent: QWidget, folder: Path) -> str:
     return QFileDialog.getExistingDirectory(parent, "Save images to", str(folder))
+
+
+def choose_shared_models_folder(parent: QWidget) -> str:
+    """A folder that holds models already: an A1111 or ComfyUI folder, or any folder of checkpoints."""
+    return QFileDialog.getExistingDirectory(parent, "Add a folder with models (A1111, ComfyUI or any)", str(Path.home()))

@@ -1,7 +1,10 @@
-"""The model picker: the built-in model, the models folder, models opened before, and the
-"Open model file…" / "Open diffusers folder…" actions, in one combo box."""
+"""The model picker: the built-in model, the models folder, the user's shared folders, models opened
+before, and the "Open model file…" / "Open diffusers folder…" / "Get models…" / "Add model folder…"
+actions, in one combo box."""
 
 from __future__ import annotations
+
+import functools
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox
@@ -9,7 +12,12 @@ from PySide6.QtWidgets import QComboBox
 from app.models import BUILTIN, spec_label
 
 OPEN_FILE, OPEN_FOLDER, RETRY = "open-file", "open-folder", "retry"
-ACTIONS = (OPEN_FILE, OPEN_FOLDER, RETRY)
+GET_MODELS, ADD_FOLDER = "get-models", "add-folder"
+ACTIONS = (OPEN_FILE, OPEN_FOLDER, RETRY, GET_MODELS, ADD_FOLDER)
+
+# The list is filled again whenever a download finishes or a folder scan finds more, and a shared
+# folder may hold thousands of models: their names are worked out once (half of a refill's time).
+label = functools.lru_cache(maxsize=65_536)(spec_label)
 
 
 class ModelPicker(QComboBox):
@@ -17,6 +25,8 @@ class ModelPicker(QComboBox):
     openFileRequested = Signal()
     openFolderRequested = Signal()
     retryRequested = Signal(str)       # the spec whose load failed
+    getModelsRequested = Signal()
+    addFolderRequested = Signal()
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -24,6 +34,7 @@ class ModelPicker(QComboBox):
         self.setToolTip("The model that makes the images. Drop a .safetensors file on the window to open it.")
         self._current: str | None = None
         self._failed: str | None = None
+        self._listed: set[str] = set()      # the models listed after the built-in one
         self.activated.connect(self._activated)
 
     def set_models(self, builtin_present: bool, specs: list[str]) -> None:
@@ -33,18 +44,37 @@ class ModelPicker(QComboBox):
         self.addItem("Built-in model" if builtin_present else "Built-in model (not installed)", BUILTIN)
         if not builtin_present:
             self.model().item(0).setEnabled(False)
-        seen = set()
+        self._listed = set()
         for spec in specs:
-            if spec not in seen:
-                seen.add(spec)
-                self.addItem(spec_label(spec), spec)
-                self.setItemData(self.count() - 1, spec, Qt.ItemDataRole.ToolTipRole)
+            if spec not in self._listed:
+                self._listed.add(spec)
+                self._insert_model(self.count(), spec)
         self.insertSeparator(self.count())
         self.addItem("Open model file…", OPEN_FILE)
         self.addItem("Open diffusers folder…", OPEN_FOLDER)
+        self.addItem("Get models…", GET_MODELS)
+        self.addItem("Add model folder…", ADD_FOLDER)
         self.blockSignals(False)
         self.set_failed(self._failed)
         self._select(self._current)
+
+    def add_models(self, specs: list[str]) -> None:
+        """Add those of `specs` not listed yet after the listed models, without filling the list
+        again: a folder scan sends its finds in batches, and the list may already be thousands long."""
+        new = [spec for spec in dict.fromkeys(specs) if spec not in self._listed and spec != BUILTIN]
+        self.blockSignals(True)
+        for spec in new:
+            self._insert_model(self._models_end(), spec)
+            self._listed.add(spec)
+        self.blockSignals(False)
+
+    def _models_end(self) -> int:
+        """Where the separator before the actions is: after the built-in model and the listed ones."""
+        return 1 + len(self._listed)
+
+    def _insert_model(self, index: int, spec: str) -> None:
+        self.insertItem(index, label(spec), spec)
+        self.setItemData(index, spec, Qt.ItemDataRole.ToolTipRole)
 
     def set_failed(self, spec: str | None) -> None:
         """Offer "Try again" for `spec`, the model whose load just failed (None: nothing failed)."""
@@ -63,10 +93,8 @@ class ModelPicker(QComboBox):
 
     def set_current(self, spec: str | None) -> None:
         """Show `spec` as the chosen model (adding it if new) without asking to load it."""
-        if spec is not None and spec != BUILTIN and self.findData(spec) < 0:
-            self.blockSignals(True)
-            self.insertItem(self.findData(OPEN_FILE) - 1, spec_label(spec), spec)
-            self.blockSignals(False)
+        if spec is not None and spec != BUILTIN and spec not in self._listed:
+            self.add_models([spec])
         self._current = spec
         self._select(spec)
 
@@ -85,6 +113,7 @@ class ModelPicker(QComboBox):
             if data == RETRY:
                 self.retryRequested.emit(self._failed)
             else:
-                (self.openFileRequested if data == OPEN_FILE else self.openFolderRequested).emit()
+                {OPEN_FILE: self.openFileRequested, OPEN_FOLDER: self.openFolderRequested,
+                 GET_MODELS: self.getModelsRequested, ADD_FOLDER: self.addFolderRequested}[data].emit()
         elif data is not None and data != self._current:
             self.modelChosen.emit(data)
