@@ -36,6 +36,7 @@ def usable_folder(text: str) -> bool:
 class ModelFolders(QObject):
     found = Signal(list)         # checkpoints' paths as text, a batch of the running scan
     scan_finished = Signal(list)  # every checkpoint the scan found (a folder removed: fewer than before)
+    folders_changed = Signal()   # a folder added or removed
 
     _batch = Signal(int, list)   # from the scan thread: its serial, a batch
     _done = Signal(int, int)     # its serial, the count
@@ -87,6 +88,7 @@ class ModelFolders(QObject):
             self.settings.setValue(KEY, "\n".join(lines))
         else:
             self.settings.remove(KEY)
+        self.folders_changed.emit()
 
     # -- scanning ------------------------------------------------------------------------------
 

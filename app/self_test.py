@@ -96,6 +96,23 @@ async def _check(window, loaded: asyncio.Future, timeout: float) -> str | None:
         return f"{path.name} is blank (every channel within {spread} levels)"
     if PROMPT not in parameters:
         return f"{path.name} does not carry its generation parameters"
+    catalogue = _check_catalogue()
+    if isinstance(catalogue, str):
+        return catalogue
     print(f"self-test passed: {window.model.diffusion.name}, {result.request.steps} steps in {result.seconds:.2f} s, "
-          f"{result.previews_sent} previews, {size[0]}x{size[1]} PNG with parameters")
+          f"{result.previews_sent} previews, {size[0]}x{size[1]} PNG with parameters; "
+          f"{catalogue} models to download")
     return None
+
+
+def _check_catalogue() -> int | str:
+    """The catalogue's entries, or what is wrong: "Get models" needs the data file and the downloader's
+    modules, which a bundle could leave out (only a download would show it, on a user's machine)."""
+    from core.errors import LatentDeskError
+
+    try:
+        import core.fetch.download  # noqa: F401 - importable, with what it needs (http.client, huggingface_hub)
+        from core.fetch.catalogue import load_catalogue
+        return len(load_catalogue())
+    except (ImportError, LatentDeskError, OSError) as error:
+        return f"the model downloads would not work: {error}"

@@ -82,6 +82,31 @@ def test_a_folder_added_twice_is_kept_once_and_a_removed_one_leaves_the_picker(
     qtbot.waitUntil(lambda: str(plain / "mine.safetensors") not in picker.specs(), timeout=5_000)
 
 
+def test_the_get_models_dialog_lists_the_folders_and_removes_one_with_its_models(
+        open_window, qtbot, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QPushButton
+
+    kept, dropped = tmp_path / "kept", tmp_path / "dropped"
+    for folder in (kept, dropped):
+        folder.mkdir()
+        (folder / f"{folder.name}.safetensors").write_bytes(b"x")
+    window = open_window()
+    picker = window.panel.model_picker
+    for folder in (kept, dropped):
+        add_folder_from_picker(window, monkeypatch, folder)
+    qtbot.waitUntil(lambda: str(dropped / "dropped.safetensors") in picker.specs(), timeout=5_000)
+    dialog = window.model_sources.open_dialog()
+    removes = {b.accessibleName(): b for b in dialog.findChildren(QPushButton) if b.text() == "Remove"}
+    assert set(removes) == {f"Remove model folder {kept}", f"Remove model folder {dropped}"}
+    qtbot.mouseClick(removes[f"Remove model folder {dropped}"], Qt.MouseButton.LeftButton)
+    assert window.session.model_folders.folders() == [kept]
+    qtbot.waitUntil(lambda: str(dropped / "dropped.safetensors") not in picker.specs(), timeout=5_000)
+    assert str(kept / "kept.safetensors") in picker.specs()
+    assert (dropped / "dropped.safetensors").is_file()          # nothing on disk is touched
+    qtbot.waitUntil(lambda: [b.accessibleName() for b in dialog.findChildren(QPushButton) if b.text() == "Remove"]
+                    == [f"Remove model folder {kept}"], timeout=2_000)      # the list shows what is left
+
+
 def test_unusable_stored_folders_are_dropped(open_window, folders, tmp_path):
     settings = open_settings(folders)
     settings.setValue(KEY, f"relative/folder\n{tmp_path}\nbad\0name")

@@ -25,11 +25,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.widgets.model_folder_list import ModelFolderList
 from core.eta import clock
 from core.families import FAMILIES
 
 if TYPE_CHECKING:
     from app.downloads import Downloads
+    from app.model_folders import ModelFolders
     from core.fetch.catalogue import CatalogueEntry
 
 KINDS = {"checkpoint": "Model", "lora": "LoRA", "vae": "VAE", "taesd": "Preview decoder",
@@ -155,7 +157,8 @@ class EntryRow(QFrame):
 class GetModelsDialog(QDialog):
     addFolderRequested = Signal()
 
-    def __init__(self, downloads: Downloads, entries: list[CatalogueEntry], parent: QWidget | None = None):
+    def __init__(self, downloads: Downloads, entries: list[CatalogueEntry], parent: QWidget | None = None,
+                 folders: ModelFolders | None = None):
         super().__init__(parent)
         self.downloads = downloads
         self.setWindowTitle("Get models")
@@ -193,6 +196,8 @@ class GetModelsDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(intro)
         layout.addWidget(scroll, 1)
+        if folders is not None:
+            layout.addWidget(ModelFolderList(folders))
         layout.addLayout(footer)
 
         downloads.started.connect(self._show_state)

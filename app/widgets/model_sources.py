@@ -53,7 +53,7 @@ class ModelSources(QObject):
             except (LatentDeskError, OSError, ValueError) as e:
                 self.bar.show_message(f"The list of models cannot be read: {e}", "error")
                 return None
-            self.dialog = GetModelsDialog(self.session.downloads, entries, self.window)
+            self.dialog = GetModelsDialog(self.session.downloads, entries, self.window, self.session.model_folders)
             self.dialog.addFolderRequested.connect(self.add_folder)
         self.dialog.show()
         self.dialog.raise_()
