@@ -32,7 +32,9 @@ from core.request import GenerationRequest, check_request
 from core.sampling.deep_cache import DeepCacheUNet
 from core.sampling.denoiser import Conditioning, Denoiser
 from core.sampling.guidance import CFGDenoiser, GuidanceScale
+from core.sampling.sampler_names import resolve_schedule
 from core.sampling.samplers import Step, get_sampler
+from core.sampling.schedule_types import schedule_sigmas
 from core.sampling.schedules import img2img_start, schedule_for
 from core.sampling.speedups import steps_part
 from core.text.prompts import PromptEmbedding, encode_pair
@@ -69,7 +71,8 @@ def generate(request: GenerationRequest, model: DiffusionModel,
              cancel: threading.Event | None = None) -> GenerationResult:
     """Run one request. `guidance` may be changed by another thread while this runs."""
     # 1. Check the request before anything large is allocated.
-    sampler = get_sampler(request.sampler)
+    sampler_name, schedule_type = resolve_schedule(request.sampler, request.schedule)
+    sampler = get_sampler(sampler_name)
     check_request(request)
     if model.unet.config.in_channels != model.vae.config.z_channels:
         raise LatentDeskError(f"{model.name} is an inpainting model ({model.unet.config.in_channels} input channels); "
@@ -85,7 +88,7 @@ def generate(request: GenerationRequest, model: DiffusionModel,
         schedule = schedule_for(model.family.zero_terminal_snr)
 
         # 3. The noise levels to walk down, and the starting latent.
-        sigmas = sampler.sigmas(request.steps, schedule)
+        sigmas = schedule_sigmas(schedule_type, request.steps, schedule, sampler, xl=model.family.name == "sdxl")
         if request.is_img2img:
             start = img2img_start(request.steps, request.strength)
             sigmas = sigmas[start:]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.errors import LatentDeskError
 from core.limits import ANY_NUMBER, FRACTION, Span, Whole, check_size, require
+from core.sampling.sampler_names import AUTOMATIC, SCHEDULE_NAMES
 from core.sampling.speedups import DEEP_CACHE_BLOCKS, DEEP_CACHE_START, MAX_DEEP_CACHE_INTERVAL
 
 MAX_SEED = 2**64 - 1       # torch.Generator.manual_seed's range; A1111's UI stays below 2**32
@@ -32,6 +34,9 @@ class GenerationRequest:
     steps: int = 20
     guidance: float = 7.0          # classifier-free guidance scale; 1 = no guidance
     sampler: str = "DPM++ 2M Karras"  # A1111's names (core/sampling/samplers.py SAMPLERS)
+    # A1111's schedule types (core/sampling/schedule_types.py); "Automatic" is the sampler's own sigmas,
+    # "DPM++ 2M Karras"'s included (core/sampling/sampler_names.py resolve_schedule).
+    schedule: str = AUTOMATIC
     seed: int = 0                  # image i of a batch uses seed + i
     width: int = 512
     height: int = 512
@@ -96,6 +101,8 @@ def check_request(request: GenerationRequest) -> None:
     """Refuse what cannot work, with a message a user understands. (The sampler's name is checked where
     the samplers are: core/sampling/samplers.py get_sampler.)"""
     check_size(request.width, request.height)
+    if request.schedule not in SCHEDULE_NAMES:
+        raise LatentDeskError(f"Unknown schedule type {request.schedule!r}. Choose one of: {', '.join(SCHEDULE_NAMES)}.")
     for field, (name, rule) in field_rules(request).items():
         if field != "strength" or request.is_img2img:        # txt2img never uses the strength
             require(name, getattr(request, field), rule)

@@ -67,6 +67,7 @@ def main() -> int:
 
     from app.settings import AppPaths, open_settings
     from app.theme import apply_theme
+    from app.widgets.model_sources import OFFERED_KEY
     from app.window import MainWindow
 
     app = QApplication([])
@@ -74,6 +75,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="latentdesk-screenshot-"))
     paths = AppPaths(folder / "data", folder / "out", folder / "settings.ini")
     settings = open_settings(paths)
+    settings.setValue(OFFERED_KEY, True)    # the first-start "Get models" banner is not what this shows
     if args.model:
         settings.setValue("model", str(Path(args.model).resolve()))
 

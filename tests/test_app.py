@@ -298,7 +298,7 @@ def test_a_dropped_image_file_becomes_the_init_image(open_window, qtbot, tmp_pat
 def test_a_dropped_png_with_metadata_offers_to_restore_its_settings(open_window, qtbot, tmp_path):
     window = open_window()
     made = GenerationRequest(prompt="a castle on a hill", negative_prompt="fog", steps=13, guidance=9.5,
-                             sampler="Euler a", seed=4242, width=64, height=64)
+                             sampler="Euler a", schedule="SGM Uniform", seed=4242, width=64, height=64)
     png = save_png(Image.new("RGB", (64, 64), "gray"), tmp_path / "castle.png", to_infotext(made, "tiny", None, None))
     with qtbot.waitSignal(window.initImageChanged, timeout=30_000):
         drop(window, png)
@@ -310,6 +310,7 @@ def test_a_dropped_png_with_metadata_offers_to_restore_its_settings(open_window,
     p = window.panel
     assert p.prompt.toPlainText() == "a castle on a hill" and p.negative.toPlainText() == "fog"
     assert p.steps.value() == 13 and p.guidance.value() == 9.5 and p.sampler.currentText() == "Euler a"
+    assert p.schedule.currentText() == "SGM Uniform" and p.request().schedule == "SGM Uniform"
     assert p.seed.edit.text() == "4242" and not p.seed.random.isChecked()
     assert window.panel.init_well.path == png
 
@@ -510,6 +511,7 @@ def test_restart_restores_settings_and_history(open_window, qtbot, folders, tiny
     p.negative.setPlainText("blurry")
     p.guidance.setValue(9)
     p.steps.setValue(3)
+    p.schedule.setCurrentText("Karras")
     p.preview_mode.setCurrentIndex(p.preview_mode.findData(PreviewMode.OFF.value))
     first.resize(760, 560)       # inside the offscreen screen (800×600)
     message = run(qtbot, first)
@@ -520,6 +522,7 @@ def test_restart_restores_settings_and_history(open_window, qtbot, folders, tiny
     q = second.panel
     assert q.prompt.toPlainText() == "lighthouse at dusk" and q.negative.toPlainText() == "blurry"
     assert q.guidance.value() == 9 and q.steps.value() == 3 and q.sampler.currentText() == "Euler"
+    assert q.schedule.currentText() == "Karras"
     assert (q.width.value(), q.height.value()) == (64, 64)
     assert q.preview_choice() == (PreviewMode.OFF, False)
     assert q.seed.edit.text() == "1234" and not q.seed.random.isChecked()

@@ -22,6 +22,7 @@ from core.fetch.catalogue import (
     load_catalogue,
 )
 from core.nets.taesd import taesd_file_for
+from core.request import GenerationRequest, check_request
 
 REQUIRED = ("sd15", "sd21", "sdxl", "sd-turbo", "sdxl-turbo", "lcm-lora-sd15", "lcm-lora-sdxl", "taesd", "taesdxl")
 
@@ -74,16 +75,19 @@ def test_files_saved_under_one_name_stay_apart(shipped):
 def test_fast_models_carry_their_presets(shipped):
     for name in ("sd-turbo", "sdxl-turbo"):
         settings = find_entry(name, shipped).settings
-        assert settings["steps"] <= 4 and settings["guidance"] == 1.0 and settings["schedule"] == "trailing"
+        assert settings["steps"] <= 4 and settings["guidance"] == 1.0 and settings["schedule"] == "SGM Uniform"
     for name in ("lcm-lora-sd15", "lcm-lora-sdxl"):
         assert find_entry(name, shipped).settings["sampler"] == "LCM"
     assert find_entry("sdxl", shipped).settings["width"] == 1024
     assert find_entry("sd21", shipped).settings["width"] == 768
 
 
-def test_the_schedules_are_the_samplers_own():
-    from core.sampling.schedules import SPACINGS
-    assert SCHEDULES == SPACINGS
+def test_a_preset_schedule_is_one_a_request_takes():
+    from core.sampling.sampler_names import SCHEDULE_NAMES
+    assert SCHEDULES == SCHEDULE_NAMES
+    for entry in load_catalogue():
+        if "schedule" in entry.settings:
+            check_request(GenerationRequest(sampler=entry.settings["sampler"], schedule=entry.settings["schedule"]))
 
 
 def test_find_entry(shipped):

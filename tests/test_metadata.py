@@ -207,27 +207,33 @@ def test_request_from_adetailer_infotext_takes_strength_and_reports_extras():
 
 def test_request_from_new_sampler_and_schedule_pair():
     request, warnings = request_from_infotext(FORGE_EXPONENTIAL, GenerationRequest(model="/m/juggernautXL.safetensors"))
-    assert request.sampler == "DPM++ 2M SDE Exponential"       # kept, though Latent Desk has no such sampler
+    # Latent Desk has DPM++ 2M SDE only as "DPM++ 2M SDE Karras"; the schedule type replaces its Karras
+    assert (request.sampler, request.schedule) == ("DPM++ 2M SDE Karras", "Exponential")
     assert (request.width, request.height, request.guidance) == (1024, 1024, 5.0)
-    assert warnings == ["Sampler 'DPM++ 2M SDE Exponential' is not one Latent Desk has; choose another before "
-                        "generating."]
+    assert warnings == []
     request, warnings = request_from_infotext(FORGE_EXPONENTIAL.replace(" SDE, Schedule type: Exponential",
                                                                         ", Schedule type: Karras"), request)
-    assert (request.sampler, warnings) == ("DPM++ 2M Karras", [])
+    assert (request.sampler, request.schedule, warnings) == ("DPM++ 2M Karras", "Automatic", [])
+    request, _ = request_from_infotext(FORGE_EXPONENTIAL.replace(" SDE, Schedule type: Exponential", ""), request)
+    assert (request.sampler, request.schedule) == ("DPM++ 2M", "Automatic")   # no schedule type: the sampler's own
 
 
 @pytest.mark.parametrize(("sampler", "schedule", "expected", "warns"), [
-    ("DPM++ 2M", "Karras", "DPM++ 2M Karras", False),
-    ("DPM++ 2M Karras", "", "DPM++ 2M Karras", False),
-    ("DPM++ 2M Karras", "Karras", "DPM++ 2M Karras", False),
-    ("Euler a", "Automatic", "Euler a", False),
-    ("euler A", "", "Euler a", False),                        # names match ignoring case
-    ("Euler", "SGM Uniform", "Euler", True),                  # a schedule we don't have
-    ("Kohaku_LoNyu_Yog", "", "Kohaku_LoNyu_Yog", True),       # unknown samplers are kept, with a warning
+    ("DPM++ 2M", "Karras", ("DPM++ 2M Karras", "Automatic"), False),
+    ("DPM++ 2M Karras", "", ("DPM++ 2M Karras", "Automatic"), False),
+    ("DPM++ 2M Karras", "Karras", ("DPM++ 2M Karras", "Automatic"), False),
+    ("Euler a", "Automatic", ("Euler a", "Automatic"), False),
+    ("euler A", "", ("Euler a", "Automatic"), False),                       # names match ignoring case
+    ("Euler", "SGM Uniform", ("Euler", "SGM Uniform"), False),
+    ("Euler a", "sgm uniform", ("Euler a", "SGM Uniform"), False),
+    ("DPM++ 2M", "Uniform", ("DPM++ 2M", "Uniform"), False),                # A1111's Uniform is a schedule type
+    ("DPM++ 2M SDE", "Beta", ("DPM++ 2M SDE Karras", "Beta"), False),      # Karras in the name, replaced
+    ("Euler", "Polyexponential", ("Euler", "Automatic"), True),             # a schedule we don't have
+    ("Kohaku_LoNyu_Yog", "", ("Kohaku_LoNyu_Yog", "Automatic"), True),     # unknown samplers are kept, with a warning
 ])
 def test_join_sampler(sampler, schedule, expected, warns):
-    name, warning = join_sampler(sampler, schedule)
-    assert name == expected
+    name, schedule_type, warning = join_sampler(sampler, schedule)
+    assert (name, schedule_type) == expected
     assert (warning is not None) == warns
 
 

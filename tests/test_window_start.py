@@ -93,11 +93,12 @@ def test_an_unreadable_models_folder_leaves_the_window_opening_and_a_start_model
 
 TEXT_KEYS = ("prompt", "negative")      # any text is a prompt: only another type is unusable there
 FORM_KEYS = TEXT_KEYS + (
-    "guidance", "steps", "sampler", "width", "height", "batch", "strength", "seed", "seed_random",
+    "guidance", "steps", "sampler", "schedule", "width", "height", "batch", "strength", "seed", "seed_random",
     "preview_mode", "preview_noisy", "live", "deep_cache_interval", "deep_cache_blocks", "deep_cache_start",
     "guidance_cutoff", "precision")
 OUT_OF_RANGE = {
-    "guidance": "25", "steps": "151", "sampler": "Euler z", "width": "65536", "height": "8", "batch": "17",
+    "guidance": "25", "steps": "151", "sampler": "Euler z", "schedule": "Karras z",
+    "width": "65536", "height": "8", "batch": "17",
     "strength": "1.5", "seed": "4294967296", "seed_random": "2", "preview_mode": "99", "preview_noisy": "-1",
     "live": "2", "deep_cache_interval": "11", "deep_cache_blocks": "0", "deep_cache_start": "1",
     "guidance_cutoff": "0.95", "precision": "float16",

@@ -1,7 +1,7 @@
 """`latentdesk` on the command line.
 
     latentdesk generate [--model builtin|PATH] (--prompt TEXT | --prompt-file FILE) [--negative TEXT]
-                        [--steps N] [--guidance G] [--sampler NAME] [--seed S] [--width W --height H]
+                        [--steps N] [--guidance G] [--sampler NAME] [--schedule NAME] [--seed S] [--width W --height H]
                         [--init-image PATH --strength S] [--batch N] [--clip-skip N]
                         [--deep-cache [N]] [--deep-cache-blocks K] [--deep-cache-start F] [--guidance-cutoff [F]]
                         (--out FILE.png | --out-dir DIR)        # --out: .png only, in a folder that exists
@@ -64,6 +64,7 @@ def refuse(reason: str) -> int:
 
 
 def add_generate_command(commands) -> None:
+    from core.sampling.sampler_names import SCHEDULE_NAMES
     from core.sampling.samplers import SAMPLERS
     defaults = GenerationRequest()
     g = commands.add_parser("generate", help="make images from a prompt (txt2img) or an image (img2img)")
@@ -75,6 +76,9 @@ def add_generate_command(commands) -> None:
     g.add_argument("--steps", type=int, help="default: the model's (20)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale; default: the model's")
     g.add_argument("--sampler", help="default: the model's; one of: " + ", ".join(SAMPLERS))
+    g.add_argument("--schedule", type=schedule_name, default=defaults.schedule, metavar="NAME",
+                   help="the noise levels the sampler steps through (A1111's schedule type; default: Automatic, "
+                        "the sampler's own; 'SGM Uniform' for 1-step SD-Turbo); one of: " + ", ".join(SCHEDULE_NAMES))
     g.add_argument("--seed", type=int, help="default: random (printed)")
     g.add_argument("--width", type=int, help="default: the model's native size (img2img: the image's)")
     g.add_argument("--height", type=int)
@@ -89,6 +93,12 @@ def add_generate_command(commands) -> None:
                                    "settings; other formats are refused) and its folder must exist; a name "
                                    "already taken gets -1, -2, ... added, nothing is overwritten")
     out.add_argument("--out-dir", help="a folder (created if missing); images are numbered 00000.png, 00001.png, ...")
+
+
+def schedule_name(text: str) -> str:
+    """A schedule type in its own spelling, whatever the case typed; an unknown one is left for check_request."""
+    from core.sampling.sampler_names import SCHEDULE_NAMES
+    return {name.lower(): name for name in SCHEDULE_NAMES}.get(text.strip().lower(), text)
 
 
 def add_speedup_arguments(parser) -> None:
@@ -130,6 +140,7 @@ def run_generate(args) -> int:
     # The model's defaults stand in for what the user left out: they always pass.
     given = GenerationRequest(steps=pick(args.steps, 1), guidance=pick(args.guidance, 1.0), seed=seed,
                               width=pick(args.width, 512), height=pick(args.height, 512), batch=args.batch,
+                              schedule=args.schedule,
                               clip_skip=args.clip_skip, init_image=args.init_image, strength=args.strength, **speedups)
     seed_name, first_seed = seed_rule(max(images, 1), "--seed")     # every prompt's images follow on from it
     require(seed_name, seed, first_seed)
@@ -149,7 +160,8 @@ def run_generate(args) -> int:
     family = model.family
     base = GenerationRequest(negative_prompt=args.negative, steps=pick(args.steps, family.default_steps),
                              guidance=pick(args.guidance, family.default_guidance),
-                             sampler=pick(args.sampler, family.default_sampler), width=width, height=height,
+                             sampler=pick(args.sampler, family.default_sampler), schedule=args.schedule,
+                             width=width, height=height,
                              batch=args.batch,
                              clip_skip=args.clip_skip, init_image=args.init_image, strength=args.strength,
                              model=args.model, **speedups)

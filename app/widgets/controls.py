@@ -36,7 +36,7 @@ from app.widgets.prompt_edit import PromptEdit
 from app.widgets.seed import SEED_TEXT, SeedControl
 from app.widgets.speedups import SpeedupsControl
 from core.request import GenerationRequest
-from core.sampling.sampler_names import SAMPLER_NAMES
+from core.sampling.sampler_names import AUTOMATIC, SAMPLER_NAMES, SCHEDULE_NAMES
 
 if TYPE_CHECKING:   # the window is built before torch (which core.families needs) is imported
     from pathlib import Path
@@ -88,6 +88,10 @@ class ControlsPanel(QFrame):
         self.sampler = QComboBox(accessibleName="Sampler")
         self.sampler.addItems(list(SAMPLER_NAMES))
         self.sampler.setCurrentText(GenerationRequest().sampler)
+        self.schedule = QComboBox(accessibleName="Schedule")
+        self.schedule.addItems(list(SCHEDULE_NAMES))
+        self.schedule.setToolTip("The noise levels the sampler steps through (A1111's schedule type). Automatic: "
+                                 "the sampler's own; SGM Uniform: 1-step SD-Turbo and other distilled models")
         self.size_preset = QComboBox(accessibleName="Size preset")
         self.width = QSpinBox(minimum=MIN_SIDE, maximum=MAX_SIDE, singleStep=SIZE_STEP, value=512,
                               accessibleName="Width", suffix=" px")
@@ -134,17 +138,19 @@ class ControlsPanel(QFrame):
         grid.addWidget(self.batch, 0, 3)
         grid.addWidget(QLabel("Sampler"), 1, 0)
         grid.addWidget(self.sampler, 1, 1, 1, 3)
-        grid.addWidget(QLabel("Size"), 2, 0)
-        grid.addWidget(self.size_preset, 2, 1, 1, 3)
+        grid.addWidget(QLabel("Schedule"), 2, 0)      # under the sampler: both names fit whole
+        grid.addWidget(self.schedule, 2, 1, 1, 3)
+        grid.addWidget(QLabel("Size"), 3, 0)
+        grid.addWidget(self.size_preset, 3, 1, 1, 3)
         sides = QHBoxLayout()
         sides.addWidget(self.width, 1)
         sides.addWidget(QLabel("×"))
         sides.addWidget(self.height, 1)
-        grid.addLayout(sides, 3, 1, 1, 3)
-        grid.addWidget(QLabel("Seed"), 4, 0)
-        grid.addWidget(self.seed, 4, 1, 1, 3)
-        grid.addWidget(QLabel("Speed"), 5, 0)
-        grid.addWidget(self.speedups, 5, 1, 1, 3)
+        grid.addLayout(sides, 4, 1, 1, 3)
+        grid.addWidget(QLabel("Seed"), 5, 0)
+        grid.addWidget(self.seed, 5, 1, 1, 3)
+        grid.addWidget(QLabel("Speed"), 6, 0)
+        grid.addWidget(self.speedups, 6, 1, 1, 3)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         column.addWidget(section("Settings"))
@@ -173,14 +179,16 @@ class ControlsPanel(QFrame):
         self.live.setToolTip("Regenerate as you type or move a slider (the seed stays the same)")
         self.toolbar = self._build_toolbar()
         for signal in (self.prompt.textChanged, self.negative.textChanged, self.guidance.valueChanged,
-                       self.steps.valueChanged, self.sampler.currentIndexChanged, self.width.valueChanged,
+                       self.steps.valueChanged, self.sampler.currentIndexChanged,
+                       self.schedule.currentIndexChanged, self.width.valueChanged,
                        self.height.valueChanged, self.seed.edit.textEdited, self.init_well.strength.valueChanged,
                        self.speedups.valueChanged):
             signal.connect(self.edited)
         # Every field, however set (typing, a restored PNG, a drawn seed, the init image): the session
         # must never generate from a stale copy of the form.
         for signal in (self.prompt.textChanged, self.negative.textChanged, self.guidance.valueChanged,
-                       self.steps.valueChanged, self.sampler.currentIndexChanged, self.width.valueChanged,
+                       self.steps.valueChanged, self.sampler.currentIndexChanged,
+                       self.schedule.currentIndexChanged, self.width.valueChanged,
                        self.height.valueChanged, self.batch.valueChanged, self.seed.edit.textChanged,
                        self.seed.random.toggled, self.init_well.strength.valueChanged,
                        self.init_well.pathChanged, self.speedups.valueChanged):
@@ -283,6 +291,7 @@ class ControlsPanel(QFrame):
         self.guidance.setValue(family.default_guidance)
         if family.default_sampler in SAMPLER_NAMES:
             self.sampler.setCurrentText(family.default_sampler)
+            self.schedule.setCurrentText(AUTOMATIC)    # the sampler's own, as the model's makers chose it
         self.width.setValue(family.default_size)
         self.height.setValue(family.default_size)
 
@@ -295,6 +304,7 @@ class ControlsPanel(QFrame):
         request = GenerationRequest(
             prompt=self.prompt.toPlainText().strip(), negative_prompt=self.negative.toPlainText().strip(),
             steps=self.steps.value(), guidance=self.guidance.value(), sampler=self.sampler.currentText(),
+            schedule=self.schedule.currentText(),
             seed=self.seed.typed() or 0, width=self.width.value(), height=self.height.value(),
             batch=self.batch.value(), init_image=str(init) if init else None,
             strength=self.init_well.strength_value())
@@ -321,6 +331,8 @@ class ControlsPanel(QFrame):
         self.steps.setValue(within("Steps", self.steps, request.steps))
         if self.sampler.findText(request.sampler) >= 0:
             self.sampler.setCurrentText(request.sampler)
+        if self.schedule.findText(request.schedule) >= 0:
+            self.schedule.setCurrentText(request.schedule)
         self.width.setValue(within("Width", self.width, request.width))
         self.height.setValue(within("Height", self.height, request.height))
         self.seed.set_seed(request.seed)
@@ -340,7 +352,7 @@ class ControlsPanel(QFrame):
     def save(self, settings: QSettings) -> None:
         r = self.request()
         for key, value in (("prompt", r.prompt), ("negative", r.negative_prompt), ("guidance", r.guidance),
-                           ("steps", r.steps), ("sampler", r.sampler), ("width", r.width),
+                           ("steps", r.steps), ("sampler", r.sampler), ("schedule", r.schedule), ("width", r.width),
                            ("height", r.height), ("batch", r.batch), ("strength", r.strength),
                            ("seed", self.seed.edit.text()), ("seed_random", self.seed.random.isChecked()),
                            ("preview_mode", self.preview_mode.currentData()),
@@ -364,6 +376,7 @@ class ControlsPanel(QFrame):
                          ("batch", self.batch)):
             box.setValue(get(f"form/{key}", box.value(), between(box.minimum(), box.maximum())))
         self.sampler.setCurrentText(get("form/sampler", self.sampler.currentText(), one_of(SAMPLER_NAMES)))
+        self.schedule.setCurrentText(get("form/schedule", self.schedule.currentText(), one_of(SCHEDULE_NAMES)))
         self.init_well.set_strength(get("form/strength", self.init_well.strength_value(),
                                         between(MIN_STRENGTH, 1.0)))
         seed = get("form/seed", "", lambda text: text == "" or (SEED_TEXT.fullmatch(text) is not None

@@ -22,15 +22,14 @@ from core.errors import LatentDeskError, shown
 from core.limits import Span, Whole, check_size, require
 from core.loading.untrusted_json import UnreadableJson, loads
 from core.resources import resources_dir
-from core.sampling.sampler_names import SAMPLER_NAMES
+from core.sampling.sampler_names import SAMPLER_NAMES, SCHEDULE_NAMES
 
 KINDS = ("checkpoint", "lora", "vae", "taesd", "embedding")
 FAMILIES = ("sd1", "sd2", "sdxl")
 # Kinds that generate images themselves or change how a model does: their entries say how to use them.
 KINDS_WITH_SETTINGS = ("checkpoint", "lora")
-# core.sampling.schedules.SPACINGS, written out: importing that module would import torch, and the
-# window lists the catalogue before torch is loaded. tests/test_catalogue.py keeps the two the same.
-SCHEDULES = ("linspace", "linspace_exclusive", "leading", "trailing", "lcm")
+# A preset's schedule type is a request's (A1111's names, e.g. "SGM Uniform" for Turbo's trailing steps).
+SCHEDULES = SCHEDULE_NAMES
 MAX_STEPS = 150                      # A1111's slider stops here; a catalogue preset needs far fewer
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")

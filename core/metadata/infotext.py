@@ -25,7 +25,13 @@ from typing import NamedTuple
 from core.errors import LatentDeskError
 from core.limits import NOT_WHOLE, BrokenRule, check_size
 from core.request import SPEEDUP_FIELDS, GenerationRequest, check_field
-from core.sampling.sampler_names import SAMPLER_NAMES
+from core.sampling.sampler_names import (
+    AUTOMATIC,
+    SAMPLER_NAMES,
+    SCHEDULE_NAMES,
+    resolve_schedule,
+    split_sampler,
+)
 
 # A1111's pair pattern: "Key: value" or 'Key: "json string"', each ending at a comma or the line end.
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -34,11 +40,8 @@ _WORD = re.compile(r"\w")
 _SIZE = re.compile(r"(\d+)x(\d+)")
 
 MIN_PARAMETER_PAIRS = 3              # A1111: a last line with fewer pairs is still part of the prompt
-# Schedules that A1111 (before 1.9) folded into the sampler name, e.g. "DPM++ 2M Karras";
-# GenerationRequest keeps that combined form.
-NAMED_SCHEDULES = ("Karras", "Exponential")
-# A1111's labels for "whatever the sampler uses by default".
-DEFAULT_SCHEDULES = ("", "Automatic", "Uniform")
+# A1111's labels for "whatever the sampler uses by default" (A1111 1.9+ writes no "Schedule type" for it).
+DEFAULT_SCHEDULES = ("", AUTOMATIC)
 NOTHING_READ = "No generation settings found (no 'Steps: …' line); nothing was read."
 KEEP = object()       # Setting.missing: a key that is absent leaves the field as the base request has it
 
@@ -74,6 +77,14 @@ def _number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
 
 
+def _sampler_and_schedule(request: GenerationRequest) -> tuple[str, str | None]:
+    """A1111 1.9+'s "Sampler" and "Schedule type": ("DPM++ 2M", "Karras") for "DPM++ 2M Karras" (as always), and
+    ("Euler a", "SGM Uniform") for Euler a with the schedule type SGM Uniform; None for the sampler's own."""
+    sampler, schedule = resolve_schedule(request.sampler, request.schedule)
+    base, named = split_sampler(sampler)
+    return base, named if schedule == AUTOMATIC else schedule
+
+
 def _while_deep_cache(value: Callable[[GenerationRequest], object]) -> Callable[[GenerationRequest], object]:
     """Its settings are written only while DeepCache is on: an exact image's text stays as it always was."""
     return lambda r: value(r) if r.deep_cache_interval > 1 else None
@@ -82,8 +93,8 @@ def _while_deep_cache(value: Callable[[GenerationRequest], object]) -> Callable[
 # In the order A1111 writes them (the written text must stay byte for byte what it has been).
 SETTINGS = (
     Setting("Steps", ("steps",), lambda r: r.steps, _whole_number),
-    Setting("Sampler", ("sampler",), lambda r: split_sampler(r.sampler)[0]),
-    Setting("Schedule type", ("sampler",), lambda r: split_sampler(r.sampler)[1]),
+    Setting("Sampler", ("sampler",), lambda r: _sampler_and_schedule(r)[0]),
+    Setting("Schedule type", ("sampler", "schedule"), lambda r: _sampler_and_schedule(r)[1]),
     Setting("CFG scale", ("guidance",), lambda r: _number(r.guidance), _real_number),
     Setting("Seed", ("seed",), lambda r: r.seed, _whole_number),
     Setting("Size", ("width", "height"), lambda r: f"{r.width}x{r.height}"),
@@ -148,14 +159,6 @@ def guidance_schedule(per_step: Sequence[float]) -> str | None:
         return None
     return ", ".join(f"{_number(scale)} (step {a})" if a == b else f"{_number(scale)} (steps {a}-{b})"
                      for scale, a, b in runs)
-
-
-def split_sampler(name: str) -> tuple[str, str | None]:
-    """"DPM++ 2M Karras" -> ("DPM++ 2M", "Karras"), as A1111 1.9+ writes it; other names stay whole."""
-    for schedule in NAMED_SCHEDULES:
-        if name.endswith(" " + schedule):
-            return name.removesuffix(" " + schedule), schedule
-    return name, None
 
 
 def _quote(text: str) -> str:
@@ -265,8 +268,8 @@ def request_from_infotext(text: str | None, base: GenerationRequest, *,
                          "add one to make it again.")
 
     if info.get("Sampler", "").strip():
-        sampler, note = join_sampler(info["Sampler"], info.get("Schedule type", ""), known_samplers)
-        changes["sampler"] = sampler
+        changes["sampler"], changes["schedule"], note = join_sampler(info["Sampler"], info.get("Schedule type", ""),
+                                                                     known_samplers)
         notes += [note] if note else []
 
     recorded = info.get("Model")
@@ -300,20 +303,33 @@ def _size(text: str, base: GenerationRequest, notes: list[str]) -> dict[str, int
     return {"width": width, "height": height}
 
 
-def join_sampler(sampler: str, schedule: str, known: Collection[str] = SAMPLER_NAMES) -> tuple[str, str | None]:
-    """A1111's "Sampler" (+ "Schedule type") -> a GenerationRequest sampler name and a warning or None.
+def join_sampler(sampler: str, schedule: str,
+                 known: Collection[str] = SAMPLER_NAMES) -> tuple[str, str, str | None]:
+    """A1111's "Sampler" (+ "Schedule type") -> GenerationRequest's sampler and schedule, and a warning or None.
 
-    Reads both the old combined form ("DPM++ 2M Karras") and the 1.9+ pair
-    ("DPM++ 2M" + "Karras"); names match `known` ignoring case; unknown ones are kept.
+    Reads both the old combined form ("DPM++ 2M Karras") and the 1.9+ pair ("DPM++ 2M" + "Karras"), both as
+    ("DPM++ 2M Karras", "Automatic"); a sampler Latent Desk has only with a schedule in its name takes any
+    other schedule type ("DPM++ 2M SDE" + "Beta" -> ("DPM++ 2M SDE Karras", "Beta")). Names match `known`
+    and SCHEDULE_NAMES ignoring case; unknown samplers are kept, unknown schedule types read as "Automatic".
     """
     sampler, schedule = sampler.strip(), schedule.strip()
     note = None
-    if schedule in NAMED_SCHEDULES and not sampler.endswith(" " + schedule):
-        sampler = f"{sampler} {schedule}"
-    elif schedule not in NAMED_SCHEDULES and schedule not in DEFAULT_SCHEDULES:
-        note = f"Schedule type '{schedule}' is not available; the sampler's own schedule is used."
+    types = {name.lower(): name for name in SCHEDULE_NAMES}
+    if schedule in DEFAULT_SCHEDULES or schedule.lower() not in types:
+        if schedule not in DEFAULT_SCHEDULES:
+            note = f"Schedule type '{schedule}' is not available; the sampler's own schedule is used."
+        schedule = AUTOMATIC
+    schedule = types[schedule.lower()]
     by_lower = {name.lower(): name for name in known}
+    # the sampler's own spelling; else the one sampler that has it only with a schedule in its name
+    by_base = {split_sampler(name)[0].lower(): name for name in known if split_sampler(name)[1]}
     if sampler.lower() in by_lower:
-        return by_lower[sampler.lower()], note
-    unknown = f"Sampler '{sampler}' is not one Latent Desk has; choose another before generating."
-    return sampler, f"{note} {unknown}" if note else unknown
+        sampler = by_lower[sampler.lower()]
+    elif f"{split_sampler(sampler)[0]} {schedule}".lower() in by_lower:
+        sampler, schedule = by_lower[f"{split_sampler(sampler)[0]} {schedule}".lower()], AUTOMATIC
+    elif sampler.lower() in by_base and schedule != AUTOMATIC:
+        sampler = by_base[sampler.lower()]
+    else:
+        unknown = f"Sampler '{sampler}' is not one Latent Desk has; choose another before generating."
+        return sampler, schedule, f"{note} {unknown}" if note else unknown
+    return (*resolve_schedule(sampler, schedule, known), note)
