@@ -58,7 +58,10 @@ def main() -> int:
     compile_lock([pyinstaller], REQUIREMENTS / "build.txt", "--constraint", str(app))
     # The tests compare our tokenizer with OpenCLIP's; its own dependencies (torchvision, timm) are
     # never needed for that, so it is installed alone (pip install --no-deps).
-    compile_lock(["open_clip_torch"], REQUIREMENTS / "reference.txt", "--no-deps")
+    # peft (with accelerate, which it imports) is diffusers' LoRA loader, the oracle of the LoRA parity
+    # tests; resolved with its dependencies it would pull torch's CUDA build from PyPI, and everything
+    # else it needs is already in dev.txt.
+    compile_lock(["open_clip_torch", "peft", "accelerate"], REQUIREMENTS / "reference.txt", "--no-deps")
     print(f"pinned requirements/app.txt, dev.txt, build.txt and reference.txt; torch stays {TORCH} (README)")
     return 0
 
