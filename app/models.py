@@ -98,16 +98,12 @@ def load_preview_decoder_beside(path: Path, model: DiffusionModel) -> tuple[nn.M
     `taesdxl_decoder.safetensors` for SDXL). Only a preview depends on it, so a broken file costs the
     Tiny preview, never the model."""
     from core.errors import LatentDeskError
-    from core.loading.preview_decoders import load_preview_decoder, preview_decoder_path
-    from core.nets.taesd import taesd_file_for
+    from core.loading.preview_decoders import load_preview_decoder, tiny_decoder_file
 
     config = model.vae.config
-    decoder_path = preview_decoder_path(path)
-    if not decoder_path.is_file():
-        taesd = taesd_file_for(model.family.name, config.scale_factor)
-        decoder_path = path.parent / taesd if taesd is not None else None
-        if decoder_path is None or not decoder_path.is_file():
-            return None, None
+    decoder_path = tiny_decoder_file(path, model.family.name, config.scale_factor)
+    if decoder_path is None:
+        return None, None
     try:
         decoder = load_preview_decoder(decoder_path, config.z_channels, config.downsample_factor)
     except (LatentDeskError, OSError) as error:

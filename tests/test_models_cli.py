@@ -73,7 +73,7 @@ def test_get_a_catalogue_name_uses_its_file_and_folder(hub, capsys, tmp_path):
     entry = find_entry("lcm-lora-sd15")
     hub.add_file(entry.repo, entry.file, safetensors_like(4096), revision=entry.revision)
     code, out, _ = run(capsys, "get", "lcm-lora-sd15")
-    assert code == 0 and out.strip().splitlines()[-1] == str(models_dir(tmp_path) / "lora" / entry.save_as)
+    assert code == 0 and out.strip().splitlines()[-1] == str(models_dir(tmp_path) / "loras" / entry.save_as)
     code, out, _ = run(capsys, "list", "--json")
     listing = json.loads(out)
     assert code == 0 and listing["models_dir"] == str(models_dir(tmp_path))

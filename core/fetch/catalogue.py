@@ -73,7 +73,7 @@ class CatalogueEntry:
 
 # Where each kind goes under the models folder. Checkpoints and TAESD decoders stay at the top: the
 # picker lists the top folder's models, and a model's preview decoder is looked for beside it.
-KIND_SUBFOLDERS = {"checkpoint": "", "taesd": "", "lora": "lora", "vae": "vae", "embedding": "embeddings"}
+KIND_SUBFOLDERS = {"checkpoint": "", "taesd": "", "lora": "loras", "vae": "vae", "embedding": "embeddings"}
 
 
 _FIELDS = tuple(f.name for f in fields(CatalogueEntry))

@@ -1,6 +1,7 @@
 """Preview decoder files: ours (core/nets/preview_decoder.py) and TAESD's (core/nets/taesd.py).
 
     preview_decoder_path(model_path)   where a model's preview decoder lives: `<model>.preview.safetensors`
+    tiny_decoder_file(model_path, model, folders)   the file of the tiny decoder a model has, if any
     save_preview_decoder(path, decoder, about)   one .safetensors, the config in its metadata
     load_preview_decoder(path, latent_channels, factor)   ours or a TAESD file, checked against the VAE;
                                        ModelLoadError if unusable
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from core.loading.safetensors_io import SafetensorsFile
 from core.loading.untrusted_json import loads
 from core.loading.weights import build_on_meta
 from core.nets.preview_decoder import PreviewDecoder, PreviewDecoderConfig
-from core.nets.taesd import UPSAMPLINGS, TaesdDecoder
+from core.nets.taesd import UPSAMPLINGS, TaesdDecoder, taesd_file_for
 
 CONFIG_KEY = "latentdesk.preview_decoder"   # metadata entry holding the config as JSON
 SUFFIX = ".preview.safetensors"
@@ -41,6 +43,21 @@ def preview_decoder_path(model_path: str | Path) -> Path:
     if model_path.is_dir():
         return model_path / f"preview{SUFFIX}"
     return model_path.with_name(model_path.name.removesuffix(".safetensors") + SUFFIX)
+
+
+def tiny_decoder_file(model_path: str | Path, family: str, latent_scale: float,
+                      folders: Sequence[Path] = ()) -> Path | None:
+    """The tiny decoder a model has: its own (`x.preview.safetensors`, ours or a TAESD file renamed), else
+    TAESD's for a Stable Diffusion model under its usual name (`taesd_decoder.safetensors`, for SDXL
+    `taesdxl_decoder.safetensors`) beside the model or in one of `folders` (the models folder, where
+    `latentdesk models get taesd` puts it). None when there is none."""
+    own = preview_decoder_path(model_path)
+    if own.is_file():
+        return own
+    name = taesd_file_for(family, latent_scale)
+    if name is None:
+        return None
+    return next((folder / name for folder in (Path(model_path).parent, *folders) if (folder / name).is_file()), None)
 
 
 def save_preview_decoder(path: str | Path, decoder: PreviewDecoder, about: dict[str, str] | None = None) -> Path:
