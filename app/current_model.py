@@ -44,7 +44,7 @@ class CurrentModel(QObject):
         self.ready: ReadyModel | None = None
         self.loading: str | None = None      # the spec being loaded
         self.failure: tuple[str, str] | None = None     # (spec, message) of the last failed load
-        self.precision = "float32"           # the networks' format for the next load
+        self.precision = "auto"              # the networks' format for the next load (core/precision.py AUTO)
         self.shared: list[str] = []          # checkpoints found in the user's shared folders (app/model_folders.py)
         self._serial = 0
         self._cancel = threading.Event()
@@ -111,14 +111,14 @@ class CurrentModel(QObject):
         self.loading = spec
         self.loading_started.emit(spec)
         try:
-            precision = self.precision
+            precision = await asyncio.to_thread(models.resolve_precision, path, self.precision)
             if self.ready is not None and path is not None and \
                     await asyncio.to_thread(models.needs_room, path, precision, self.ready):
                 if serial != self._serial:
                     return
                 self._release(spec)
             known = self.hashes.get(path) if path is not None else None
-            loaded = await asyncio.to_thread(models.load, path, spec, known, precision, cancel)
+            loaded = await asyncio.to_thread(models.load, path, spec, known, precision, cancel, self.models_dir)
         except Exception as e:      # noqa: BLE001 - any failure must end in "failed, because …", never "Loading…"
             # ImportError, FileNotFoundError from a dependency's data: the engine itself first loads
             # here, so a broken install (or bundle) shows up as this model failing to open.

@@ -1,4 +1,4 @@
-"""One job through the engine: generate, preview every step, save every image. Runs in the worker
+"""One job through the engine: generate, preview every step, save every image; or a draft's "Final" decode. Runs in the worker
 thread (app/worker.py), which imports this module when its first job arrives: torch and the engine
 load there, never while the window is opening.
 """
@@ -11,13 +11,25 @@ from dataclasses import replace
 
 import torch
 
-from app.jobs import Failed, Finished, Job, Message, PreviewMode, StepPreview, StepRecord, Stopped, Unsaved
+from app.jobs import (
+    Draft,
+    Failed,
+    FinalJob,
+    Finished,
+    Job,
+    Message,
+    PreviewMode,
+    StepPreview,
+    StepRecord,
+    Stopped,
+    Unsaved,
+)
 from app.preview import make_previewer, pil_to_qimage
 from core import __version__
 from core.errors import LatentDeskError
-from core.generate import Cancelled, StepInfo, generate
+from core.generate import Cancelled, StepInfo, decode, generate, inpaint_plan
 from core.metadata.infotext import to_infotext
-from core.metadata.png_files import save_png
+from core.metadata.png_files import save_png_and_mask
 from core.precision import precision_name
 
 log = logging.getLogger(__name__)
@@ -62,7 +74,8 @@ def run_job(job: Job, post_preview) -> Message:
             return None
 
     try:
-        result = generate(job.request, job.model.diffusion, on_step=on_step, guidance=job.guidance, cancel=job.cancel)
+        result = generate(job.request, job.model.diffusion, on_step=on_step, guidance=job.guidance, cancel=job.cancel,
+                          addons=job.addons, tiny_decoder=job.model.preview_decoder)
     except LatentDeskError as e:
         return Failed(job.id, str(e))
     except (torch.OutOfMemoryError, MemoryError):
@@ -73,26 +86,79 @@ def run_job(job: Job, post_preview) -> Message:
     if result.cancelled:
         return Stopped(job.id, result.steps_done, tuple(records))
 
-    images = tuple(pil_to_qimage(image) for image in result.images)
-    paths, unsaved, errors = [], [], []
     model = job.model
-    for image, preview, seed in zip(result.images, images, result.seeds, strict=True):
-        request = replace(job.request, seed=seed, batch=1)
-        infotext = to_infotext(request, model.diffusion.name, model.hash, f"Latent Desk {__version__}",
-                               [record.guidance for record in records], precision=precision_name(model.diffusion))
-        if not job.save:
-            unsaved.append(Unsaved(image, preview, infotext, job.output_dir))
+    requests = [replace(job.request, seed=seed, batch=1) for seed in result.seeds]
+    guidances = tuple(record.guidance for record in records)
+    infotexts = [to_infotext(request, model.diffusion.name, model.hash, f"Latent Desk {__version__}", guidances,
+                             precision=precision_name(model.diffusion), lora_hashes=result.loras,
+                             ti_hashes=result.embeddings) for request in requests]
+    images = tuple(pil_to_qimage(image) for image in result.images)
+    outcomes, save_error = save_images(result.images, images, infotexts, job.output_dir, result.mask, job.save)
+    drafts = [None] * len(images)
+    if job.request.decoder == "taesd" and result.latents is not None:
+        # a copy, not a view: a view of the batch would keep every image's latents alive as long as one is kept
+        drafts = [Draft(result.latents[i:i + 1].detach().to("cpu", torch.float32, copy=True), request, model.spec,
+                        guidances, precision_name(model.diffusion), result.loras, result.embeddings)
+                  for i, request in enumerate(requests)]
+    paths, unsaved, drafts = split_outcomes(outcomes, drafts)
+    return Finished(job.id, job.request, images, paths, tuple(records), time.perf_counter() - started,
+                    state["sent"], save_error, tuple(frames), unsaved, not job.save, tuple(result.notes), drafts)
+
+
+def run_final(job: FinalJob) -> Message:
+    """A kept draft's latents through the model's VAE ("Final"): the image a run with the VAE would have made, saved
+    with the PNG it would have written. Nothing is sampled; an inpainting is pasted back over its picture again."""
+    started = time.perf_counter()
+    draft, model = job.draft, job.model
+    request = replace(draft.request, decoder="vae")
+    try:
+        with torch.no_grad():
+            plan = inpaint_plan(request, model.diffusion)    # reads the picture and mask files again
+            images = decode(model.diffusion, draft.latents.to(model.diffusion.device))
+            if plan is not None:
+                images = [plan.finish(image) for image in images]
+    except LatentDeskError as e:
+        return Failed(job.id, f"The draft could not be decoded with the VAE: {e}")
+    except (torch.OutOfMemoryError, MemoryError):
+        return Failed(job.id, "Out of memory while decoding the draft with the VAE. Close other programs and try again.")
+    except Exception as e:
+        log.exception("final decode failed")
+        return Failed(job.id, f"Decoding the draft failed unexpectedly ({type(e).__name__}: {e}).")
+    infotext = to_infotext(request, model.diffusion.name, model.hash, f"Latent Desk {__version__}", draft.guidances,
+                           precision=draft.precision, lora_hashes=draft.loras, ti_hashes=draft.embeddings)
+    previews = tuple(pil_to_qimage(image) for image in images)
+    outcomes, save_error = save_images(images, previews, [infotext] * len(images), job.output_dir,
+                                       plan.mask if plan is not None else None)
+    paths, unsaved, _ = split_outcomes(outcomes, [None] * len(images))
+    return Finished(job.id, request, previews, paths, (), time.perf_counter() - started, 0, save_error,
+                    unsaved=unsaved)
+
+
+def save_images(images, previews, infotexts, output_dir, mask, save: bool = True) -> tuple[list, str | None]:
+    """Each image to a PNG (not for Live runs, `save` False): its Path, or an `Unsaved` that keeps it in the window
+    when it was not written; and the message for the user when some were not."""
+    outcomes, errors = [], []
+    for image, preview, infotext in zip(images, previews, infotexts, strict=True):
+        if not save:
+            outcomes.append(Unsaved(image, preview, infotext, output_dir, mask))
             continue
         try:        # every image gets its own try: one that cannot be written must not cost the others
-            paths.append(save_png(image, job.output_dir, infotext))
+            outcomes.append(save_png_and_mask(image, output_dir, infotext, mask))
         except Exception as e:      # noqa: BLE001 - LatentDeskError for OSError, anything else logged too
             if not isinstance(e, LatentDeskError):
                 log.exception("saving image failed")
             errors.append(str(e))
-            unsaved.append(Unsaved(image, preview, infotext, job.output_dir))
+            outcomes.append(Unsaved(image, preview, infotext, output_dir, mask))
     save_error = None
     if errors:
         save_error = errors[0] if len(errors) == len(images) else \
             f"{len(errors)} of {len(images)} images could not be saved: {errors[0]}"
-    return Finished(job.id, job.request, images, tuple(paths), tuple(records), time.perf_counter() - started,
-                    state["sent"], save_error, tuple(frames), tuple(unsaved), not job.save)
+    return outcomes, save_error
+
+
+def split_outcomes(outcomes: list, drafts: list) -> tuple[tuple, tuple, tuple]:
+    """(paths, unsaved, drafts) as Finished holds them: the drafts in the order of the paths, then the unsaved."""
+    saved = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, Unsaved)]
+    kept = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, Unsaved)]
+    return (tuple(outcomes[i] for i in saved), tuple(outcomes[i] for i in kept),
+            tuple(drafts[i] for i in saved + kept))

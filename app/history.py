@@ -10,6 +10,7 @@ until the user saves or discards it. The session owns an `ImageHistory`; the his
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -17,22 +18,23 @@ from typing import NamedTuple
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QImage, QImageReader
 
-from app.jobs import Unsaved
+from app.jobs import Draft, Finished, Unsaved
 from core.errors import LatentDeskError
-from core.metadata.png_files import read_parameters
+from core.metadata.png_files import is_mask_file, mask_beside, read_parameters
 
 HISTORY_THUMB_SIZE = 88     # px, the longest side of a thumbnail in the history strip
 MAX_ITEMS = 300             # saved images shown at most; unsaved ones are never dropped
+MAX_DRAFTS = 32             # draft latents kept for "Final", app-wide: 32 x 256 KB (SDXL, 1024 px) is 8 MB
 
 
 def list_outputs(folder: Path, cap: int = MAX_ITEMS) -> list[Path]:
     """PNGs in `folder`, newest first (by modification time, then name); save_png's hidden
-    temporary files are skipped."""
+    temporary files and the masks saved beside inpainted images are skipped."""
     if not folder.is_dir():
         return []
     entries = []
     for path in folder.iterdir():
-        if path.suffix.lower() == ".png" and not path.name.startswith("."):
+        if path.suffix.lower() == ".png" and not path.name.startswith(".") and not is_mask_file(path):
             try:
                 entries.append((path.stat().st_mtime_ns, path.name, path))
             except OSError:
@@ -61,11 +63,13 @@ class Thumb(NamedTuple):
     path: Path
     image: QImage
     caption: str        # the file name and the first line of its prompt
+    mask: Path | None = None    # an inpainting's mask, saved beside the image ("00042-mask.png")
 
 
 def read_thumbnails(paths: list[Path]) -> list[Thumb]:
     """Blocking (decodes and reads metadata); the session awaits it in a worker thread."""
-    return [Thumb(path, image, caption(path)) for path in paths if not (image := read_thumbnail(path)).isNull()]
+    return [Thumb(path, image, caption(path), mask_beside(path)) for path in paths
+            if not (image := read_thumbnail(path)).isNull()]
 
 
 def caption(path: Path) -> str:
@@ -86,25 +90,42 @@ class HistoryEntry:
     path: Path | None = None
     unsaved: Unsaved | None = None
     live: bool = False               # the newest Live result (only one is kept)
+    mask: Path | None = None         # a saved inpainting's mask file (an unsaved one holds it in `unsaved.mask`)
+    draft: Draft | None = None       # a draft's latents, for "Final"; only the newest MAX_DRAFTS keep theirs
 
 
 class ImageHistory(QObject):
     added = Signal(object, bool)     # HistoryEntry, True when it is the newest (else the oldest)
     removed = Signal(object)         # HistoryEntry
     saved = Signal(object)           # HistoryEntry that was unsaved and now has its path
+    finalRequested = Signal(object)  # HistoryEntry of a draft to decode with the VAE (app/final_decode.py)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self.entries: list[HistoryEntry] = []      # newest first
+        self._drafts: list[HistoryEntry] = []      # the entries holding draft latents, oldest first
+        self.loaded_spec: Callable[[], str | None] = lambda: None   # the loaded model's spec; the session sets it
 
-    def add_saved(self, thumb: Thumb, newest: bool = True) -> HistoryEntry:
-        entry = HistoryEntry(thumb.image, thumb.caption, path=thumb.path)
+    def add_results(self, message: Finished) -> None:
+        """A run's images, newest first: saved ones read back from their files, unsaved ones kept in memory."""
+        every_one_saved = len(message.paths) == len(message.images)
+        drafts = message.drafts or (None,) * (len(message.paths) + len(message.unsaved))
+        for i, path in enumerate(message.paths):
+            # after a failed save the images no longer line up with the paths: read the file back
+            image = message.images[i] if every_one_saved else QImage(str(path))
+            self.add_saved(Thumb(path, thumbnail(image), caption(path), mask_beside(path)), draft=drafts[i])
+        for unsaved, draft in zip(message.unsaved, drafts[len(message.paths):], strict=True):
+            self.add_unsaved(unsaved, live=message.live, draft=draft)
+
+    def add_saved(self, thumb: Thumb, newest: bool = True, draft: Draft | None = None) -> HistoryEntry:
+        entry = HistoryEntry(thumb.image, thumb.caption, path=thumb.path, mask=thumb.mask)
         self._insert(entry, newest)
+        self._keep_draft(entry, draft)
         for old in [e for e in self.entries if e.unsaved is None][MAX_ITEMS:]:
             self.remove(old)        # the oldest saved go; an unsaved image never does
         return entry
 
-    def add_unsaved(self, unsaved: Unsaved, live: bool = False) -> HistoryEntry:
+    def add_unsaved(self, unsaved: Unsaved, live: bool = False, draft: Draft | None = None) -> HistoryEntry:
         """An image not on disk; a Live result replaces the previous Live result."""
         if live:
             for old in self.unsaved(live=True):
@@ -112,16 +133,36 @@ class ImageHistory(QObject):
         entry = HistoryEntry(thumbnail(unsaved.preview), unsaved.infotext.split("\n", 1)[0][:120],
                              unsaved=unsaved, live=live)
         self._insert(entry, newest=True)
+        self._keep_draft(entry, draft)
         return entry
 
+    def _keep_draft(self, entry: HistoryEntry, draft: Draft | None) -> None:
+        if draft is None:
+            return
+        entry.draft = draft
+        self._drafts.append(entry)
+        for oldest in self._drafts[:-MAX_DRAFTS]:
+            oldest.draft = None         # its image stays; only "Final" is no longer offered for it
+        del self._drafts[:-MAX_DRAFTS]
+
+    def kept_drafts(self) -> int:
+        return len(self._drafts)
+
+    def final_available(self, entry: HistoryEntry) -> bool:
+        """"Final" needs the draft's latents and the model that made them (its VAE is the one they fit)."""
+        return entry.draft is not None and entry.draft.model_spec == self.loaded_spec()
+
     def mark_saved(self, entry: HistoryEntry, path: Path) -> None:
-        entry.path, entry.unsaved, entry.live = path, None, False
+        entry.path, entry.unsaved, entry.live, entry.mask = path, None, False, mask_beside(path)
         entry.caption = caption(path)
         self.saved.emit(entry)
 
     def remove(self, entry: HistoryEntry) -> None:
         if entry in self:
             self.entries.remove(entry)
+            if entry in self._drafts:
+                self._drafts.remove(entry)
+                entry.draft = None
             self.removed.emit(entry)
 
     def remove_path(self, path: Path) -> None:

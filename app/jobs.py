@@ -20,8 +20,9 @@ from core.request import GenerationRequest
 from core.sampling.guidance_scale import GuidanceScale
 
 if TYPE_CHECKING:   # the window imports this module before torch has loaded
-    from torch import nn
+    from torch import Tensor, nn
 
+    from core.fetch.addons import AddOns
     from core.model import DiffusionModel
     from core.nets.latent_rgb import LatentToRGB
 
@@ -84,6 +85,31 @@ class Job:
     preview: PreviewOptions                       # live: the preview menu sets it
     cancel: threading.Event = field(default_factory=threading.Event)
     save: bool = True         # False for Live runs: their images stay in the window until the user saves one
+    addons: AddOns | None = None  # the LoRAs and embeddings found, by name; None before the first scan ends
+
+
+class Draft(NamedTuple):
+    """A draft image's final latents and what its PNG records, kept so that "Final" can draw the same image through
+    the VAE later without sampling again, and write the PNG a run with the VAE would have written."""
+
+    latents: Tensor           # (1, 4, h, w) float32 on the CPU: the sampler's output, before any decoder
+    request: GenerationRequest   # this image's own (its seed, batch 1), decoder "taesd"
+    model_spec: str           # ReadyModel.spec of the model that sampled it: only that model's VAE fits
+    guidances: tuple[float, ...]   # the guidance scale of each step, as the infotext records it
+    precision: str            # core.precision.precision_name of the model when it sampled
+    loras: tuple[tuple[str, str], ...] = ()        # GenerationResult.loras
+    embeddings: tuple[tuple[str, str], ...] = ()   # GenerationResult.embeddings
+
+
+@dataclass(frozen=True)
+class FinalJob:
+    """Decode a kept draft through the model's VAE ("Final"): one decode, nothing sampled again. The worker runs
+    it whole (it cannot stop half way through a decode) and runs Generate's jobs after it."""
+
+    id: int
+    draft: Draft
+    model: ReadyModel
+    output_dir: Path
 
 
 class StepRecord(NamedTuple):
@@ -115,6 +141,7 @@ class Unsaved(NamedTuple):
     preview: QImage
     infotext: str
     output_dir: Path
+    mask: object = None       # an inpainting's mask (PIL "L"), saved beside the image as "NNNNN-mask.png"
 
 
 class Finished(NamedTuple):
@@ -129,6 +156,10 @@ class Finished(NamedTuple):
     frames: tuple[QImage | None, ...] = ()   # every step's preview, for the denoising timeline
     unsaved: tuple[Unsaved, ...] = ()        # the images not in `paths`, every one of them
     live: bool = False
+    notes: tuple[str, ...] = ()              # what the engine adjusted on the way (a mask scaled), for the user
+    # A draft run's latents, one per image in the order of `paths` then `unsaved` (None where not a draft): the
+    # history keeps them (bounded) for "Final".
+    drafts: tuple[Draft | None, ...] = ()
 
 
 class Stopped(NamedTuple):

@@ -74,7 +74,7 @@ def scan_models(folder: Path) -> list[Path]:
 
 
 def load(path: Path, spec: str, known_hash: str | None = None, precision: str = "float32",
-         cancel: threading.Event | None = None) -> ReadyModel:
+         cancel: threading.Event | None = None, models_dir: Path | None = None) -> ReadyModel:
     """Load and hash a model, its networks in `precision` ("float32" or "bfloat16"). Blocking: the session
     awaits it in a worker thread, so the engine's first import (torch, transformers: seconds) happens
     here too, not while the window opens."""
@@ -87,21 +87,39 @@ def load(path: Path, spec: str, known_hash: str | None = None, precision: str = 
     with reads_stop_when(cancel):       # set when the user picks another model before this one is in
         model = load_model(path, dtype=precision_dtype(precision))
     digest = known_hash or model_hash(path)
-    decoder, note = load_preview_decoder_beside(path, model)
+    decoder, note = load_preview_decoder_beside(path, model, (models_dir,) if models_dir else ())
     return ReadyModel(model, spec, digest, fit_latent_to_rgb(model.vae), decoder, note)
 
 
-def load_preview_decoder_beside(path: Path, model: DiffusionModel) -> tuple[nn.Module | None, str | None]:
+def resolve_precision(path: Path, precision: str) -> str:
+    """The format to load `path` in: "auto" (the user has not chosen) becomes bfloat16 for a full-size model on a
+    CPU where it runs faster, float32 otherwise (core/precision.py automatic_precision); a choice stays."""
+    import torch
+
+    from core.loading.footprint import weights_bytes
+    from core.precision import AUTO, automatic_precision
+
+    if precision != AUTO:
+        return precision
+    try:
+        size = weights_bytes(path, torch.float32)
+    except Exception:       # noqa: BLE001 - an unreadable file: the load itself will say why
+        return "float32"
+    return automatic_precision(size)
+
+
+def load_preview_decoder_beside(path: Path, model: DiffusionModel,
+                                folders: tuple[Path, ...] = ()) -> tuple[nn.Module | None, str | None]:
     """The model's preview decoder, if there is one, and why not if it is unusable: its own
     (`x.preview.safetensors`, ours or a TAESD file renamed), else TAESD's for a Stable Diffusion model
-    when it lies in the same folder under its usual name (`taesd_decoder.safetensors`, or
-    `taesdxl_decoder.safetensors` for SDXL). Only a preview depends on it, so a broken file costs the
-    Tiny preview, never the model."""
+    when it lies in the same folder or one of `folders` (the models folder, where the Get models dialog
+    puts it) under its usual name (`taesd_decoder.safetensors`, or `taesdxl_decoder.safetensors` for SDXL).
+    Only previews and drafts depend on it, so a broken file costs those, never the model."""
     from core.errors import LatentDeskError
     from core.loading.preview_decoders import load_preview_decoder, tiny_decoder_file
 
     config = model.vae.config
-    decoder_path = tiny_decoder_file(path, model.family.name, config.scale_factor)
+    decoder_path = tiny_decoder_file(path, model.family.name, config.scale_factor, folders)
     if decoder_path is None:
         return None, None
     try:

@@ -3,11 +3,14 @@ it (krita-ai-diffusion's `model.py` plays this part there).
 
     the model       `current_model` (app/current_model.py): the one generated with, and loading another
     more models     `downloads` (app/downloads.py) from the catalogue; `model_folders` (app/model_folders.py),
-                    the user's own folders of models, scanned in the background
+                    the user's own folders of models, scanned in the background, and the LoRAs and
+                    embeddings found there and in the models folder (its `addons`, handed to every job)
     the form        `form`: the GenerationRequest the controls hold, pushed in on every change
     the run         generate / cancel / Live runs; the worker's previews and final messages
     the images      `image_history` (app/history.py): saved and unsaved images; the output folder
     the init image  dropped, pasted or chosen pictures, and the settings a PNG carries
+    inpainting      `inpaint` (the settings) and `mask` (the painted mask, 8-bit grey), pushed in by the
+                    inpaint panel and the mask painter; a run's mask is written to a file its request names
 
 The session never touches a widget: the widgets bind to it (`bind(session)`: the form pushed in,
 the signals below shown), and the window wires what crosses them. It never calls the sampling loop either: it hands jobs to the
@@ -28,18 +31,29 @@ from app import models
 from app.background_tasks import BackgroundTasks
 from app.current_model import CurrentModel
 from app.downloads import Downloads
-from app.history import HistoryEntry, ImageHistory, Thumb, caption, list_outputs, read_thumbnails, thumbnail
-from app.init_image_files import read_init_image, size_for, write_pasted
+from app.final_decode import FinalDecodes
+from app.history import HistoryEntry, ImageHistory, list_outputs, read_thumbnails
+from app.init_image_files import (
+    InpaintChoice,
+    inpainting_request,
+    mask_is_empty,
+    read_init_image,
+    read_mask,
+    size_for,
+    write_mask,
+    write_pasted,
+)
 from app.jobs import Finished, Job, PreviewMode, PreviewOptions, ReadyModel
 from app.live import LiveMode
 from app.model_folders import ModelFolders
+from app.model_presets import preset_in_force, remember
 from app.models import BUILTIN, spec_label
 from app.seeds import SeedMode, seed_for_run
 from app.settings import AppPaths, StoredSettings, absolute_path_or_empty, read
 from app.worker import GenerationWorker
 from core.errors import LatentDeskError
 from core.metadata.infotext import request_from_infotext
-from core.metadata.png_files import read_parameters, remove_stale_temporaries, save_png
+from core.metadata.png_files import mask_beside, read_parameters, remove_stale_temporaries, save_png_and_mask
 from core.request import GenerationRequest
 from core.sampling.guidance_scale import GuidanceScale
 
@@ -62,6 +76,12 @@ class Session(QObject):
     initImageChanged = Signal(object)   # Path
     restoreOffered = Signal(object, object, list)      # Path, its GenerationRequest, warnings
     restoreRequested = Signal(object, list)            # a GenerationRequest for the form to show, warnings
+    pictureRead = Signal(object, object)   # the init image's Path and whole QImage, for the mask painter; None, None
+    maskRead = Signal(object)           # a mask (8-bit grey QImage, white = repaint) for the painter to take
+    offer = Signal(str, str, list)      # text, kind, [(button, action)]: a message with choices
+    inpaintChanged = Signal(object)     # InpaintChoice (the painter shows outpainting's grown canvas)
+    presetChanged = Signal(object, str, object)        # the model's core.presets.Preset (None: standard), what
+                                                       # said so, and its Family (None: change no setting)
 
     def __init__(self, paths: AppPaths, settings: QSettings, builtin: Path | None, stored: StoredSettings,
                  parent: QObject | None = None):
@@ -72,11 +92,12 @@ class Session(QObject):
         self.tasks = BackgroundTasks(self)
         self.current_model = CurrentModel(settings, self.paths.models_dir, builtin, self.tasks.spawn, self)
         self.downloads = Downloads(self.paths.models_dir, parent=self)
-        self.model_folders = ModelFolders(settings, self)
+        self.model_folders = ModelFolders(settings, self, self.paths.models_dir)
         self.worker = GenerationWorker(self)
         self.image_history = ImageHistory(self)
         self.live = LiveMode(lambda: self.generate(live=True), self._can_run_live, self)
         self.form = GenerationRequest()
+        self.preset = None          # the loaded model's few-step preset (core/presets.py), None for a standard one
         self.seed_mode = SeedMode.RANDOM
         self.last_seed: int | None = None
         self.preview_options = PreviewOptions()
@@ -84,7 +105,11 @@ class Session(QObject):
         self.shown_steps: list[int] = []            # steps of `job` whose preview was shown
         self.last_message = None                    # the last run's final message
         self.last_result: Path | None = None        # the file of the image shown last ("Use as init image")
+        self.inpaint = InpaintChoice()
+        self.mask: QImage | None = None             # the painted mask, at the init image's size
+        self.picture: tuple[Path, tuple[int, int]] | None = None   # the init image read last, and its size
         self._serials = itertools.count(1)          # job ids, and pasted files' names
+        self.final_decodes = FinalDecodes(self, self._serials)    # "Final" for a draft in the history strip
         self._form_restored = False
 
         self.tasks.failed.connect(lambda text: self.message.emit(text, "error"))
@@ -138,10 +163,27 @@ class Session(QObject):
         family = ready.diffusion.family
         first_without_form = previous is None and not self._form_restored
         apply_defaults = first_without_form or (previous is not None and previous.diffusion.family != family)
-        live_on = read(self.settings, "form/live", ready.spec == BUILTIN)   # the user's choice, once made
-        self.modelReady.emit(ready, apply_defaults, live_on)
+        # A few-step model (Turbo, Lightning, LCM) is ruined by a regular model's settings, and a regular one
+        # by its: the type's settings go in whenever either side of a switch has one (app/model_presets.py).
+        preset, source = preset_in_force(self.settings, ready.spec, None if ready.spec == BUILTIN else Path(ready.spec))
+        switched_kind = preset is not None or (previous is not None and self.preset is not None)
+        self.preset = preset
+        # Live is on by default where it is instant (the built-in model, 1-4-step models); once the user has
+        # chosen, the choice wins.
+        live_on = read(self.settings, "form/live", ready.spec == BUILTIN or bool(preset and preset.live))
+        self.modelReady.emit(ready, apply_defaults and not switched_kind, live_on)
+        self.presetChanged.emit(preset, source, family if switched_kind else None)
         self.live.timer.stop()      # the model's defaults just filled the form: that is no edit to react to
         self.modelLoaded.emit(ready.spec)
+
+    def choose_model_type(self, kind: str) -> None:
+        """The user says what the loaded model is ("This is a Turbo model"): kept for it, its settings applied."""
+        if self.model is None:
+            return
+        remember(self.settings, self.model.spec, kind)
+        path = None if self.model.spec == BUILTIN else Path(self.model.spec)
+        self.preset, source = preset_in_force(self.settings, self.model.spec, path)
+        self.presetChanged.emit(self.preset, source, self.model.diffusion.family)
 
     def _model_released(self, name: str, spec: str) -> None:
         self.worker.cancel()
@@ -153,9 +195,23 @@ class Session(QObject):
     def set_form(self, request: GenerationRequest, seed_mode: SeedMode) -> None:
         """What the controls hold now (its seed is the box's number; the model is filled in here)."""
         self.form, self.seed_mode = request, seed_mode
+        if request.init_image is None and self.picture is not None:      # the well was cleared
+            self.picture = None
+            self.pictureRead.emit(None, None)
+
+    def set_inpaint(self, choice: InpaintChoice) -> None:
+        self.inpaint = choice
+        self.inpaintChanged.emit(choice)
+
+    def set_mask(self, mask: QImage | None) -> None:
+        """The painted mask, as the painter holds it after each edit (8-bit grey, the init image's size)."""
+        self.mask = mask
 
     def request_for(self, seed: int) -> GenerationRequest:
-        return dataclasses.replace(self.form, seed=seed, model=self.model.spec if self.model else BUILTIN)
+        """The form's request (with the inpainting settings, but no mask file yet: generate() writes it)."""
+        request = dataclasses.replace(self.form, seed=seed, model=self.model.spec if self.model else BUILTIN)
+        size = self.picture[1] if self.picture and str(self.picture[0]) == request.init_image else None
+        return inpainting_request(request, self.inpaint, size)
 
     def set_preview_choice(self, mode: PreviewMode, noisy: bool) -> None:
         self.preview_options.set(mode, noisy)       # read by the worker at every step
@@ -175,12 +231,30 @@ class Session(QObject):
         if drawn:
             self.seedDrawn.emit(seed)
         request = self.request_for(seed)
+        if self.inpaint.enabled and request.is_img2img and (request := self._with_mask(request)) is None:
+            return
         job = Job(next(self._serials), request, self.model, self.paths.output_dir,
-                  GuidanceScale(request.guidance), self.preview_options, save=not live)
+                  GuidanceScale(request.guidance), self.preview_options, save=not live,
+                  addons=self.model_folders.addons)
         replacing = self.job is not None
         self.job, self.shown_steps, self.last_seed = job, [], seed
         self.worker.submit(job)
         self.runStarted.emit(request, replacing)
+
+    def _with_mask(self, request: GenerationRequest) -> GenerationRequest | None:
+        """`request` naming a file with the painted mask (each run its own: the painter may change the mask
+        while the run reads it); None, and a message, when there is none to give. An empty mask goes too:
+        the engine says what is wrong with it. Outpainting needs no painted mask: the new area is one."""
+        if self.mask is None or (request.outpaint is not None and mask_is_empty(self.mask)):
+            if request.outpaint is not None:
+                return request
+            self.message.emit("There is no mask yet: paint over what to repaint (Paint mask).", "warning")
+            return None
+        folder = self.paths.data_dir / "masks"
+        if (path := write_mask(self.mask, folder, next(self._serials))) is None:
+            self.message.emit(f"Could not write the mask to {folder}.", "error")
+            return None
+        return dataclasses.replace(request, mask=str(path))
 
     def cancel(self) -> None:
         if self.job is not None:
@@ -198,23 +272,19 @@ class Session(QObject):
         self.previewShown.emit(preview)
 
     def _on_message(self, message) -> None:
+        if self.final_decodes.take(message):
+            return
         if isinstance(message, Finished):
-            self._add_results(message)
+            self.image_history.add_results(message)
+            # "Use as init image" on the shown result: this run's file, never an older run's
+            self.last_result = message.paths[0] if message.paths else None
+            message = message._replace(drafts=())     # the history holds the latents, bounded; not the last message
         if self.job is None or message.job != self.job.id:
             return          # a run replaced by a newer Generate; its images (if any) are in the history
+        if isinstance(message, Finished) and message.notes:
+            self.message.emit(" ".join(message.notes), "info")       # e.g. a mask scaled to the picture
         self.last_message, self.job = message, None
         self.jobDone.emit(message)
-
-    def _add_results(self, message: Finished) -> None:
-        every_one_saved = len(message.paths) == len(message.images)
-        for i, path in enumerate(message.paths):
-            # after a failed save the images no longer line up with the paths: read the file back
-            image = message.images[i] if every_one_saved else QImage(str(path))
-            self.image_history.add_saved(Thumb(path, thumbnail(image), caption(path)))
-        for unsaved in message.unsaved:
-            self.image_history.add_unsaved(unsaved, live=message.live)
-        # "Use as init image" on the shown result: this run's file, never an older run's
-        self.last_result = message.paths[0] if message.paths else None
 
     # -- images: saving, the history, the output folder ----------------------------------------
 
@@ -226,7 +296,8 @@ class Session(QObject):
         if unsaved is None:
             return True
         try:
-            path = await asyncio.to_thread(save_png, unsaved.image, self.paths.output_dir, unsaved.infotext)
+            path = await asyncio.to_thread(save_png_and_mask, unsaved.image, self.paths.output_dir, unsaved.infotext,
+                                           unsaved.mask)
         except LatentDeskError as e:
             self.message.emit(f"{e} The image stays in the history strip.", "error")
             return False
@@ -240,7 +311,8 @@ class Session(QObject):
         """Save `entries` before quitting (blocking); False (and a message) when one could not be written."""
         for entry in entries:
             try:
-                path = save_png(entry.unsaved.image, self.paths.output_dir, entry.unsaved.infotext)
+                unsaved = entry.unsaved
+                path = save_png_and_mask(unsaved.image, self.paths.output_dir, unsaved.infotext, unsaved.mask)
             except LatentDeskError as e:
                 self.message.emit(f"{e} Quitting was cancelled so the image is not lost.", "error")
                 return False
@@ -283,16 +355,36 @@ class Session(QObject):
     async def set_init_image(self, path: Path, offer: bool = True) -> None:
         """Make `path` the init image; if it carries generation settings, offer to restore them."""
         try:
-            thumb, size, parameters = await asyncio.to_thread(read_init_image, path)
+            read = await asyncio.to_thread(read_init_image, path)
         except LatentDeskError as e:
             self.message.emit(str(e), "error")
             return
         native = self.model.diffusion.family.default_size if self.model else DEFAULT_NATIVE_SIZE
-        width, height = size_for(size, native)
-        self.initImageRead.emit(path, thumb, width, height)
+        width, height = size_for(read.size, native)
+        self.picture = (path, read.size)
+        self.initImageRead.emit(path, read.thumb, width, height)
         self.initImageChanged.emit(path)
-        if offer and parameters:
-            self._offer_restore(path, parameters)
+        self.pictureRead.emit(path, read.picture)       # the painter: a blank mask at the picture's size
+        if read.mask is not None:                       # an inpainted image of ours: the mask it was made with
+            self.maskRead.emit(read.mask)
+            self.status.emit(f"The mask of {path.name} is back in the mask painter.", 6000)
+        elif read.transparent:
+            self.offer.emit(f"{path.name} has transparent parts. Repaint them?", "info",
+                            [("Use as mask", lambda: self.use_as_mask(path))])
+        if offer and read.parameters:
+            self._offer_restore(path, read.parameters)
+
+    def use_as_mask(self, path: Path) -> None:
+        """A picture's transparent parts (or, without any, its white) as the mask to repaint."""
+        self.tasks.spawn(self._read_mask(path))
+
+    async def _read_mask(self, path: Path) -> None:
+        try:
+            mask = await asyncio.to_thread(read_mask, path)
+        except LatentDeskError as e:
+            self.message.emit(str(e), "error")
+            return
+        self.maskRead.emit(mask)
 
     def _offer_restore(self, path: Path, parameters: str) -> None:
         request, warnings = request_from_infotext(parameters, self.request_for(0))
@@ -308,6 +400,8 @@ class Session(QObject):
         request, warnings = request_from_infotext(text, self.request_for(0))
         if text is not None and "Steps:" in text:
             self.restoreRequested.emit(request, warnings)
+            if (mask := mask_beside(path)) is not None:
+                self.use_as_mask(mask)
         elif warnings:
             self.message.emit(" ".join(warnings), "warning")
 

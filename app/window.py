@@ -102,8 +102,7 @@ class MainWindow(QMainWindow):
 
     def _build(self) -> None:
         self.panel = ControlsPanel()
-        self.run_view = RunView()
-        view = self.run_view
+        self.run_view = view = RunView()
         self.preview, self.progress, self.progress_label, self.timeline = (view.image, view.progress,
                                                                            view.caption, view.timeline)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -130,7 +129,7 @@ class MainWindow(QMainWindow):
         """The widgets bind themselves to the session; here, what crosses them: dialogs, banners,
         shortcuts. Each view slot is connected before the window's own signal that re-sends it."""
         p, s, current = self.panel, self.session, self.session.current_model
-        for view in (p, self.run_view, self.statusBar()):
+        for view in (p, self.run_view, self.statusBar(), p.init_well.inpaint):
             view.bind(s)
         p.live.clicked.connect(lambda on: self.settings.setValue("form/live", on))   # a choice, remembered
         p.model_picker.openFileRequested.connect(self.choose_model_file)
@@ -138,6 +137,7 @@ class MainWindow(QMainWindow):
         p.init_well.browseRequested.connect(self.choose_init_image)
         p.init_well.pasteRequested.connect(self.paste)
         p.init_well.cleared.connect(lambda: self.initImageChanged.emit(None))
+        p.init_well.inpaint.paintRequested.connect(self.run_view.show_mask_page)
         self.history.viewRequested.connect(self.view_image)
         self.history.viewImageRequested.connect(self._show_image)
         self.history.saveRequested.connect(s.save_unsaved)
@@ -147,6 +147,7 @@ class MainWindow(QMainWindow):
         self.output_button.openRequested.connect(self.open_output_dir)
         self.output_button.chooseRequested.connect(self.choose_output_dir)
         s.message.connect(self.message_bar.show_message)
+        s.offer.connect(self.message_bar.show_message)
         s.restoreOffered.connect(self._offer_restore)
         s.restoreRequested.connect(self._restore)
         s.noModelToRun.connect(self._explain_no_model)
@@ -214,8 +215,7 @@ class MainWindow(QMainWindow):
     # -- images: viewing, the output folder, the init image, restoring settings ----------------
 
     def view_image(self, path: Path) -> None:
-        image = QImage(str(path))
-        if image.isNull():
+        if (image := QImage(str(path))).isNull():
             self.message_bar.show_message(f"{path.name} cannot be read any more.", "error")
             return
         self._show_image(image, path.name)
@@ -244,6 +244,7 @@ class MainWindow(QMainWindow):
             "Restore its settings?", "info", [("Restore", lambda: self._restore(request, warnings))])
 
     def _restore(self, request: GenerationRequest, warnings: list[str]) -> None:
+        self.panel.init_well.inpaint.apply_request(request)
         changed = warnings + self.panel.apply_request(request)
         if changed:
             self.message_bar.show_message(" ".join(changed), "warning")

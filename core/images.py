@@ -70,6 +70,31 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise LatentDeskError(f"{name}: {exc}") from None
 
 
+def load_mask(path: str | os.PathLike) -> Image.Image:
+    """An inpainting mask as 8-bit grey, white = repaint: its luminance, or, for an image with
+    transparency, its transparent parts (what an editor's eraser leaves: Krita's and Photoshop's way of
+    marking what to redo). 16-bit and float grey are scaled as `to_rgb` scales them. Errors as load_image's."""
+    name = str(path)
+    if not os.path.isfile(path):
+        raise LatentDeskError(f"{name}: no such file" if not os.path.exists(path) else f"{name}: not a file")
+    try:
+        image = _decode(path, name)
+    except UnidentifiedImageError:
+        raise LatentDeskError(f"{name}: not an image Latent Desk can read (it reads {FORMAT_NAMES})") from None
+    except DECODE_ERRORS as exc:
+        image = _decode_without_extras(path, name, exc)
+    if image.mode.startswith("I") or image.mode == "F":
+        return _grey_to_8bit(image)
+    try:
+        if image.has_transparency_data:
+            alpha = image.convert("RGBA").getchannel("A")
+            if alpha.getextrema()[0] < 255:
+                return ImageOps.invert(alpha)
+        return image.convert("L")
+    except ValueError as exc:
+        raise LatentDeskError(f"{name}: masks in colour mode {image.mode} are not supported ({exc})") from None
+
+
 def _decode(source, name: str) -> Image.Image:
     """The first frame, decoded and upright; LatentDeskError for a size we refuse, Pillow's own errors else."""
     with Image.open(source, formats=FORMATS) as image:

@@ -113,11 +113,23 @@ class Span(NamedTuple):
         return None
 
 
+class OneOf(NamedTuple):
+    """One of a few names (a setting's choices, as the window's box and the command line offer them)."""
+
+    choices: tuple[str, ...]
+
+    def wants(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+    def problem(self, value) -> str | None:
+        return None if isinstance(value, str) and value in self.choices else "not one of them"
+
+
 ANY_NUMBER = Span()                         # finite: NaN and infinity are refused
 FRACTION = Span(0, 1, high_open=True)       # a share of the steps, 0 ≤ x < 1
 
 
-def require(name: str, value, rule: Whole | Span):
+def require(name: str, value, rule: Whole | Span | OneOf):
     """`value` if it keeps `rule`; else BrokenRule "<name> must be <what the rule wants>, not <value>"."""
     problem = rule.problem(value)
     if problem is not None:

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from core.errors import LatentDeskError
 from core.fetch.catalogue import CatalogueEntry
-from core.loading.safetensors_io import SafetensorsFile
 
 # The metadata keys read for the words, and how much of each (a description may be pages long).
 METADATA_KEYS = ("modelspec.title", "modelspec.usage_hint", "modelspec.architecture", "ss_output_name",
@@ -130,6 +129,8 @@ def _from_catalogue(entry: CatalogueEntry) -> Preset | None:
 def _metadata(path: Path) -> Mapping[str, str]:
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         return {}
+    # Imported here: it needs torch, and the window asks for presets before the engine has loaded.
+    from core.loading.safetensors_io import SafetensorsFile
     try:
         return SafetensorsFile(path).metadata
     except (LatentDeskError, OSError):

@@ -14,9 +14,11 @@ one generate() takes. No torch is imported: the window builds requests before th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from core.errors import LatentDeskError
-from core.limits import ANY_NUMBER, FRACTION, Span, Whole, check_size, require
+from core.limits import ANY_NUMBER, FRACTION, BrokenRule, OneOf, Span, Whole, check_size, require
+from core.loading.lora_limits import MAX_LORAS, MAX_WEIGHT
 from core.sampling.sampler_names import AUTOMATIC, SCHEDULE_NAMES
 from core.sampling.speedups import DEEP_CACHE_BLOCKS, DEEP_CACHE_START, MAX_DEEP_CACHE_INTERVAL
 
@@ -25,6 +27,12 @@ MAX_BATCH = 64
 # Far past any sampler's gain (A1111's slider stops at 150); it keeps a typo such as --steps 2000000 from
 # running for days, or from allocating its schedule at all.
 MAX_STEPS = 10_000
+DECODERS = ("vae", "taesd")     # the final image through the model's VAE, or a tiny decoder (a draft)
+# Inpainting's choices, by A1111's names (core/inpaint.py says what each does).
+MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
+INPAINT_AREAS = ("whole", "masked")
+MAX_MASK_BLUR = 256             # px; a feather past this is the whole picture
+MAX_OUTPAINT = 2048             # px a side (also the most padding around a mask); the canvas must still fit
 
 
 @dataclass(frozen=True)
@@ -50,11 +58,28 @@ class GenerationRequest:
     deep_cache_blocks: int = DEEP_CACHE_BLOCKS  # the shallow UNet blocks that still run on the reused steps
     deep_cache_start: float = DEEP_CACHE_START  # DeepCache: this first fraction of the steps runs in full
     guidance_cutoff: float = 0.0   # this last fraction of the steps runs unguided (scale 1); 0 = off
+    # LoRAs besides the prompt's <lora:name:weight> tags: (name or path, weight) each; a name is a file's stem
+    # in the LoRA folders (core/fetch/addons.py). The PNG records them as "LoRAs: name:0.8, other:-0.5".
+    loras: tuple[tuple[str, float], ...] = ()
+
+    # Inpainting (core/inpaint.py, A1111's names): white in the mask is repainted; `outpaint` first grows the
+    # canvas by (left, top, right, bottom) pixels and masks the new part.
+    mask: str | None = None        # path of the mask image
+    mask_blur: int = 4             # px of feather
+    masked_content: str = "original"   # "original" | "fill" | "latent noise" | "latent nothing"
+    inpaint_area: str = "whole"    # "whole" | "masked" (only the masked region, at full resolution)
+    inpaint_padding: int = 32      # px around the mask, for inpaint_area "masked"
+    outpaint: tuple[int, int, int, int] | None = None
+    # Which network turns the final latent into pixels: "vae" (the model's own) or "taesd", a tiny decoder
+    # (TAESD, or the model's own .preview.safetensors): a draft in a fraction of the time, re-decodable later.
+    decoder: str = "vae"
 
     @property
     def is_img2img(self) -> bool:
         return self.init_image is not None
 
+
+LORA_WEIGHT = Span(-MAX_WEIGHT, MAX_WEIGHT)     # negative weights are the LoRA's opposite, and used
 
 # The fields that set the approximate speed-ups (core/sampling/speedups.py).
 SPEEDUP_FIELDS = ("deep_cache_interval", "deep_cache_blocks", "deep_cache_start", "guidance_cutoff")
@@ -81,6 +106,12 @@ def field_rules(request: GenerationRequest) -> dict[str, tuple[str, Whole | Span
         "deep_cache_start": ("the deep cache start (the fraction of the first steps run in full)", FRACTION),
         "guidance_cutoff": ("the guidance cut-off (the fraction of the last steps run without guidance, 0 = off)",
                             FRACTION),
+        "mask_blur": ("the mask blur (px)", Whole(0, MAX_MASK_BLUR)),
+        "masked_content": ("the masked content", OneOf(MASKED_CONTENT)),
+        "inpaint_area": ("the inpaint area", OneOf(INPAINT_AREAS)),
+        "inpaint_padding": ("the padding around the mask (px)", Whole(0, MAX_OUTPAINT)),
+        "decoder": ("the decoder", OneOf(DECODERS)),
+        "outpaint": ("Outpainting", Sides()),
     }
 
 
@@ -106,3 +137,42 @@ def check_request(request: GenerationRequest) -> None:
     for field, (name, rule) in field_rules(request).items():
         if field != "strength" or request.is_img2img:        # txt2img never uses the strength
             require(name, getattr(request, field), rule)
+    check_loras(request.loras)
+
+
+class Sides(NamedTuple):
+    """Outpainting's growth: None, or (left, top, right, bottom) whole pixels 0..MAX_OUTPAINT, one above 0."""
+
+    def wants(self) -> str:
+        return f"four whole numbers of pixels from 0 to {MAX_OUTPAINT} (left, top, right, bottom), one above 0"
+
+    def problem(self, value) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, tuple | list) or len(value) != 4:
+            return "not four numbers"
+        return next((f"{name}: {problem}" for name, side in zip(("left", "top", "right", "bottom"), value, strict=True)
+                     if (problem := Whole(0, MAX_OUTPAINT).problem(side))), None) or \
+            (None if any(value) else "all four are 0: nothing to grow")
+
+
+def check_outpaint(sides) -> tuple[int, int, int, int]:
+    """Outpainting's (left, top, right, bottom), as a tuple, if it keeps the rule; BrokenRule if not."""
+    if sides is None:
+        raise BrokenRule(f"Outpainting must be {Sides().wants()}, not nothing", "nothing")
+    return tuple(require("Outpainting", sides, Sides()))
+
+
+def check_loras(loras) -> tuple[tuple[str, float], ...]:
+    """`loras` as a request holds them if usable: at most MAX_LORAS (name, weight) pairs, each weight a finite
+    number within ±MAX_WEIGHT; BrokenRule naming the LoRA if not. The prompt's tags are checked with it too."""
+    if not isinstance(loras, tuple | list) or any(not isinstance(e, tuple | list) or len(e) != 2 for e in loras):
+        raise BrokenRule("LoRAs must be (name, weight) pairs", "not (name, weight) pairs")
+    if len(loras) > MAX_LORAS:
+        raise BrokenRule(f"{len(loras)} LoRAs at once is more than Latent Desk takes ({MAX_LORAS})",
+                         f"more than {MAX_LORAS} LoRAs")
+    for name, weight in loras:
+        if not isinstance(name, str) or not name.strip():
+            raise BrokenRule(f"a LoRA's name must be a file name or path, not {name!r}", "a LoRA without a name")
+        require(f"the weight of LoRA {name!r}", weight, LORA_WEIGHT)
+    return tuple((name, float(weight)) for name, weight in loras)

@@ -6,6 +6,10 @@ Opens the real window (1280 x 800, throwaway data and output folders), makes a f
 history strip has something in it, then starts one more and grabs the window when that run's
 preview reaches half of its steps: the progress bar, the half-formed image and the controls as
 a user sees them.
+
+The LoRA panel shows LoRAs and embeddings as a user with a few would see them: the files are empty
+stand-ins in the throwaway models folder (the built-in model has no LoRAs made for it), listed by name,
+and added to the panel only once the shown run has started, so no run ever loads them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 HISTORY_PROMPTS = ("a small yellow circle at the bottom right on a black background",
                    "a green triangle on a white background", "a large purple diamond on orange")
 SHOWN_PROMPT = "a large red star in the top left corner on a blue background"
+LORAS = {"soft-pastels": 0.8, "paper-texture": 0.35, "bold-outlines": None}    # name: weight in the panel (None: not added)
+EMBEDDINGS = ("blurry-shapes", "noisy-edges")
 
 
 async def capture(window, out: Path) -> None:
@@ -43,17 +49,33 @@ async def capture(window, out: Path) -> None:
             grabbed.set_result(preview.i + 1)
 
     window.previewShown.connect(on_preview)
-    await run(window, SHOWN_PROMPT, 7)
+    await run(window, SHOWN_PROMPT, 7, then=lambda: show_loras(window))
     print(f"wrote {out} (at step {await grabbed} of 40)")
 
 
-async def run(window, prompt: str, seed: int) -> None:
+async def run(window, prompt: str, seed: int, then=None) -> None:
     done = asyncio.get_running_loop().create_future()
     window.jobDone.connect(lambda message: done.done() or done.set_result(message))
     window.panel.prompt.setPlainText(prompt)
     window.panel.seed.set_seed(seed)
     window.generate()
+    if then is not None:
+        then()
     await done
+
+
+def show_loras(window) -> None:
+    """The stand-in LoRAs into the panel, after the run took its request (so it never loads them)."""
+    for name, weight in LORAS.items():
+        if weight is not None:
+            window.panel.loras.add(name, weight)
+
+
+def write_stand_ins(models_dir: Path) -> None:
+    for folder, names in (("loras", LORAS), ("embeddings", EMBEDDINGS)):
+        (models_dir / folder).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (models_dir / folder / f"{name}.safetensors").write_bytes(b"")
 
 
 def main() -> int:
@@ -74,6 +96,7 @@ def main() -> int:
     apply_theme(app)
     folder = Path(tempfile.mkdtemp(prefix="latentdesk-screenshot-"))
     paths = AppPaths(folder / "data", folder / "out", folder / "settings.ini")
+    write_stand_ins(paths.models_dir)
     settings = open_settings(paths)
     settings.setValue(OFFERED_KEY, True)    # the first-start "Get models" banner is not what this shows
     if args.model:

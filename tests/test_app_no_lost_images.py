@@ -14,16 +14,16 @@ from tests.test_app import RUN_TIMEOUT_MS, pngs, run
 
 
 def disk_full_after(monkeypatch, good: int) -> list:
-    """save_png works `good` times, then fails as a full disk does."""
-    real, calls = generation.save_png, []
+    """Saving works `good` times, then fails as a full disk does."""
+    real, calls = generation.save_png_and_mask, []
 
-    def save(image, folder, infotext):
+    def save(image, folder, infotext, mask=None):
         calls.append(folder)
         if len(calls) > good:
             raise LatentDeskError(f"Could not save the image in {folder}: No space left on device")
-        return real(image, folder, infotext)
+        return real(image, folder, infotext, mask)
 
-    monkeypatch.setattr(generation, "save_png", save)
+    monkeypatch.setattr(generation, "save_png_and_mask", save)
     return calls
 
 

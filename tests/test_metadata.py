@@ -178,8 +178,10 @@ def test_request_from_modern_infotext_with_hires_fix():
     assert request.negative_prompt.endswith("bad anatomy,\nextra fingers")
     assert warnings == [
         "Hires fix is not available; its settings were ignored: Hires steps, Hires upscale, Hires upscaler.",
-        "The image was made with model 'v1-5-pruned-emaonly' (hash 6ce0161689); the current model 'builtin' is kept.",
-        "Settings Latent Desk does not have were ignored: Lora hashes."]
+        "The image was made with model 'v1-5-pruned-emaonly' (hash 6ce0161689); the current model 'builtin' is kept."]
+    # The LoRA stays in the prompt as typed, which is how Latent Desk applies it again (core/text/lora_tags.py);
+    # its hash is known, not "ignored".
+    assert request.prompt.endswith("<lora:detail_tweaker:0.5>") and request.loras == ()
 
 
 def test_request_from_old_combined_karras_sampler_without_negative():

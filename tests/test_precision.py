@@ -55,7 +55,7 @@ def test_the_denoiser_converts_at_the_unet_boundary_only_when_asked():
         return torch.zeros_like(x)
 
     class Cond:
-        context, y = torch.zeros(1, 77, 8), None
+        context, y, concat = torch.zeros(1, 77, 8), None, None
 
         def expand(self, n):
             return self
@@ -89,3 +89,41 @@ def test_cli_generates_in_bfloat16_and_records_it(tiny_file, tmp_path):
         assert np.asarray(image).std() > 0
     with pytest.raises(SystemExit):
         main(["generate", "--prompt", "x", "--precision", "fp8", "--out", str(tmp_path / "x.png")])
+
+
+# -- bfloat16 where it pays (issue 22) --------------------------------------------------------------
+
+def test_automatic_precision_is_bf16_only_for_full_size_models_on_a_cpu_where_it_pays(monkeypatch):
+    import core.precision as precision
+    full_size, small = 4 << 30, 70 << 20        # SD1.5's networks in float32; the built-in model's
+    monkeypatch.setattr(precision, "bf16_pays", lambda: True)
+    assert precision.automatic_precision(full_size) == "bfloat16"
+    assert precision.automatic_precision(small) == "float32"
+    assert precision.automatic_precision(full_size, "cuda") == "float32"
+    monkeypatch.setattr(precision, "bf16_pays", lambda: False)
+    assert precision.automatic_precision(full_size) == "float32"
+
+
+def test_bf16_pays_follows_the_cpu_flags_and_the_probe(monkeypatch):
+    import core.precision as precision
+    precision.bf16_pays.cache_clear()
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"sse4_2", "avx2"})      # no bfloat16 units
+    assert precision.bf16_pays() is False
+    precision.bf16_pays.cache_clear()
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"amx_bf16"})
+    monkeypatch.setattr(precision, "_probe_seconds", lambda dtype: 1.0)           # units, but no faster
+    assert precision.bf16_pays() is False
+    precision.bf16_pays.cache_clear()
+    monkeypatch.setattr(precision, "_probe_seconds", lambda dtype: 0.2 if dtype == torch.bfloat16 else 1.0)
+    assert precision.bf16_pays() is True
+    precision.bf16_pays.cache_clear()
+
+
+def test_the_cli_and_window_keep_small_models_exact_under_auto(tiny_file):
+    from app.cli.commands import chosen_precision
+    from app.models import resolve_precision
+    from app.widgets.speedups import AUTO
+    from core.precision import AUTO as ENGINE_AUTO
+    assert AUTO == ENGINE_AUTO
+    assert resolve_precision(tiny_file, "auto") == chosen_precision(str(tiny_file), "auto") == "float32"
+    assert resolve_precision(tiny_file, "bfloat16") == "bfloat16"      # a choice stays a choice

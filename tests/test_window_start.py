@@ -95,13 +95,14 @@ TEXT_KEYS = ("prompt", "negative")      # any text is a prompt: only another typ
 FORM_KEYS = TEXT_KEYS + (
     "guidance", "steps", "sampler", "schedule", "width", "height", "batch", "strength", "seed", "seed_random",
     "preview_mode", "preview_noisy", "live", "deep_cache_interval", "deep_cache_blocks", "deep_cache_start",
-    "guidance_cutoff", "precision")
+    "guidance_cutoff", "precision", "loras")
 OUT_OF_RANGE = {
     "guidance": "25", "steps": "151", "sampler": "Euler z", "schedule": "Karras z",
     "width": "65536", "height": "8", "batch": "17",
     "strength": "1.5", "seed": "4294967296", "seed_random": "2", "preview_mode": "99", "preview_noisy": "-1",
     "live": "2", "deep_cache_interval": "11", "deep_cache_blocks": "0", "deep_cache_start": "1",
     "guidance_cutoff": "0.95", "precision": "float16",
+    "loras": r'"[[\"ink\", 11.0, true]]"',      # as the ini holds a LoRA whose weight is past the box's 10
 }
 # As they stand in a damaged or hand-edited settings.ini: QSettings reads "a, b" as a list and
 # @ByteArray(...) as bytes; everything else as text the form converts.
@@ -157,9 +158,11 @@ def test_every_corrupted_form_setting_opens_with_its_default_and_is_named(open_w
 def test_a_good_saved_form_is_restored_without_a_message(open_window, folders):
     write_ini(folders.settings_file, {"prompt": '"a red fox, at dusk"', "guidance": "4.5", "steps": "33",
                                       "width": "640", "height": "384", "seed": "42", "seed_random": "false",
-                                      "deep_cache_interval": "3", "guidance_cutoff": "0.3", "precision": "float32"})
+                                      "deep_cache_interval": "3", "guidance_cutoff": "0.3", "precision": "float32",
+                                      "loras": r'"[[\"ink\", 0.8, true], [\"grain\", -1.5, false]]"'})
     window = open_window(small=False)
     request = window.panel.request()
+    assert request.loras == (("ink", 0.8),)     # "grain" is kept in the panel, switched off
     assert (request.prompt, request.guidance, request.steps, request.width, request.height) == (
         "a red fox, at dusk", 4.5, 33, 640, 384)
     assert window.panel.seed.edit.text() == "42" and not window.panel.seed.random.isChecked()

@@ -2,13 +2,17 @@
 
     latentdesk generate [--model builtin|PATH] (--prompt TEXT | --prompt-file FILE) [--negative TEXT]
                         [--steps N] [--guidance G] [--sampler NAME] [--schedule NAME] [--seed S] [--width W --height H]
-                        [--init-image PATH --strength S] [--batch N] [--clip-skip N]
+                        [--init-image PATH --strength S] [--batch N] [--clip-skip N] [--lora NAME|PATH[:WEIGHT] ...]
                         [--deep-cache [N]] [--deep-cache-blocks K] [--deep-cache-start F] [--guidance-cutoff [F]]
                         (--out FILE.png | --out-dir DIR)        # --out: .png only, in a folder that exists
-    latentdesk inspect MODEL [--prediction epsilon|v] [--json]
+    latentdesk inspect MODEL|LORA|EMBEDDING [--prediction epsilon|v] [--json]
     latentdesk train autoencoder|diffusion|builtin ...   (app/cli/train.py)
     latentdesk eval shapes ... | latentdesk bench ...     (app/cli/measure.py)
     latentdesk models list [--json] | models get NAME|REPO_ID:FILE   (app/cli/models.py)
+
+LoRAs and embeddings are found by name (the file's stem) in the models folder's loras/ and embeddings/
+and in those of every LATENTDESK_MODEL_DIRS folder (core/fetch/addons.py); `<lora:name:0.8>` in the prompt
+works as in A1111, and so does an embedding's name written in the prompt or the negative prompt.
 
 Exit status 0 on success, 2 with a one-line reason on bad input.
 """
@@ -23,20 +27,21 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.cli.measure import add_measure_commands
-from app.cli.models import add_models_commands
+from app.cli.models import add_models_commands, models_dir
 from app.cli.train import add_train_commands
 from core import __version__
 from core.errors import LatentDeskError, ModelLoadError
+from core.fetch.addons import addon_folders, find_addons
 from core.limits import require
-from core.request import GenerationRequest, check_request, seed_rule
+from core.request import DECODERS, INPAINT_AREAS, MASKED_CONTENT, GenerationRequest, check_request, seed_rule
 from core.sampling.speedups import DEEP_CACHE_BLOCKS, DEEP_CACHE_INTERVAL, DEEP_CACHE_START, GUIDANCE_CUTOFF
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentdesk", description="Latent diffusion on your own machine.")
     commands = parser.add_subparsers(dest="command", required=True)
-    inspect = commands.add_parser("inspect", help="load a model and say what it is")
-    inspect.add_argument("model", help="a .safetensors checkpoint or a diffusers model folder")
+    inspect = commands.add_parser("inspect", help="say what a model, LoRA or embedding file is")
+    inspect.add_argument("model", help="a .safetensors checkpoint, LoRA or embedding, or a diffusers model folder")
     inspect.add_argument("--prediction", choices=("epsilon", "v"), help="override the detected prediction type")
     inspect.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_generate_command(commands)
@@ -76,9 +81,10 @@ def add_generate_command(commands) -> None:
     g.add_argument("--steps", type=int, help="default: the model's (20)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale; default: the model's")
     g.add_argument("--sampler", help="default: the model's; one of: " + ", ".join(SAMPLERS))
-    g.add_argument("--schedule", type=schedule_name, default=defaults.schedule, metavar="NAME",
-                   help="the noise levels the sampler steps through (A1111's schedule type; default: Automatic, "
-                        "the sampler's own; 'SGM Uniform' for 1-step SD-Turbo); one of: " + ", ".join(SCHEDULE_NAMES))
+    g.add_argument("--schedule", type=schedule_name, metavar="NAME",
+                   help="the noise levels the sampler steps through (A1111's schedule type; default: the model's, "
+                        "else Automatic, the sampler's own; 'SGM Uniform' for 1-step SD-Turbo); one of: "
+                        + ", ".join(SCHEDULE_NAMES))
     g.add_argument("--seed", type=int, help="default: random (printed)")
     g.add_argument("--width", type=int, help="default: the model's native size (img2img: the image's)")
     g.add_argument("--height", type=int)
@@ -87,6 +93,15 @@ def add_generate_command(commands) -> None:
     g.add_argument("--batch", type=int, default=1, help="images per prompt")
     g.add_argument("--clip-skip", type=int, default=1)
     g.add_argument("--prediction", choices=("epsilon", "v"), help="override the detected prediction type")
+    g.add_argument("--lora", action="append", default=[], type=lora_argument, metavar="NAME|PATH[:WEIGHT]",
+                   help="apply a LoRA (repeatable): its name in the LoRA folders or its .safetensors file, and a "
+                        "weight (default 1; negative allowed), e.g. --lora ink:0.8; <lora:ink:0.8> in the prompt "
+                        "works too")
+    g.add_argument("--decoder", choices=DECODERS, default=defaults.decoder,
+                   help="what draws the final image: the model's VAE, or 'taesd', a tiny decoder (a draft in a "
+                        "fraction of the time; taesd_decoder.safetensors, or taesdxl for SDXL, beside the model or in "
+                        "the models folder: `latentdesk models get taesd`)")
+    add_inpaint_arguments(g)
     add_speedup_arguments(g)
     out = g.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="the PNG to write (one image): the name must end in .png (a PNG keeps the "
@@ -101,6 +116,18 @@ def schedule_name(text: str) -> str:
     return {name.lower(): name for name in SCHEDULE_NAMES}.get(text.strip().lower(), text)
 
 
+def lora_argument(text: str) -> tuple[str, float]:
+    """"ink:0.8" -> ("ink", 0.8); "C:\\loras\\ink.safetensors" -> (that path, 1.0): the text splits at its last
+    colon only when what follows is a number, so a Windows drive's colon stays in the path."""
+    spec, colon, weight = text.rpartition(":")
+    if colon and spec.strip():
+        try:
+            return spec.strip(), float(weight)
+        except ValueError:
+            pass
+    return text.strip(), 1.0
+
+
 def add_speedup_arguments(parser) -> None:
     speed = parser.add_argument_group("approximate speed-ups", "off by default; faster, and the image changes a "
                                       "little (core/sampling/speedups.py)")
@@ -113,22 +140,28 @@ def add_speedup_arguments(parser) -> None:
                        help=f"this first fraction of the steps runs in full (default {DEEP_CACHE_START})")
     speed.add_argument("--guidance-cutoff", type=float, nargs="?", const=GUIDANCE_CUTOFF, default=0.0, metavar="F",
                        help=f"run the last fraction F of the steps without guidance (F left out: {GUIDANCE_CUTOFF})")
-    speed.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+    speed.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                        help="the networks' number format: bfloat16 is about 3x faster on CPUs with AMX and takes "
-                            "half the memory (core/precision.py)")
+                            "half the memory; auto (the default): bfloat16 for a full-size model where this CPU runs "
+                            "it faster, else float32 (core/precision.py). The PNG records bfloat16.")
 
 
 def run_generate(args) -> int:
     from app.cli.progress import ProgressBar
+    from core.fetch.catalogue import load_catalogue
     from core.generate import generate
     from core.images import default_size_for, load_image
+    from core.inpaint import extend_canvas
     from core.metadata.hashing import model_hash
     from core.metadata.infotext import to_infotext
-    from core.metadata.png_files import remove_stale_temporaries, save_png
+    from core.metadata.png_files import remove_stale_temporaries, save_mask_beside, save_png
     from core.precision import precision_dtype, precision_name
+    from core.presets import preset_for
 
     # 1. Everything the user typed is checked before the model loads (seconds to minutes).
     prompts = read_prompts(args)
+    addons = find_addons(addon_folders(models_dir()))
+    check_loras_exist(prompts, tuple(args.lora), addons)
     images = len(prompts) * args.batch
     if args.out and images > 1:
         raise LatentDeskError(f"--out names one file but {images} images were asked for; use --out-dir")
@@ -138,10 +171,12 @@ def run_generate(args) -> int:
                     deep_cache_start=args.deep_cache_start, guidance_cutoff=args.guidance_cutoff)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     # The model's defaults stand in for what the user left out: they always pass.
+    inpainting = inpaint_fields(args)
     given = GenerationRequest(steps=pick(args.steps, 1), guidance=pick(args.guidance, 1.0), seed=seed,
                               width=pick(args.width, 512), height=pick(args.height, 512), batch=args.batch,
-                              schedule=args.schedule,
-                              clip_skip=args.clip_skip, init_image=args.init_image, strength=args.strength, **speedups)
+                              schedule=pick(args.schedule, "Automatic"),
+                              clip_skip=args.clip_skip, init_image=args.init_image, strength=args.strength,
+                              loras=tuple(args.lora), decoder=args.decoder, **inpainting, **speedups)
     seed_name, first_seed = seed_rule(max(images, 1), "--seed")     # every prompt's images follow on from it
     require(seed_name, seed, first_seed)
     check_request(given)
@@ -149,22 +184,32 @@ def run_generate(args) -> int:
     remove_stale_temporaries(out.parent if args.out else out)     # the half-written saves of a crash
 
     # 2. The model, then the images.
-    path, model = load_named_model(args.model, prediction=args.prediction, dtype=precision_dtype(args.precision))
+    path, model = load_named_model(args.model, prediction=args.prediction,
+                                   dtype=precision_dtype(chosen_precision(args.model, args.precision)))
     precision = precision_name(model)   # recorded only when not exact
+    tiny_decoder = find_tiny_decoder(path, model) if args.decoder == "taesd" else None
     width, height = args.width, args.height
     if width is None:
         if args.init_image:
-            width, height = default_size_for(load_image(args.init_image), max_side=model.family.default_size)
+            picture = load_image(args.init_image)
+            if args.outpaint:
+                picture, _, _ = extend_canvas(picture, None, inpainting["outpaint"])
+            width, height = default_size_for(picture, max_side=model.family.default_size)
         else:
             width = height = model.family.default_size
     family = model.family
-    base = GenerationRequest(negative_prompt=args.negative, steps=pick(args.steps, family.default_steps),
-                             guidance=pick(args.guidance, family.default_guidance),
-                             sampler=pick(args.sampler, family.default_sampler), schedule=args.schedule,
-                             width=width, height=height,
+    # A few-step model's recipe (core/presets.py) stands in for what the user left out, else the family's.
+    preset = preset_for(path, load_catalogue())
+    steps, guidance, sampler, schedule = ((preset.steps, preset.guidance, preset.sampler, preset.schedule) if preset
+                                          else (family.default_steps, family.default_guidance, family.default_sampler,
+                                                "Automatic"))
+    base = GenerationRequest(negative_prompt=args.negative, steps=pick(args.steps, steps),
+                             guidance=pick(args.guidance, guidance), sampler=pick(args.sampler, sampler),
+                             schedule=pick(args.schedule, schedule), width=width, height=height,
                              batch=args.batch,
                              clip_skip=args.clip_skip, init_image=args.init_image, strength=args.strength,
-                             model=args.model, **speedups)
+                             model=args.model, loras=tuple(args.lora), decoder=args.decoder, **inpainting,
+                             **speedups)
     name, digest = model.name, model_hash(path)
     progress = ProgressBar(len(prompts) * args.batch)
     for p, prompt in enumerate(prompts):
@@ -173,14 +218,89 @@ def run_generate(args) -> int:
         def on_step(step, first_image=p * args.batch, seed=request.seed):
             progress.update(first_image, step.i, step.total, f"seed {seed}")
 
-        result = generate(request, model, on_step=on_step)
+        result = generate(request, model, on_step=on_step, addons=addons, tiny_decoder=tiny_decoder)
+        for note in result.notes:
+            print(f"latentdesk: {note}", file=sys.stderr)
         for image, image_seed in zip(result.images, result.seeds, strict=True):
             infotext = to_infotext(replace(request, seed=image_seed, batch=1), name, digest, f"Latent Desk {__version__}",
-                                   precision=precision)
+                                   precision=precision, lora_hashes=result.loras, ti_hashes=result.embeddings)
             written = save_png(image, out, infotext)
+            if result.mask is not None:
+                save_mask_beside(result.mask, written)       # 00042.png's mask: 00042-mask.png
             progress.close()
             print(written)
     return 0
+
+
+def add_inpaint_arguments(parser) -> None:
+    paint = parser.add_argument_group("inpainting and outpainting", "repaint part of --init-image: white in the "
+                                      "mask is repainted (core/inpaint.py)")
+    paint.add_argument("--mask", help="the mask image (white = repaint; an image with transparency: its "
+                                      "transparent part); another size is scaled to the picture's")
+    paint.add_argument("--mask-blur", type=int, default=GenerationRequest().mask_blur, metavar="PX",
+                       help="feather the mask's edge by this many pixels (default %(default)s)")
+    paint.add_argument("--masked-content", choices=[c.replace(" ", "-") for c in MASKED_CONTENT], default="original",
+                       help="what the masked part starts from: the picture (original), the colours around it (fill), "
+                            "random or empty latent (latent-noise, latent-nothing: use --strength 1)")
+    paint.add_argument("--inpaint-area", choices=INPAINT_AREAS, default="whole",
+                       help="'masked': only the mask's region (plus --padding), generated at full size and pasted "
+                            "back, so a small part gets the model's whole resolution")
+    paint.add_argument("--padding", type=int, default=GenerationRequest().inpaint_padding, metavar="PX",
+                       help="pixels around the mask for --inpaint-area masked (default %(default)s)")
+    paint.add_argument("--outpaint", type=four_sides, metavar="LEFT,TOP,RIGHT,BOTTOM",
+                       help="grow the canvas by these many pixels and paint the new part (e.g. 0,0,128,0)")
+
+
+def four_sides(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(side) for side in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: four whole numbers of pixels, LEFT,TOP,RIGHT,BOTTOM") from None
+
+
+def inpaint_fields(args) -> dict:
+    """The request's inpainting fields from the command line; a mask or --outpaint without --init-image is refused."""
+    if (args.mask or args.outpaint) and not args.init_image:
+        raise LatentDeskError("--mask and --outpaint repaint a picture: give it with --init-image")
+    return dict(mask=args.mask, mask_blur=args.mask_blur, masked_content=args.masked_content.replace("-", " "),
+                inpaint_area=args.inpaint_area, inpaint_padding=args.padding,
+                outpaint=tuple(args.outpaint) if args.outpaint else None)
+
+
+def chosen_precision(spec: str, precision: str) -> str:
+    """--precision auto: bfloat16 for a full-size model where this CPU runs it faster (core/precision.py)."""
+    import torch
+
+    from core.loading.footprint import weights_bytes
+    from core.precision import AUTO, automatic_precision
+    from core.resources import resolve_model
+
+    if precision != AUTO:
+        return precision
+    try:
+        return automatic_precision(weights_bytes(resolve_model(spec), torch.float32))
+    except (LatentDeskError, OSError):
+        return "float32"         # the load says what is wrong with the file
+
+
+def find_tiny_decoder(path: Path, model):
+    """The model's tiny decoder for --decoder taesd (beside it, or in the models folder), or None."""
+    from core.loading.preview_decoders import load_preview_decoder, tiny_decoder_file
+
+    config = model.vae.config
+    found = tiny_decoder_file(path, model.family.name, config.scale_factor, (models_dir(),))
+    return None if found is None else load_preview_decoder(found, config.z_channels, config.downsample_factor)
+
+
+def check_loras_exist(prompts: list[str], loras: tuple, addons) -> None:
+    """Every LoRA named (--lora, the prompts' tags) is a file, and the weights are usable: before the model loads."""
+    from core.fetch.addons import lora_path
+    from core.request import check_loras
+    from core.text.lora_tags import split_lora_tags
+
+    for prompt in prompts:
+        for spec, _ in check_loras(loras + tuple(split_lora_tags(prompt)[1])):
+            lora_path(spec, addons)
 
 
 def pick(given, default):
@@ -243,6 +363,14 @@ def read_prompts(args) -> list[str]:
 
 
 def run_inspect(args) -> int:
+    from core.loading.lora_describe import describe_addon
+    from core.resources import resolve_model
+
+    path = resolve_model(args.model)
+    addon = describe_addon(path) if path.is_file() and path.suffix.lower() == ".safetensors" else None
+    if addon is not None:
+        print(json.dumps(addon, indent=2) if args.json else describe_text(path, addon))
+        return 0
     _, model = load_named_model(args.model, prediction=args.prediction)
     report = {
         "family": model.family.name,
@@ -261,6 +389,23 @@ def run_inspect(args) -> int:
         for name, count in report["parameters"].items():
             print(f"  {name:5s} {count / 1e6:8.1f} M parameters")
     return 0
+
+
+def describe_text(path: Path, addon: dict) -> str:
+    """core.loading.lora_describe's description of a LoRA or an embedding, for people."""
+    family = f"for {addon['family_title']}" if addon["family_title"] else "for a family it does not say"
+    if addon["kind"] == "embedding":
+        parts = ", ".join(f"{key}: {count} vector{'s' if count != 1 else ''} of {addon['widths'][key]}"
+                          for key, count in addon["vectors"].items())
+        return f"{path.name}: textual-inversion embedding {family}; {parts}"
+    layers = ", ".join(f"{count} {network} layers" for network, count in addon["layers"].items())
+    lines = [f"{path.name}: {' + '.join(addon['formats'])} {family}",
+             f"  rank {', '.join(map(str, addon['ranks'])) or '-'}; changes {layers}"]
+    if addon["not_understood"]:
+        lines.append(f"  {addon['not_understood']} entries Latent Desk does not understand")
+    if addon["trigger_words"]:
+        lines.append(f"  trigger words: {', '.join(addon['trigger_words'])}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

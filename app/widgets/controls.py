@@ -1,10 +1,9 @@
 """The left-hand panel: everything a request is made of, top to bottom in the order people
-decide it (model, prompt, guidance, steps, size, seed, speed-ups, init image), Generate/Cancel pinned at
+decide it (model, prompt, guidance, LoRAs, steps, size, seed, speed-ups, init image), Generate/Cancel pinned at
 the bottom. It reads and writes `GenerationRequest` fields; it never touches the engine."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSettings, Qt, Signal
@@ -31,9 +30,12 @@ from app.widgets.guidance import HIGH as GUIDANCE_HIGH
 from app.widgets.guidance import LOW as GUIDANCE_LOW
 from app.widgets.guidance import GuidanceControl
 from app.widgets.init_image import MIN_STRENGTH, InitImageWell
+from app.widgets.lora_panel import LoraPanel
 from app.widgets.model_picker import ModelPicker
+from app.widgets.model_type import STANDARD, ModelTypeBox
 from app.widgets.prompt_edit import PromptEdit
 from app.widgets.seed import SEED_TEXT, SeedControl
+from app.widgets.size_presets import MAX_SIDE, MIN_SIDE, RATIOS, SIZE_STEP, round8, size_presets
 from app.widgets.speedups import SpeedupsControl
 from core.request import GenerationRequest
 from core.sampling.sampler_names import AUTOMATIC, SAMPLER_NAMES, SCHEDULE_NAMES
@@ -46,24 +48,9 @@ if TYPE_CHECKING:   # the window is built before torch (which core.families need
     from app.session import Session
     from core.families import Family
 
-SIZE_STEP = 8              # the VAE downsamples by 8
-MIN_SIDE, MAX_SIDE = 64, 4096
-RATIOS = ((1, 1), (3, 4), (4, 3), (2, 3), (3, 2), (9, 16), (16, 9))
 
-
-def size_presets(native: int) -> list[tuple[int, int]]:
-    """Sizes with about the area the family was trained at (native²), one per common aspect
-    ratio, sides rounded to multiples of 8; then a half-size square for quick drafts."""
-    sizes = []
-    for w, h in RATIOS:
-        width = math.sqrt(native * native * w / h)
-        sizes.append((_round8(width), _round8(width * h / w)))
-    sizes.append((_round8(native / 2),) * 2)
-    return sizes
-
-
-def _round8(value: float) -> int:
-    return max(MIN_SIDE, int(round(value / SIZE_STEP)) * SIZE_STEP)
+DRAFT_TIP = ("Draw the final image with the tiny decoder (TAESD): a draft in a fraction of the VAE's time. "
+             "Needs taesd_decoder.safetensors (taesdxl for SDXL) beside the model or in the models folder")
 
 
 def section(title: str) -> QLabel:
@@ -84,6 +71,8 @@ class ControlsPanel(QFrame):
         self.negative = PromptEdit("What to avoid (optional)", lines=2)
         self.negative.setAccessibleName("Negative prompt")
         self.guidance = GuidanceControl()
+        self.loras = LoraPanel()
+        self._embeddings_go_to = self.prompt    # the prompt box typed in last: a click on an embedding goes there
         self.steps = QSpinBox(minimum=1, maximum=150, value=20, accessibleName="Steps")
         self.sampler = QComboBox(accessibleName="Sampler")
         self.sampler.addItems(list(SAMPLER_NAMES))
@@ -98,6 +87,8 @@ class ControlsPanel(QFrame):
         self.height = QSpinBox(minimum=MIN_SIDE, maximum=MAX_SIDE, singleStep=SIZE_STEP, value=512,
                                accessibleName="Height", suffix=" px")
         self.batch = QSpinBox(minimum=1, maximum=16, value=1, accessibleName="Images per run")
+        self.model_type = ModelTypeBox()
+        self.draft = QCheckBox("Draft", enabled=False, toolTip=DRAFT_TIP)
         self.seed = SeedControl()
         self.speedups = SpeedupsControl()
         self.init_well = InitImageWell()
@@ -128,6 +119,8 @@ class ControlsPanel(QFrame):
         column.addWidget(self.negative)
         column.addWidget(section("Guidance"))
         column.addWidget(self.guidance)
+        column.addWidget(section("LoRAs"))
+        column.addWidget(self.loras)
 
         grid = QGridLayout()
         grid.setHorizontalSpacing(8)
@@ -151,6 +144,9 @@ class ControlsPanel(QFrame):
         grid.addWidget(self.seed, 5, 1, 1, 3)
         grid.addWidget(QLabel("Speed"), 6, 0)
         grid.addWidget(self.speedups, 6, 1, 1, 3)
+        grid.addWidget(QLabel("Type"), 7, 0)
+        grid.addWidget(self.model_type, 7, 1, 1, 2)
+        grid.addWidget(self.draft, 7, 3)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         column.addWidget(section("Settings"))
@@ -182,7 +178,7 @@ class ControlsPanel(QFrame):
                        self.steps.valueChanged, self.sampler.currentIndexChanged,
                        self.schedule.currentIndexChanged, self.width.valueChanged,
                        self.height.valueChanged, self.seed.edit.textEdited, self.init_well.strength.valueChanged,
-                       self.speedups.valueChanged):
+                       self.speedups.valueChanged, self.loras.changed, self.draft.toggled):
             signal.connect(self.edited)
         # Every field, however set (typing, a restored PNG, a drawn seed, the init image): the session
         # must never generate from a stale copy of the form.
@@ -191,8 +187,12 @@ class ControlsPanel(QFrame):
                        self.schedule.currentIndexChanged, self.width.valueChanged,
                        self.height.valueChanged, self.batch.valueChanged, self.seed.edit.textChanged,
                        self.seed.random.toggled, self.init_well.strength.valueChanged,
-                       self.init_well.pathChanged, self.speedups.valueChanged):
+                       self.init_well.pathChanged, self.speedups.valueChanged, self.loras.changed,
+                       self.draft.toggled):
             signal.connect(self.changed)
+        for box in (self.prompt, self.negative):
+            box.focused.connect(lambda box=box: setattr(self, "_embeddings_go_to", box))
+        self.loras.embeddingChosen.connect(lambda name: self._embeddings_go_to.insert_word(name))
 
     def _build_toolbar(self) -> QWidget:
         """The strip above everything: the model (what every setting depends on) and the preview.
@@ -238,11 +238,15 @@ class ControlsPanel(QFrame):
         self.model_picker.modelChosen.connect(session.open_model)
         self.model_picker.retryRequested.connect(session.open_model)
         session.modelReady.connect(self.show_model)
+        session.presetChanged.connect(self.show_preset)
+        self.model_type.chosen.connect(session.choose_model_type)
         session.current_model.failed.connect(lambda spec, _: self._show_failed(spec, session.model))
         session.seedDrawn.connect(self.seed.show_drawn)
         session.runStarted.connect(lambda request, _: (self.seed.set_last_used(request.seed), self.set_busy(True)))
         session.jobDone.connect(lambda _: self.set_busy(False))
         session.initImageRead.connect(self.show_init_image)
+        session.model_folders.addons_found.connect(self.show_addons)
+        self.loras.rescanRequested.connect(session.model_folders.scan)
         # What was restored without signals (the precision: asking for no reload) goes in once.
         session.set_form(self.request(), self.seed.mode())
         session.set_preview_choice(*self.preview_choice())
@@ -251,6 +255,12 @@ class ControlsPanel(QFrame):
     def _show_failed(self, spec: str, ready: ReadyModel | None) -> None:
         self.model_picker.set_failed(spec)      # offers "Try again"
         self.model_picker.set_current(ready.spec if ready else None)
+
+    def show_addons(self, loras: list[str], embeddings: list[str]) -> None:
+        """A scan of the folders found these LoRAs and embeddings (names): the panel lists them, the
+        prompt box completes `<lora:` with them."""
+        self.loras.set_found(loras, embeddings)
+        self.prompt.set_lora_names(loras)
 
     def show_init_image(self, path: Path, thumb: QImage, width: int, height: int) -> None:
         self.init_well.set_image(path, thumb)
@@ -283,7 +293,23 @@ class ControlsPanel(QFrame):
             self.apply_family_defaults(family)
         self.model_picker.set_current(ready.spec)
         self.model_info.setText(f"{family.title} · predicts {diffusion.prediction} · {family.default_size}px native")
+        self.draft.setEnabled(ready.preview_decoder is not None)
+        from core.precision import precision_name  # a model is in: the engine (torch) is loaded already
+        self.speedups.show_precision(precision_name(diffusion) or "float32")
         self.preview_mode.setToolTip(tiny_decoder_note(ready))
+
+    def show_preset(self, preset, source: str, family: Family | None) -> None:
+        """The model's type is in (or the user chose one): its sampler, schedule, steps and guidance, as its
+        makers recommend; a Standard model gets its family's defaults back (none when `family` is None)."""
+        self.model_type.show_type(preset.kind if preset else STANDARD, source)
+        if preset is None:
+            if family is not None:
+                self.apply_family_defaults(family)
+            return
+        self.sampler.setCurrentText(preset.sampler)
+        self.schedule.setCurrentText(preset.schedule)
+        self.steps.setValue(preset.steps)
+        self.guidance.setValue(preset.guidance)
 
     def apply_family_defaults(self, family: Family) -> None:
         """The model's own steps, guidance, sampler and size: for a first start or a new family."""
@@ -307,7 +333,8 @@ class ControlsPanel(QFrame):
             schedule=self.schedule.currentText(),
             seed=self.seed.typed() or 0, width=self.width.value(), height=self.height.value(),
             batch=self.batch.value(), init_image=str(init) if init else None,
-            strength=self.init_well.strength_value())
+            strength=self.init_well.strength_value(), loras=self.loras.loras(),
+            decoder="taesd" if self.draft.isChecked() and self.draft.isEnabled() else "vae")
         return self.speedups.read_into(request)
 
     def apply_request(self, request: GenerationRequest) -> list[str]:
@@ -337,7 +364,9 @@ class ControlsPanel(QFrame):
         self.height.setValue(within("Height", self.height, request.height))
         self.seed.set_seed(request.seed)
         self.init_well.set_strength(request.strength)
+        self.draft.setChecked(request.decoder == "taesd")
         changed += self.speedups.apply_request(request)
+        changed += self.loras.apply_request(request.loras)
         self.changed.emit()         # the deep cache's blocks and start have no widget to say so
         return changed
 
@@ -356,9 +385,10 @@ class ControlsPanel(QFrame):
                            ("height", r.height), ("batch", r.batch), ("strength", r.strength),
                            ("seed", self.seed.edit.text()), ("seed_random", self.seed.random.isChecked()),
                            ("preview_mode", self.preview_mode.currentData()),
-                           ("preview_noisy", self.preview_noisy.isChecked())):
+                           ("preview_noisy", self.preview_noisy.isChecked()), ("draft", self.draft.isChecked())):
             settings.setValue(f"form/{key}", value)
         self.speedups.save(settings)
+        self.loras.save(settings)
 
     def restore(self, stored: StoredSettings) -> bool:
         """Put back what `save` stored; False when nothing was stored (a first start).
@@ -387,8 +417,10 @@ class ControlsPanel(QFrame):
         mode = get("form/preview_mode", PreviewMode.AUTO.value, one_of([mode.value for mode in PreviewMode]))
         self.preview_mode.setCurrentIndex(self.preview_mode.findData(mode))
         self.preview_noisy.setChecked(get("form/preview_noisy", False))
+        self.draft.setChecked(get("form/draft", False))
         get("form/live", False)     # only checked here: the session applies it when a model loads
         self.speedups.restore(stored)
+        self.loras.restore(stored)
         self.changed.emit()
         return True
 
@@ -407,4 +439,4 @@ class ControlsPanel(QFrame):
 
     def _snap(self, box: QSpinBox) -> None:
         if box.value() % SIZE_STEP:
-            box.setValue(_round8(box.value()))
+            box.setValue(round8(box.value()))

@@ -1,6 +1,7 @@
 """The history strip: the session's image history (app/history.py) as a row of thumbnails, newest
 first; images not on disk yet are marked "not saved". Each image has a menu (view, use as init image,
-reuse its parameters, copy, delete; for an unsaved one: save, discard).
+reuse its parameters, copy, delete; for an unsaved one: save, discard; for a draft: "Final", the same latents
+decoded again with the VAE, app/final_decode.py).
 
 Items can be dragged out (onto the init-image well, or another program) as file URLs.
 """
@@ -22,6 +23,7 @@ PATH_ROLE = Qt.ItemDataRole.UserRole
 UNSAVED_ROLE = Qt.ItemDataRole.UserRole + 1     # an app.jobs.Unsaved, for an image not on disk
 LIVE_ROLE = Qt.ItemDataRole.UserRole + 2        # True for the newest Live result (one is kept)
 ENTRY_ROLE = Qt.ItemDataRole.UserRole + 3       # the app.history.HistoryEntry the item shows
+FINAL_ACTION = "Final (decode with the VAE)"
 
 
 def move_to_trash(path: Path) -> bool:
@@ -133,6 +135,23 @@ class HistoryStrip(QListWidget):
 
     # -- the per-image menu ------------------------------------------------------------------
 
+    def menu_for_item(self, item: QListWidgetItem) -> QMenu:
+        menu = self.menu_for(item.data(PATH_ROLE)) if item.data(UNSAVED_ROLE) is None else self.menu_for_unsaved(item)
+        self._add_final(menu, self.entry(item))
+        return menu
+
+    def _add_final(self, menu: QMenu, entry: HistoryEntry) -> None:
+        """"Final" for a draft whose latents are kept and whose model is loaded (only its VAE fits them)."""
+        action = menu.addAction(FINAL_ACTION, lambda: self.image_history.finalRequested.emit(entry))
+        action.setEnabled(self.image_history.final_available(entry))
+        if entry.draft is None:
+            action.setToolTip("Only draft images, the newest few, keep what Final needs.")
+        elif not action.isEnabled():
+            action.setToolTip("The model that made this draft is no longer loaded.")
+        menu.insertAction(menu.actions()[0], action)     # first: it is what a draft is there for
+        menu.insertSeparator(menu.actions()[1])
+        menu.setToolTipsVisible(True)
+
     def menu_for(self, path: Path) -> QMenu:
         menu = QMenu(self)
         menu.addAction("View large", lambda: self.viewRequested.emit(path))
@@ -162,8 +181,7 @@ class HistoryStrip(QListWidget):
         item = self.itemAt(event.pos()) if event.reason() != event.Reason.Keyboard else self.currentItem()
         if item is None:
             return
-        menu = self.menu_for(item.data(PATH_ROLE)) if item.data(UNSAVED_ROLE) is None else self.menu_for_unsaved(item)
-        menu.exec(event.globalPos())
+        self.menu_for_item(item).exec(event.globalPos())
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         item = self.currentItem()

@@ -35,23 +35,47 @@ class ImageView(QWidget):
     def sizeHint(self) -> QSize:
         return QSize(640, 640)
 
+    def margins(self) -> tuple[int, int, int, int]:
+        """Pixels shown around the picture (left, top, right, bottom): the mask painter's grown canvas."""
+        return 0, 0, 0, 0
+
+    def frame(self) -> tuple[QRectF, QRectF]:
+        """Where the canvas (the picture and its margins) and the picture itself are drawn, in widget
+        coordinates: the canvas scaled to fit, centred."""
+        area = self.rect().adjusted(16, 16, -16, -16)
+        left, top, right, bottom = self.margins()
+        width, height = self._pixmap.width() + left + right, self._pixmap.height() + top + bottom
+        size = QSize(width, height).scaled(area.size(), Qt.AspectRatioMode.KeepAspectRatio)
+        canvas = QRect(0, 0, size.width(), size.height())
+        canvas.moveCenter(area.center())
+        scale = canvas.width() / width
+        picture = QRectF(canvas.x() + left * scale, canvas.y() + top * scale, self._pixmap.width() * scale,
+                         self._pixmap.height() * scale)
+        return QRectF(canvas), picture
+
     def paintEvent(self, event) -> None:
         p = QPainter(self)
         p.fillRect(self.rect(), QColor(theme.BACKGROUND))
-        area = self.rect().adjusted(16, 16, -16, -16)
         if self._pixmap is None:
             p.setPen(QColor(theme.MUTED))
-            p.drawText(area, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self._placeholder)
+            p.drawText(self.rect().adjusted(16, 16, -16, -16), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
+                       self._placeholder)
             return
         p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        size = self._pixmap.size().scaled(area.size(), Qt.AspectRatioMode.KeepAspectRatio)
-        target = QRect(0, 0, size.width(), size.height())
-        target.moveCenter(area.center())
+        canvas, picture = self.frame()
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(QColor(0, 0, 0, 90))   # a soft shadow lifts the image off the background
-        p.drawRoundedRect(QRectF(target).adjusted(-2, 2, 4, 6), 6, 6)
-        p.drawPixmap(target, self._pixmap)
+        p.drawRoundedRect(canvas.adjusted(-2, 2, 4, 6), 6, 6)
+        self.paint_under(p, canvas, picture)
+        p.drawPixmap(picture, self._pixmap, QRectF(self._pixmap.rect()))
+        self.paint_over(p, canvas, picture)
+
+    def paint_under(self, p: QPainter, canvas: QRectF, picture: QRectF) -> None:
+        """Drawn before the picture (the mask painter's grown canvas)."""
+
+    def paint_over(self, p: QPainter, canvas: QRectF, picture: QRectF) -> None:
+        """Drawn over the picture (the mask painter's mask and brush)."""
 
 
 class ImageDialog(QDialog):

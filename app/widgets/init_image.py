@@ -1,6 +1,6 @@
-"""The init-image well (img2img): drop or paste a picture, see its thumbnail, set the strength,
-clear it. The well only shows and forwards; the session checks and loads the file
-(`app/init_image_files.py`)."""
+"""The init-image well (img2img): drop or paste a picture, see its thumbnail, set the strength and the
+inpainting settings (`app/widgets/inpaint_panel.py`), clear it. The well only shows and forwards; the
+session checks and loads the file (`app/init_image_files.py`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from PySide6.QtWidgets import (
     QToolButton,
     QWidget,
 )
+
+from app.widgets.inpaint_panel import InpaintPanel
 
 WELL_THUMB_SIZE = 84    # px, the side of the well's thumbnail
 MIN_STRENGTH = 0.05     # the slider's lowest: 0 would give back the image untouched
@@ -56,6 +58,7 @@ class InitImageWell(QFrame):
         self.strength_label = QLabel(objectName="GuidanceValue")
         self.strength.valueChanged.connect(lambda v: self.strength_label.setText(f"{v / 100:.2f}"))
         self.strength.setValue(75)
+        self.inpaint = InpaintPanel()
         self.browse.clicked.connect(self.browseRequested)
         self.paste.clicked.connect(self.pasteRequested)
         self.clear_button.clicked.connect(self._clear_clicked)
@@ -78,6 +81,7 @@ class InitImageWell(QFrame):
         grid.addWidget(self.caption, 0, 1)
         grid.addLayout(buttons, 1, 1)
         grid.addWidget(self.strength_row, 2, 0, 1, 2)
+        grid.addWidget(self.inpaint, 3, 0, 1, 2)
         self.clear()
 
     def set_image(self, path: Path, image: QImage) -> None:
@@ -110,6 +114,7 @@ class InitImageWell(QFrame):
         """Compact while empty: the thumbnail and the strength slider appear with an image."""
         self.thumb.setVisible(on)
         self.strength_row.setVisible(on)
+        self.inpaint.setVisible(on)
 
     def _clear_clicked(self) -> None:
         self.clear()

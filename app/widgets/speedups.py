@@ -22,12 +22,13 @@ MAX_CUTOFF_PERCENT = 90
 # No UNet we load has more input blocks than SD 1.x/2.x's 12; the engine refuses more than the model's own.
 MAX_BLOCKS = 12
 PRECISIONS = ("float32", "bfloat16")
+AUTO = "auto"           # core.precision.AUTO, not imported: it needs torch, and the window opens before torch
 FIELDS = ("deep_cache_interval", "deep_cache_blocks", "deep_cache_start", "guidance_cutoff")
 
 
 class SpeedupsControl(QWidget):
     valueChanged = Signal()
-    precisionChanged = Signal(str)      # "float32" or "bfloat16": the model must be loaded again
+    precisionChanged = Signal(str)      # "float32" or "bfloat16", the user's choice: the model must be loaded again
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -42,7 +43,11 @@ class SpeedupsControl(QWidget):
                                f"of two); {GUIDANCE_CUTOFF:.0%} is the tested setting.")
         self.half = QCheckBox("Half precision (bf16)", accessibleName="Half precision (bfloat16)")
         self.half.setToolTip("Approximate, faster: the model's networks in bfloat16 (about 3x faster for SD1.5 on "
-                             "CPUs with AMX, half the memory; the image changes slightly). Reloads the model.")
+                             "CPUs with AMX, half the memory; the image changes slightly). Reloads the model. Until "
+                             "you choose, it is on for full-size models where this CPU runs bfloat16 faster.")
+        # "auto" until the user ticks or unticks the box (core/precision.py automatic_precision); the box then
+        # shows what the loaded model runs in.
+        self.precision_choice = AUTO
         # One control a line: side by side, the two spin boxes' longest texts ("Unguided last 90 %") in the
         # theme's padding needed 359 px, and the panel's content overflowed its 412 px on the right.
         layout = QVBoxLayout(self)
@@ -52,7 +57,7 @@ class SpeedupsControl(QWidget):
         layout.addWidget(self.half)
         self.deep_cache.valueChanged.connect(self.valueChanged)
         self.cutoff.valueChanged.connect(self.valueChanged)
-        self.half.toggled.connect(lambda _: self.precisionChanged.emit(self.precision()))
+        self.half.toggled.connect(self._chosen)
         self._show_details()
 
     def read_into(self, request: GenerationRequest) -> GenerationRequest:
@@ -68,7 +73,18 @@ class SpeedupsControl(QWidget):
         self._show_details()
 
     def precision(self) -> str:
-        return "bfloat16" if self.half.isChecked() else "float32"
+        """The user's choice: "float32", "bfloat16", or "auto" while they have made none."""
+        return self.precision_choice
+
+    def _chosen(self, on: bool) -> None:
+        self.precision_choice = "bfloat16" if on else "float32"
+        self.precisionChanged.emit(self.precision_choice)
+
+    def show_precision(self, running: str) -> None:
+        """What the loaded model runs in (under "auto", what was chosen for it), without choosing anything."""
+        self.half.blockSignals(True)
+        self.half.setChecked(running == "bfloat16")
+        self.half.blockSignals(False)
 
     def apply_request(self, request: GenerationRequest) -> list[str]:
         """A restored request's speed-ups; one out of range (a crafted PNG) keeps the default, and is named."""
@@ -92,16 +108,15 @@ class SpeedupsControl(QWidget):
         held = self.read_into(GenerationRequest())
         for field in FIELDS:
             settings.setValue(f"form/{field}", getattr(held, field))
-        settings.setValue("form/precision", self.precision())
+        settings.setValue("form/precision", self.precision_choice)
 
     def restore(self, stored: StoredSettings) -> None:
         """The saved values, each checked (app/settings.py StoredSettings): an unusable one keeps its default."""
         defaults, limits = GenerationRequest(), self._limits()
         self.set_values(*(stored.get(f"form/{field}", getattr(defaults, field), limits[field]) for field in FIELDS))
         # Set before the first model loads (which reads it), so no reload is asked for.
-        self.half.blockSignals(True)
-        self.half.setChecked(stored.get("form/precision", "float32", one_of(PRECISIONS)) == "bfloat16")
-        self.half.blockSignals(False)
+        self.precision_choice = stored.get("form/precision", AUTO, one_of((*PRECISIONS, AUTO)))
+        self.show_precision(self.precision_choice)
 
     def _show_details(self) -> None:
         self.deep_cache.setToolTip(

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from core.errors import LatentDeskError
+from core.fetch.addons import addon_name
 from core.limits import NOT_WHOLE, BrokenRule, check_size
-from core.request import SPEEDUP_FIELDS, GenerationRequest, check_field
+from core.request import SPEEDUP_FIELDS, GenerationRequest, check_field, check_loras, check_outpaint
 from core.sampling.sampler_names import (
     AUTOMATIC,
     SAMPLER_NAMES,
@@ -90,6 +91,22 @@ def _while_deep_cache(value: Callable[[GenerationRequest], object]) -> Callable[
     return lambda r: value(r) if r.deep_cache_interval > 1 else None
 
 
+AREA_NAMES = {"whole": "Whole picture", "masked": "Only masked"}     # A1111's labels for inpaint_full_res
+AREAS_NAMED = {label: area for area, label in AREA_NAMES.items()}
+
+
+def _while_inpainting(value: Callable[[GenerationRequest], object]) -> Callable[[GenerationRequest], object]:
+    """Inpainting's settings are written only for an inpainting (a mask or outpainting)."""
+    return lambda r: value(r) if r.mask is not None or r.outpaint is not None else None
+
+
+def _four_sides(text: str) -> tuple[int, ...]:
+    try:
+        return check_outpaint(tuple(int(side) for side in text.split(",")))
+    except LatentDeskError as e:
+        raise ValueError(str(e)) from None
+
+
 # In the order A1111 writes them (the written text must stay byte for byte what it has been).
 SETTINGS = (
     Setting("Steps", ("steps",), lambda r: r.steps, _whole_number),
@@ -101,6 +118,19 @@ SETTINGS = (
     Setting("Model hash", (), None),
     Setting("Model", (), None),
     Setting("Denoising strength", ("strength",), lambda r: _number(r.strength) if r.is_img2img else None),
+    # Inpainting, as A1111's img2img writes it (modules/processing.py: "Mask blur" when above 0, "Inpaint area"
+    # and "Masked area padding" for "Only masked"; its paste fields read "Masked content" by the choice's name).
+    Setting("Mask blur", ("mask_blur",), _while_inpainting(lambda r: r.mask_blur or None), _whole_number),
+    Setting("Masked content", ("masked_content",), _while_inpainting(lambda r: r.masked_content), str),
+    Setting("Inpaint area", ("inpaint_area",), _while_inpainting(lambda r: AREA_NAMES[r.inpaint_area]),
+            lambda text: AREAS_NAMED.get(text, text)),
+    Setting("Masked area padding", ("inpaint_padding",),
+            _while_inpainting(lambda r: r.inpaint_padding if r.inpaint_area == "masked" else None), _whole_number),
+    # Our own keys: outpainting's growth, and a draft's tiny decoder (missing: the VAE, as every image before).
+    Setting("Outpaint", ("outpaint",), lambda r: ",".join(map(str, r.outpaint)) if r.outpaint else None,
+            _four_sides),
+    Setting("Decoder", ("decoder",), lambda r: "TAESD" if r.decoder == "taesd" else None,
+            lambda text: text.strip().lower(), missing="vae"),
     # A1111 writes "Clip skip" only above 1.
     Setting("Clip skip", ("clip_skip",), lambda r: r.clip_skip if r.clip_skip > 1 else None, _whole_number,
             missing=1),
@@ -113,28 +143,39 @@ SETTINGS = (
             _real_number),
     Setting("Guidance cut-off", ("guidance_cutoff",),
             lambda r: _number(r.guidance_cutoff) if r.guidance_cutoff > 0 else None, _real_number, missing=0.0),
+    # The LoRAs chosen beside the prompt (the panel, --lora): our own key, as the prompt's tags are A1111's.
+    # Read by hand (request_from_infotext); missing means none.
+    Setting("LoRAs", ("loras",), lambda r: lora_list(r.loras) or None),
     Setting("Precision", (), None),
     Setting("Guidance schedule", (), None),
+    # A1111 writes these two from its extra_generation_params, LoRAs' first (extra_networks_lora.py, then
+    # sd_hijack_clip.py's "TI hashes"), just before "Version".
+    Setting("Lora hashes", (), None),
+    Setting("TI hashes", (), None),
     Setting("Version", (), None),
 )
 # Keys a reader knows, so never lists as ignored: the settings, and what names the file's model and maker.
 # Precision and Guidance schedule are listed: they are not restored, and the image may come out different.
-_KNOWN_KEYS = {"Prompt", "Negative prompt", "Model", "Model hash", "Version", *(s.key for s in SETTINGS if s.fields)}
+_KNOWN_KEYS = {"Prompt", "Negative prompt", "Model", "Model hash", "Version", "Lora hashes", "TI hashes",
+               *(s.key for s in SETTINGS if s.fields)}
 
 
 # -- writing -----------------------------------------------------------------------------------------
 
 def to_infotext(request: GenerationRequest, model_name: str | None, model_hash: str | None,
-                version: str | None, guidance_used: Sequence[float] = (), *, precision: str | None = None) -> str:
+                version: str | None, guidance_used: Sequence[float] = (), *, precision: str | None = None,
+                lora_hashes: Sequence[tuple[str, str]] = (), ti_hashes: Sequence[tuple[str, str]] = ()) -> str:
     """The A1111 infotext of `request`; `None` leaves a field out.
 
     `guidance_used`: the scale each step used. When the slider moved during the run it is
     written as "Guidance schedule: 7 (steps 1-5), 3.5 (steps 6-20)", so the image says how it
     was really made; A1111 and our parser ignore the field, "CFG scale" stays the starting value.
     `precision`: the networks' number format when it was not the exact one (e.g. "bfloat16").
+    `lora_hashes` / `ti_hashes`: (name, hash) of each LoRA / embedding used (GenerationResult.loras, .embeddings).
     """
     about_the_file = {"Model hash": model_hash, "Model": model_name, "Precision": precision,
-                      "Guidance schedule": guidance_schedule(guidance_used), "Version": version}
+                      "Guidance schedule": guidance_schedule(guidance_used), "Version": version,
+                      "Lora hashes": hash_list(lora_hashes), "TI hashes": hash_list(ti_hashes)}
     values = {s.key: s.write(request) if s.write else about_the_file[s.key] for s in SETTINGS}
     line = ", ".join(f"{key}: {_quote(str(value))}" for key, value in values.items() if value is not None)
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
@@ -159,6 +200,35 @@ def guidance_schedule(per_step: Sequence[float]) -> str | None:
         return None
     return ", ".join(f"{_number(scale)} (step {a})" if a == b else f"{_number(scale)} (steps {a}-{b})"
                      for scale, a, b in runs)
+
+
+def hash_list(hashes: Sequence[tuple[str, str]]) -> str | None:
+    """A1111's "name: hash, name2: hash2", each name without ':' and ',' as A1111 strips them (extensions-builtin/
+    Lora/extra_networks_lora.py, modules/sd_hijack_clip.py); None when there is none."""
+    entries = [f"{name.replace(':', '').replace(',', '')}: {digest}" for name, digest in hashes if digest]
+    return ", ".join(entries) or None
+
+
+def lora_list(loras: Sequence[tuple[str, float]]) -> str:
+    """The "LoRAs" value: "name:0.8, other:-0.5", names not paths (core.fetch.addons.addon_name)."""
+    return ", ".join(f"{addon_name(spec)}:{_number(weight)}" for spec, weight in loras)
+
+
+def read_lora_list(text: str, notes: list[str]) -> tuple[tuple[str, float], ...]:
+    """lora_list's text read back; an entry that is not "name:weight" is left out with a note."""
+    loras = []
+    for entry in (e.strip() for e in text.split(",")):
+        name, _, weight = entry.rpartition(":")
+        try:
+            loras.append(check_loras(((name.strip(), _real_number(weight)),))[0])
+        except (ValueError, BrokenRule) as e:
+            reason = e.reason if isinstance(e, BrokenRule) else str(e)
+            notes.append(f"LoRAs: {entry!r} is not usable ({reason}); left out.")
+    try:
+        return check_loras(tuple(loras))
+    except BrokenRule as e:
+        notes.append(f"LoRAs: {e.reason}; none were restored.")
+        return ()
 
 
 def _quote(text: str) -> str:
@@ -257,6 +327,7 @@ def request_from_infotext(text: str | None, base: GenerationRequest, *,
             changes[field] = setting.missing
     if "Size" in info:
         changes |= _size(info["Size"], base, notes)
+    changes["loras"] = read_lora_list(info["LoRAs"], notes) if info.get("LoRAs", "").strip() else ()
 
     hires = sorted(k for k in info if k.startswith("Hires"))
     if hires:

@@ -4,12 +4,17 @@ A1111 "parameters" text read back from PNG, JPEG and WebP files.
     save_png(image, folder_or_path, infotext) -> Path    the next free name; a temporary file until complete
     read_parameters(path) -> str | None                  the infotext, without decoding a pixel
     remove_stale_temporaries(folder) -> [Path]           what saves cut short by a crash left behind
+    save_png_and_mask(image, folder, infotext, mask)     save_png, and the mask beside the image
+    save_mask_beside(mask, image_path) -> Path           an inpainting's mask as "00042-mask.png" beside "00042.png"
+    mask_beside(image_path) -> Path | None               that mask, if it is there
+    is_mask_file(path) -> bool                           a mask beside its image (not a picture of its own)
 
 The text itself (what it says, and how a request is read from it) is core/metadata/infotext.py's.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -24,12 +29,15 @@ from PIL.PngImagePlugin import PngInfo
 from core.errors import LatentDeskError
 from core.metadata.png_text import read_text
 
+log = logging.getLogger(__name__)
+
 MAX_PARAMETERS_CHARS = 1 << 20       # Pillow's own limit for one text chunk
 MAX_PARAMETERS_BYTES = 4 * MAX_PARAMETERS_CHARS     # as UTF-8 (iTXt), up to 4 bytes a character
 MAX_NAME_TRIES = 10_000
 TEMPORARY_HEX = 12                   # save_png's temporary files: ".latentdesk-<12 hex digits>.png.tmp"
 _TEMPORARY_NAME = re.compile(rf"\.latentdesk-[0-9a-f]{{{TEMPORARY_HEX}}}\.png\.tmp")
 STALE_TEMPORARY_S = 120              # a save writes its temporary file for well under a second per image
+MASK_SUFFIX = "-mask.png"             # an inpainting's mask, beside its image
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286   # where A1111 puts the infotext in JPEG and WebP files
 
 
@@ -75,6 +83,61 @@ def save_png(image: Image.Image, folder_or_path: str | Path, infotext: str) -> P
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+def mask_path_for(image_path: str | Path) -> Path:
+    """Where the mask of `image_path` goes: "00042.png" -> "00042-mask.png" (the issue's naming, #24)."""
+    image_path = Path(image_path)
+    return image_path.with_name(f"{image_path.stem}{MASK_SUFFIX}")
+
+
+def save_mask_beside(mask: Image.Image, image_path: str | Path) -> Path:
+    """Write `mask` (an inpainting's, white = repainted) as a greyscale PNG beside `image_path`, whole or not
+    at all: a temporary file first, then one rename. The image's number is its own, so a mask file left by
+    an image deleted since belongs to no one and is replaced."""
+    target = mask_path_for(image_path)
+    tmp = None
+    try:
+        fd, tmp = _temporary_file(target.parent)
+        with os.fdopen(fd, "wb") as f:
+            mask.convert("L").save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        tmp = None
+        return target
+    except OSError as e:
+        raise LatentDeskError(f"Could not save the mask {target.name} in {target.parent}: {e.strerror or e}") from e
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def save_png_and_mask(image: Image.Image, folder_or_path: str | Path, infotext: str,
+                      mask: Image.Image | None = None) -> Path:
+    """save_png, then an inpainting's `mask` beside the image. The image is kept either way: a mask that
+    cannot be written is logged, never a reason to lose the picture."""
+    path = save_png(image, folder_or_path, infotext)
+    if mask is not None:
+        try:
+            save_mask_beside(mask, path)
+        except LatentDeskError:
+            log.exception("the mask of %s could not be saved", path.name)
+    return path
+
+
+def mask_beside(image_path: str | Path) -> Path | None:
+    """The mask saved with `image_path` (save_mask_beside), or None when there is none."""
+    path = mask_path_for(image_path)
+    return path if path.is_file() else None
+
+
+def is_mask_file(path: str | Path) -> bool:
+    """A "NAME-mask.png" with its "NAME.png" beside it: a mask, not a picture of its own."""
+    path = Path(path)
+    if not path.name.lower().endswith(MASK_SUFFIX):
+        return False
+    return path.with_name(path.name[:-len(MASK_SUFFIX)] + ".png").is_file()
 
 
 def _temporary_file(folder: Path) -> tuple[int, Path]:

@@ -25,6 +25,9 @@ class Conditioning:
 
     context: Tensor          # (B, T, D) text-encoder tokens, read by cross-attention
     y: Tensor | None = None  # (B, adm) SDXL: pooled text + size/crop embedding; None for SD1/SD2
+    # (B, 5, H, W) an inpainting UNet's extra input channels, [mask, masked-picture latent]
+    # (core/inpaint_latents.py), joined to the scaled latent; None for every other UNet.
+    concat: Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -37,8 +40,11 @@ class Conditioning:
                              f"{tuple(other.context.shape)}: pad both prompts to the same token count")
         if (self.y is None) != (other.y is None):
             raise ValueError("cannot batch a conditioning that has y (SDXL) with one that has not")
+        if (self.concat is None) != (other.concat is None):
+            raise ValueError("cannot batch an inpainting conditioning with one that is not")
         y = None if self.y is None else torch.cat([self.y, other.y])
-        return Conditioning(torch.cat([self.context, other.context]), y)
+        concat = None if self.concat is None else torch.cat([self.concat, other.concat])
+        return Conditioning(torch.cat([self.context, other.context]), y, concat)
 
     def expand(self, batch: int) -> Conditioning:
         """The same conditioning for `batch` images: a batch-1 conditioning is repeated, others must match."""
@@ -47,7 +53,8 @@ class Conditioning:
         if self.batch != 1:
             raise ValueError(f"conditioning for {self.batch} images cannot serve a batch of {batch}")
         y = None if self.y is None else self.y.expand(batch, *self.y.shape[1:])
-        return Conditioning(self.context.expand(batch, *self.context.shape[1:]), y)
+        concat = None if self.concat is None else self.concat.expand(batch, *self.concat.shape[1:])
+        return Conditioning(self.context.expand(batch, *self.context.shape[1:]), y, concat)
 
 
 UNetFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]  # unet(x, t, context, y) -> eps or v
@@ -81,7 +88,10 @@ class Denoiser:
         s = sigma[:, None, None, None]  # (B, 1, 1, 1) float32
         c_in = (1 / (s**2 + 1) ** 0.5).to(x.dtype)
         network_dtype = self.network_dtype or x.dtype   # .to() of a tensor already in that dtype is a no-op
-        out = self.unet((x * c_in).to(network_dtype), t, cond.context, cond.y).to(x.dtype)
+        scaled = x * c_in
+        if cond.concat is not None:
+            scaled = torch.cat([scaled, cond.concat.to(scaled)], dim=1)
+        out = self.unet(scaled.to(network_dtype), t, cond.context, cond.y).to(x.dtype)
         if self.prediction == "epsilon":
             return x - s.to(x.dtype) * out
         # v = α·ε − σ_vp·x0 (Salimans & Ho 2022), so x0 = c_skip·x + c_out·v (Karras et al. App. B.2)

@@ -20,7 +20,7 @@ from transformers.activations import ACT2FN
 from core.errors import LatentDeskError, shown
 from core.families import BANG_ID, EOS_ID, TextEncoderSpec
 from core.limits import MAX_TEXT_LAYERS, numbered_parts, whole
-from core.text.tokenizer import ClipTokenizer
+from core.text.tokenizer import AddedWords, ClipTokenizer
 
 ClipModel = CLIPTextModel | CLIPTextModelWithProjection
 
@@ -240,6 +240,10 @@ class TextEncoder(nn.Module):
         self.models = nn.ModuleList(models)
         self.specs = tuple(specs)
         self._tokenizer = tokenizer
+        # Session-only words past the vocabulary (textual-inversion embeddings, core.text.embeddings):
+        # reserved id `added_words.first_id + i` stands for row i of `_added_vectors[k]` in encoder k.
+        self.added_words: AddedWords | None = None
+        self._added_vectors: tuple[Tensor, ...] = ()
 
     @classmethod
     def from_state_dicts(cls, specs: Sequence[TextEncoderSpec], state_dicts: Sequence[Mapping[str, Tensor]],
@@ -278,6 +282,18 @@ class TextEncoder(nn.Module):
             self._tokenizer = ClipTokenizer()
         return self._tokenizer
 
+    def set_added_words(self, words: AddedWords | None, vectors: Sequence[Tensor] = ()) -> None:
+        """From now on each reserved id of `words` is fed to encoder k as its row of `vectors[k]`
+        ((words.count, width k)) instead of a token's embedding; None goes back to the plain vocabulary."""
+        if words is None:
+            self.added_words, self._added_vectors = None, ()
+            return
+        widths = [model.config.hidden_size for model in self.models]
+        shapes = [tuple(v.shape) for v in vectors]
+        if shapes != [(words.count, width) for width in widths]:
+            raise ValueError(f"added word vectors of shapes {shapes} for {words.count} ids and widths {widths}")
+        self.added_words, self._added_vectors = words, tuple(v.detach() for v in vectors)
+
     def token_ids(self, prompts: str | Sequence[str]) -> list[Tensor]:
         """One (B, 77) id tensor per encoder: the same tokens, each padded with its encoder's pad id."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -297,15 +313,39 @@ class TextEncoder(nn.Module):
         if len(ids) != len(self.models):
             raise ValueError(f"{len(ids)} id tensors for {len(self.models)} text encoders")
         contexts, pooled = [], None
-        for model, spec, spec_ids in zip(self.models, self.specs, ids, strict=True):
+        for index, (model, spec, spec_ids) in enumerate(zip(self.models, self.specs, ids, strict=True)):
             text_model = _text_model(model)
             layer = spec.hidden_layer - (clip_skip - 1)
             n_layers = text_model.config.num_hidden_layers
             if clip_skip < 1 or -layer > n_layers:
                 raise LatentDeskError(f"CLIP skip {clip_skip} does not fit a text encoder with {n_layers} layers.")
-            out = model(input_ids=spec_ids, output_hidden_states=True)
+            out = self._run(index, model, spec_ids)
             hidden = out.hidden_states[layer]    # (B, 77, width); [0] is the embedding, [-1] the last layer
             contexts.append(text_model.final_layer_norm(hidden) if spec.final_norm else hidden)
             if spec.pooled:   # (B, P): the EOS token of the last layer, final norm (and projection)
                 pooled = out.text_embeds if spec.projected else out.pooler_output
         return torch.cat(contexts, dim=-1), pooled
+
+    def _run(self, index: int, model: ClipModel, ids: Tensor):
+        """One encoder's outputs (all hidden states) for `ids`, reserved ids fed as their added vectors."""
+        words = self.added_words
+        added = ids >= words.first_id if words is not None else None
+        if added is None or not bool(added.any()):
+            return model(input_ids=ids, output_hidden_states=True)      # the plain path, untouched
+
+        # transformers 5's CLIPTextModel takes no inputs_embeds, so the token embedding's output is
+        # replaced where the ids are reserved, as A1111's sd_hijack EmbeddingsWithFixes does. The model
+        # sees id 0 there (A1111's placeholder too): any real id does, as the pooled output is read at
+        # the first EOS (eos_token_id = EOS_ID in clip_config_from_state_dict), not at the highest id.
+        token_embedding = _text_model(model).embeddings.token_embedding
+        table = self._added_vectors[index].to(token_embedding.weight)       # the network's dtype and device
+        rows = table[(ids - words.first_id).clamp(min=0)]                   # (B, 77, width)
+
+        def substitute(module, args, output):
+            return torch.where(added[..., None], rows, output)
+
+        hook = token_embedding.register_forward_hook(substitute)
+        try:
+            return model(input_ids=ids.masked_fill(added, 0), output_hidden_states=True)
+        finally:
+            hook.remove()

@@ -12,6 +12,9 @@ between apps, so this follows it token for token:
   as BOS + 75 + EOS/padding = 77 ids, and the contexts are concatenated.
 - Weights are applied A1111's "Original" way: multiply each token's hidden state,
   then rescale the chunk so its mean is what it was before weighting.
+- A textual-inversion embedding's name (core.text.embeddings) is replaced by its n
+  vectors, which take n of the chunk's 75 places and the name's weight; one that
+  does not fit in what is left of a chunk starts the next.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import Tensor
 
 from core.errors import LatentDeskError
 from core.text.encoder import TextEncoder
-from core.text.tokenizer import ClipTokenizer
+from core.text.tokenizer import AddedWords, ClipTokenizer
 
 ROUND = 1.1                # "(...)": A1111's attention multiplier
 SQUARE = 1 / 1.1           # "[...]"
@@ -126,13 +129,15 @@ class PromptChunk:
 EMPTY_CHUNK = PromptChunk()
 
 
-def prompt_chunks(tokenizer: ClipTokenizer, prompt: str) -> list[PromptChunk]:
+def prompt_chunks(tokenizer: ClipTokenizer, prompt: str, added: AddedWords | None = None) -> list[PromptChunk]:
     """A prompt's weighted tokens, cut into chunks as A1111's `tokenize_line` cuts them.
 
     A full chunk normally ends after its 75th token. If the token that would start the
     next chunk is not a comma, and a comma sits within the chunk's last 20 tokens, the
     chunk ends after that comma instead and the tokens after it move on, so a phrase
     is not split between two chunks. `BREAK` ends a chunk early (even an empty one).
+    Where the tokens spell one of the `added` words, its reserved ids take their place,
+    all in one chunk: a word longer than what is left of the chunk starts the next.
     """
     comma = tokenizer.encoder[",</w>"]
     chunks: list[PromptChunk] = []
@@ -152,15 +157,28 @@ def prompt_chunks(tokenizer: ClipTokenizer, prompt: str) -> list[PromptChunk]:
         if (text, weight) == BREAK:
             close()
             continue
-        for token in tokenizer.encode(text):
+        ids = tokenizer.encode(text)
+        position = 0
+        while position < len(ids):
+            token = ids[position]
             if token == comma:
                 last_comma = len(tokens)
             elif len(tokens) == CHUNK_TOKENS and last_comma != -1 and CHUNK_TOKENS - last_comma <= COMMA_BACKTRACK:
                 close(keep=last_comma + 1)
             if len(tokens) == CHUNK_TOKENS:
                 close()
-            tokens.append(token)
-            weights.append(weight)
+            word = added.match(ids, position) if added is not None else None
+            if word is None:
+                tokens.append(token)
+                weights.append(weight)
+                position += 1
+                continue
+            reserved = added.reserved[word]
+            if len(tokens) + len(reserved) > CHUNK_TOKENS:
+                close()
+            tokens.extend(reserved)
+            weights.extend([weight] * len(reserved))
+            position += len(added.spellings[word])
     if tokens or not chunks:
         close()
     return chunks
@@ -183,7 +201,8 @@ def encode_prompt(text_encoder: TextEncoder, prompt: str, clip_skip: int = 1) ->
 
     Without emphasis and within 75 tokens this equals `text_encoder.encode(prompt)` exactly.
     """
-    return encode_chunks(text_encoder, prompt_chunks(text_encoder.tokenizer, prompt), clip_skip)
+    return encode_chunks(text_encoder, prompt_chunks(text_encoder.tokenizer, prompt, text_encoder.added_words),
+                         clip_skip)
 
 
 def encode_pair(text_encoder: TextEncoder, prompt: str, negative: str,
@@ -193,8 +212,8 @@ def encode_pair(text_encoder: TextEncoder, prompt: str, negative: str,
     The shorter one is padded with empty-prompt chunks, as A1111's "pad prompt/negative
     prompt to be same length" does (its default instead runs two UNet passes).
     """
-    cond = prompt_chunks(text_encoder.tokenizer, prompt)
-    uncond = prompt_chunks(text_encoder.tokenizer, negative)
+    cond = prompt_chunks(text_encoder.tokenizer, prompt, text_encoder.added_words)
+    uncond = prompt_chunks(text_encoder.tokenizer, negative, text_encoder.added_words)
     count = max(len(cond), len(uncond))
     cond += [EMPTY_CHUNK] * (count - len(cond))
     uncond += [EMPTY_CHUNK] * (count - len(uncond))

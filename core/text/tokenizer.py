@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from functools import cache
 from itertools import pairwise
 from pathlib import Path
@@ -128,3 +129,49 @@ class ClipTokenizer:
                     i += 1
             symbols = merged
         return symbols
+
+
+class AddedWords:
+    """Words the vocabulary lacks, for one session: textual-inversion embeddings, one word per file.
+
+    A word (name, spelling, count) is spelled with ordinary tokens (its name, as `encode` splits it)
+    and stands for `count` reserved ids from `first_id` on, past the vocabulary so that none is a real
+    token. Words get consecutive ids in the order given. Nothing is written to vocab.json or merges.txt.
+    """
+
+    def __init__(self, first_id: int, words: Sequence[tuple[str, Sequence[int], int]]):
+        self.first_id = first_id
+        self.names: list[str] = []
+        self.spellings: list[tuple[int, ...]] = []
+        self.reserved: list[tuple[int, ...]] = []
+        next_id = first_id
+        for name, spelling, count in words:
+            if not spelling or count < 1:
+                raise ValueError(f"the added word {name!r} needs tokens and at least one id: {spelling!r}, {count}")
+            self.names.append(name)
+            self.spellings.append(tuple(spelling))
+            self.reserved.append(tuple(range(next_id, next_id + count)))
+            next_id += count
+        self.count = next_id - first_id
+        # A1111's `ids_lookup`: the words by their first token, longest spelling first.
+        self._by_first: dict[int, list[int]] = {}
+        for index, spelling in enumerate(self.spellings):
+            self._by_first.setdefault(spelling[0], []).append(index)
+        for indices in self._by_first.values():
+            indices.sort(key=lambda i: len(self.spellings[i]), reverse=True)
+
+    def match(self, ids: Sequence[int], position: int) -> int | None:
+        """The index of the word spelled by `ids` from `position` on (the longest, as A1111's
+        `find_embedding_at_position` picks), or None."""
+        for index in self._by_first.get(ids[position], ()):
+            spelling = self.spellings[index]
+            if tuple(ids[position:position + len(spelling)]) == spelling:
+                return index
+        return None
+
+    def word_of(self, token_id: int) -> int | None:
+        """The index of the word a reserved id belongs to; None for a vocabulary id."""
+        for index, reserved in enumerate(self.reserved):
+            if reserved and reserved[0] <= token_id <= reserved[-1]:
+                return index
+        return None
