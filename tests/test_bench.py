@@ -237,3 +237,106 @@ def test_machine_info_reads_a_version_from_the_module_when_its_metadata_is_missi
     monkeypatch.setattr(importlib.metadata, "version", no_metadata)   # as a copied package on a GPU machine
     info = machine_info("cpu")
     assert info["diffusers"] == diffusers.__version__
+
+
+# --- against OpenVINO (app/cli/bench/openvino_ref.py): a bench-only extra, skipped where it is not installed.
+
+@pytest.fixture(scope="module")
+def openvino_run():
+    pytest.importorskip("openvino")
+    from app.cli.bench.compare import CompareOptions, run_comparison
+    from app.cli.bench.report import markdown
+
+    results = run_comparison(CompareOptions(quick=True, runs=RUNS, against="openvino"), report=lambda line: None)
+    return results, markdown(results)
+
+
+def test_openvino_run_times_both_precisions_of_both_sides_in_one_rotation(openvino_run):
+    import openvino
+
+    results, _ = openvino_run
+    plugin_default = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    assert results["machine"]["openvino_default_precision"] == plugin_default
+    assert openvino.__version__.startswith(results["machine"]["openvino"])
+    assert results["settings"]["against"] == "openvino" and "--against openvino" in results["settings"]["command"]
+    assert [case["name"] for case in results["cases"]] == ["unet", "vae"]
+    default = f"OpenVINO default ({plugin_default})"
+    for case in results["cases"]:
+        assert case["baselines"] == {"ours float32": "OpenVINO f32", "ours bfloat16": default}
+        assert case["details"]["openvino_default_precision"] == plugin_default
+        seconds = case["metrics"]["seconds"]
+        raw = seconds["raw"]
+        assert set(raw) == {"ours float32", "ours bfloat16", "OpenVINO f32", default}
+        assert len(case["rounds"]) == RUNS and all(sorted(order) == sorted(raw) for order in case["rounds"])
+        assert all(a[0] != b[0] for a, b in zip(case["rounds"], case["rounds"][1:], strict=False))
+        for ours, theirs in case["baselines"].items():
+            pairwise = [a / b for a, b in zip(raw[ours], raw[theirs], strict=True)]
+            assert seconds["ratios"][ours] == pytest.approx(pairwise)
+            assert seconds["median_ratio"][ours] == pytest.approx(statistics.median(pairwise))
+        assert set(seconds["ratios"]) == {"ours float32", "ours bfloat16"}   # OpenVINO's runs are the baselines
+
+
+def test_openvino_computes_what_ours_computes(openvino_run):
+    """OpenVINO at f32 on the converted diffusers module gives our float32 output; both bfloat16 runs come near it."""
+    results, _ = openvino_run
+    for case in results["cases"]:
+        difference = case["details"]["max_relative_difference"]
+        assert difference["OpenVINO f32"] < PARITY, case["name"]
+        for run in ("ours bfloat16", f"OpenVINO default ({results['machine']['openvino_default_precision']})"):
+            assert 0 <= difference[run] < 0.1, (case["name"], run, difference[run])
+
+
+def test_openvino_markdown_shows_each_precision_against_its_own(openvino_run):
+    results, markdown = openvino_run
+    assert markdown.startswith("# Latent Desk vs OpenVINO") and results["machine"]["openvino"] in markdown
+    assert "| Case | Run | Median time | Ours / OpenVINO (time) |" in markdown
+    for case in results["cases"]:
+        seconds = case["metrics"]["seconds"]
+        for run, median in seconds["median"].items():
+            ratio = seconds["median_ratio"].get(run)
+            shown = f"{ratio:.2f}" if ratio is not None else ""
+            assert f"| {case['title']} | {run} | {median:.3f} s | {shown} |" in markdown, run
+
+
+def test_against_openvino_refuses_what_it_cannot_compare():
+    from app.cli.bench.compare import CompareOptions, run_comparison
+    from core.errors import LatentDeskError
+
+    with pytest.raises(LatentDeskError, match="unet and vae only, not txt2img"):
+        run_comparison(CompareOptions(quick=True, against="openvino", only=("unet", "txt2img")))
+    with pytest.raises(LatentDeskError, match="leave --device cpu and --dtype float32"):
+        run_comparison(CompareOptions(quick=True, against="openvino", dtype="bfloat16"))
+    with pytest.raises(LatentDeskError, match="--against must be one of diffusers, openvino, not 'onnx'"):
+        run_comparison(CompareOptions(quick=True, against="onnx"))
+
+
+def test_without_openvino_against_openvino_names_the_package():
+    script = textwrap.dedent("""
+        import sys
+
+        class NoOpenVINO:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "openvino":
+                    raise ImportError("No module named 'openvino'")
+
+        sys.meta_path.insert(0, NoOpenVINO())
+        from app.cli.bench.compare import CompareOptions, run_comparison
+        from core.errors import LatentDeskError
+        try:
+            run_comparison(CompareOptions(quick=True, against="openvino"))
+        except LatentDeskError as e:
+            print(e)
+            sys.exit(2)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 2, done.stderr
+    assert "pip install openvino" in done.stdout
+
+
+def test_only_the_openvino_reference_imports_openvino():
+    imports_openvino = re.compile(r"^\s*(import|from) openvino\b", re.MULTILINE)
+    root = Path(__file__).resolve().parent.parent
+    importers = {path.relative_to(root).as_posix() for folder in ("core", "app") for path in (root / folder).rglob("*.py")
+                 if imports_openvino.search(path.read_text(encoding="utf-8"))}
+    assert importers == {"app/cli/bench/openvino_ref.py"}

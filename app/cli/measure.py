@@ -5,7 +5,7 @@
     latentdesk bench [--model builtin|PATH] [--runs N] [--size PX] [--steps N] [--guidance G] [--sampler NAME]
     latentdesk bench compare [--quick] [--runs N] [--device cpu|cuda] [--dtype float32|float16|bfloat16]
                              [--steps N] [--only unet vae txt2img load builtin approx approx-builtin]
-                             [--json FILE] [--markdown FILE]
+                             [--against diffusers|openvino] [--json FILE] [--markdown FILE]
 
 `eval shapes` draws one image per held-out caption (templates never used in training) and reads
 each back with the analytic checker (core/shapes/checker.py); it first scores the captions' own
@@ -78,6 +78,9 @@ def add_measure_commands(commands) -> None:
     compare.add_argument("--only", nargs="+", metavar="CASE",
                          help="some of: unet vae txt2img load builtin approx approx-builtin")
     compare.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    compare.add_argument("--against", default="diffusers", choices=("diffusers", "openvino"),
+                         help="the reference (default diffusers); openvino: the unet and vae cases, ours at float32 "
+                              "and bfloat16 against OpenVINO at f32 and at its default precision (needs openvino)")
     compare.add_argument("--json", help="write every raw timing, median, ratio and the machine to this file")
     compare.add_argument("--markdown", help="write the results table to this file")
     compare.set_defaults(handler=run_bench_compare)
@@ -169,7 +172,8 @@ def run_bench_compare(args) -> int:
     from app.cli.bench.report import markdown, write_reports
 
     options = CompareOptions(quick=args.quick, runs=args.runs, device=args.device, dtype=args.dtype,
-                             only=tuple(args.only or CASES), steps=args.steps, seed=args.seed)
+                             only=tuple(args.only or CASES), steps=args.steps, seed=args.seed,
+                             against=args.against)
     results = run_comparison(options, report=lambda line: print(line, file=sys.stderr, flush=True))
     write_reports(results, args.json, args.markdown)
     print(markdown(results), end="")

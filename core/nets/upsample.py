@@ -4,9 +4,10 @@ Every upsampler of SD's UNet and VAE is conv3x3(nearest2x(x)). After the nearest
 2x2 block of the big image repeats one input pixel, so for each of the four output phases (even or
 odd row, even or odd column) three of the kernel's taps land on one input pixel and the rest on a
 neighbour: the 3x3 kernel collapses to a 2x2 one on the small image (taps summed). Four 2x2 convolutions
-on the small image instead of one 3x3 on the image four times its size: 16 multiply-adds per output
-channel and input channel instead of 36, and the 4x larger upsampled input is never made. Only the order
-of the additions changes (float rounding), so it is an exact method: see tests/test_upsample.py.
+(run as one, with four times the output channels) on the small image instead of one 3x3 on the image
+four times its size: 16 multiply-adds per output channel and input channel instead of 36, and the 4x
+larger upsampled input is never made. Only the order of the additions changes (float rounding), so it
+is an exact method: see tests/test_upsample.py.
 
 Along one axis (zero padding of one, as the 3x3 convolution had), output row 2i reads input rows
 i-1 (tap 0) and i (taps 1, 2); output row 2i+1 reads rows i (taps 0, 1) and i+1 (tap 2).
@@ -31,17 +32,30 @@ def phase_kernels(weight: Tensor) -> Tensor:
 
 
 def upsample_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
-    """conv(interpolate(x, scale_factor=2, mode="nearest")) for a 3x3, stride 1, padding 1 conv; (B, O, 2H, 2W)."""
+    """conv(interpolate(x, scale_factor=2, mode="nearest")) for a 3x3, stride 1, padding 1 conv; (B, O, 2H, 2W).
+
+    Keeps x's memory format: channels-last in, channels-last out (the VAE decoder runs so on the CPU).
+    """
     b, _, h, w = x.shape
     # Folded anew on every call rather than kept: about 1 % of an SD1.5 UNet call, while keeping them
     # would hold 16/9 of every upsampler's weights again in memory (~230 MB in float32 for SD1.5).
-    kernels = phase_kernels(conv.weight)
-    padded = F.pad(x, (1, 1, 1, 1))
-    # Phase (a, b) reads input rows a-1+i .. a+i and columns b-1+j .. b+j: the padded image from (a, b) on.
-    phases = [[F.conv2d(padded[:, :, a:a + h + 1, c:c + w + 1], kernels[a, c], conv.bias) for c in (0, 1)]
-              for a in (0, 1)]
-    out = torch.stack([torch.stack(row, dim=-1) for row in phases], dim=-3)  # (B, O, H, 2, W, 2)
-    return out.reshape(b, -1, 2 * h, 2 * w)
+    kernels = phase_kernels(conv.weight)                              # (2, 2, O, I, 2, 2)
+    o = kernels.shape[2]
+    # All four phases as one convolution with 4*O output channels: one large matrix product where four
+    # small ones and their four copies of shifted input were. With padding 1, output position r reads
+    # padded rows r, r+1, i.e. input rows r-1, r: phase a's row i (input rows a+i-1, a+i) is position a+i.
+    bias = conv.bias.repeat(4) if conv.bias is not None else None
+    phases = F.conv2d(x, kernels.flatten(0, 2), bias, padding=1).unflatten(1, (2, 2, o))  # (B, 2, 2, O, H+1, W+1)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        pixels = x.new_empty(b, h, 2, w, 2, o)                        # memory order of a channels-last result
+        out, interleaved = pixels.view(b, 2 * h, 2 * w, o).permute(0, 3, 1, 2), pixels.permute(0, 5, 1, 2, 3, 4)
+    else:
+        out = x.new_empty(b, o, 2 * h, 2 * w)
+        interleaved = out.view(b, o, h, 2, w, 2)                      # output row 2i+a, column 2j+c
+    for a in (0, 1):
+        for c in (0, 1):
+            interleaved[:, :, :, a, :, c] = phases[:, a, c, :, a:a + h, c:c + w]
+    return out
 
 
 # Below about this many input values (channels x height x width) the four small convolutions' fixed costs

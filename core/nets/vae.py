@@ -43,6 +43,23 @@ def _conv3(c_in: int, c_out: int) -> nn.Conv2d:
 _QUERY_SLICE = 4096
 
 
+def channels_last_on_cpu(x: Tensor) -> Tensor:
+    """x in channels-last (NHWC) memory order when on the CPU, else as it is.
+
+    oneDNN's CPU convolutions work on channels-last blocks: given NCHW, every convolution reorders its
+    input and its output, which in the decoder's top levels (128-256 channels at 512x512) costs about
+    half as much again as the convolution itself in bfloat16. GroupNorm, SiLU, the additions and the
+    folded upsampler keep the format, so one reorder at the start serves the whole network. The
+    attention's q, k and v then come out as (B, HW, C) contiguous, which PyTorch's fused (flash)
+    SDPA kernel takes; in NCHW they were strided and SDPA fell back to its unfused path.
+    Measured at 512 px on a 2-core AVX512-BF16 CPU in bfloat16: decode 0.74-0.75 of the NCHW decoder's
+    time (one thread; with the one-convolution upsampler of core/nets/upsample.py), 0.99 of OpenVINO's
+    (2 threads, docs/PERFORMANCE.md); encode 0.79-0.91 (float32: 0.48-0.75), measured before the
+    attention kept the layout, so the whole encoder after its mid-block still ran NCHW then.
+    """
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+
+
 def _attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Single-head attention over all pixels, a slice of queries at a time.
 
@@ -73,7 +90,9 @@ class ResnetBlock(nn.Module):
         # which at the decoder's top level is (B, 128, H, W): 512 MiB at 1024x1024 in fp32.
         h = self.conv1(F.silu(self.norm1(x), inplace=True))
         h = self.conv2(F.silu(self.norm2(h), inplace=True))
-        return self.nin_shortcut(x) + h
+        # Added into the fresh convolution output rather than into a new tensor: one full-size
+        # allocation less, and on the CPU each new one pays a page fault per 4 KiB written.
+        return h.add_(self.nin_shortcut(x))
 
 
 class AttnBlock(nn.Module):
@@ -93,7 +112,10 @@ class AttnBlock(nn.Module):
         q, k, v = (conv(h).flatten(2).transpose(1, 2).unsqueeze(1) for conv in (self.q, self.k, self.v))  # (B, 1, HW, C)
         h = _attention(q, k, v)                                  # (B, 1, HW, C); scale C^-1/2 as in the original
         h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)
-        return x + self.proj_out(h)
+        # Into x's layout: at batch 1 the view's batch stride is whatever SDPA left there, and the
+        # convolution then takes a channels-last view for NCHW, and so would the rest of the decoder.
+        h = torch.empty_like(x).copy_(h)
+        return self.proj_out(h).add_(x)
 
 
 class MidBlock(nn.Module):
@@ -165,13 +187,13 @@ class Encoder(nn.Module):
         self.conv_out = _conv3(c_in, 2 * c.z_channels)   # mean and log-variance
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv_in(x)
+        h = self.conv_in(channels_last_on_cpu(x))   # as the decoder: see channels_last_on_cpu
         for level in self.down:
             h = level(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True)).contiguous()
 
 
 class Decoder(nn.Module):
@@ -198,12 +220,13 @@ class Decoder(nn.Module):
         self.conv_out = _conv3(c_in, c.out_channels)
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.mid(self.conv_in(z))
+        h = self.mid(self.conv_in(channels_last_on_cpu(z)))
         for level in reversed(self.up):
             h = level(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
+        # Callers get the usual NCHW layout back; at 3 channels the reorder costs next to nothing.
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True)).contiguous()
 
 
 class DiagonalGaussian:

@@ -2,6 +2,8 @@
 
     specs.py            the sizes: SD1.5-shaped, and tiny for --quick
     reference.py        diffusers, imported lazily here only: its modules, pipeline and config folder
+    openvino_ref.py     OpenVINO (`--against openvino`), imported lazily here only: the UNet step and VAE
+                        decode converted from diffusers' modules, at f32 and at OpenVINO's default precision
     pair.py             one set of random weights as diffusers' modules and as ours (our converters)
     cases.py            UNet step, VAE decode, txt2img end to end, built-in model
     approximate.py      the approximate speed-ups against the exact image: speed-up and PSNR

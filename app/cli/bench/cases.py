@@ -1,5 +1,6 @@
 """The in-process comparisons: one UNet step, one VAE decode, txt2img end to end, the built-in model.
 
+    unet_step_inputs(pair, device), vae_decode_inputs(pair, device): the inputs both sides are timed on
     unet_step_work(pair, device) / vae_decode_work(pair, device) -> {"ours": fn, "diffusers": fn}
     unet_step_case, vae_decode_case, txt2img_case(pair, device) -> Case
     builtin_case(device, dtype, steps) -> Case | None (None: no built-in model installed)
@@ -37,22 +38,33 @@ def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return ((ours - theirs).abs().max() / theirs.abs().max()).item()
 
 
-def unet_step_work(pair: ModelPair, device) -> dict[str, Callable[[], torch.Tensor]]:
-    """One guided step's UNet call: batch 2 (cond + uncond), latents, timestep and text context."""
+def unet_step_inputs(pair: ModelPair, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One guided step's UNet inputs: batch 2 (cond + uncond) latents, timesteps and text context."""
     spec, dtype = pair.spec, pair.ours.dtype
     g = torch.Generator().manual_seed(1)
     x = torch.randn(spec.batch, 4, spec.latent_size, spec.latent_size, generator=g).to(device, dtype)
     t = torch.full((spec.batch,), TIMESTEP, device=device)
     context = torch.randn(spec.batch, CLIP_TOKENS, spec.context_dim, generator=g).to(device, dtype)
+    return x, t, context
+
+
+def unet_step_work(pair: ModelPair, device) -> dict[str, Callable[[], torch.Tensor]]:
+    """One guided step's UNet call on both sides."""
+    x, t, context = unet_step_inputs(pair, device)
     return {"ours": lambda: pair.ours.unet(x, t, context),
             "diffusers": lambda: pair.theirs["unet"](x, t, encoder_hidden_states=context).sample}
 
 
+def vae_decode_inputs(pair: ModelPair, device) -> torch.Tensor:
+    """One image's unscaled latents (1, 4, h, w)."""
+    spec = pair.spec
+    z = torch.randn(1, 4, spec.latent_size, spec.latent_size, generator=torch.Generator().manual_seed(2))
+    return z.to(device, pair.ours.dtype)
+
+
 def vae_decode_work(pair: ModelPair, device) -> dict[str, Callable[[], torch.Tensor]]:
     """One image's latents to pixels (the decoder alone, as both pipelines call it)."""
-    spec, dtype = pair.spec, pair.ours.dtype
-    z = torch.randn(1, 4, spec.latent_size, spec.latent_size, generator=torch.Generator().manual_seed(2))
-    z = z.to(device, dtype)
+    z = vae_decode_inputs(pair, device)
     return {"ours": lambda: pair.ours.vae.decode(z),
             "diffusers": lambda: pair.theirs["vae"].decode(z).sample}
 

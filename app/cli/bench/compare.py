@@ -2,6 +2,9 @@
 
     run_comparison(CompareOptions(...), report=print) -> results (the JSON's contents)
 
+With `against="openvino"` the UNet step and the VAE decode are timed against OpenVINO instead, on the same
+weights, ours at float32 and bfloat16 against OpenVINO at f32 and at its default (app/cli/bench/openvino_ref.py).
+
 1. Build one set of random weights in diffusers' modules and convert it into ours (app/cli/bench/pair.py).
 2. Per case: build both sides' work (app/cli/bench/cases.py, app/cli/bench/checkpoint_load.py), warm up,
    then time `runs` rounds in rotating order (app/cli/bench/timing.py).
@@ -21,6 +24,12 @@ from app.cli.bench.approximate import approx_builtin_case, approx_pair_case
 from app.cli.bench.cases import builtin_case, txt2img_case, unet_step_case, vae_decode_case
 from app.cli.bench.checkpoint_load import load_case
 from app.cli.bench.machine import machine_info
+from app.cli.bench.openvino_ref import (
+    default_precision,
+    openvino_unet_case,
+    openvino_vae_case,
+    require_openvino,
+)
 from app.cli.bench.pair import build_pair
 from app.cli.bench.reference import require_diffusers
 from app.cli.bench.specs import SD15, TINY
@@ -32,6 +41,8 @@ PAIRED = ("unet", "vae", "txt2img", "load", "approx")   # the cases that need th
 NEEDS_BUILTIN = {"builtin": "built-in model end to end", "approx-builtin": "speed-ups, built-in model"}
 MIN_RUNS = 3
 DTYPES = ("float32", "float16", "bfloat16")
+REFERENCES = ("diffusers", "openvino")
+OPENVINO_CASES = ("unet", "vae")   # the networks OpenVINO converts; the rest are diffusers pipelines
 
 
 @dataclass(frozen=True)
@@ -43,12 +54,14 @@ class CompareOptions:
     only: tuple[str, ...] = CASES
     steps: int | None = None            # txt2img steps (default: the spec's)
     seed: int = 0                       # of the random weights
+    against: str = "diffusers"          # the reference: diffusers, or openvino (unet and vae only)
 
     def command(self) -> str:
         parts = ["latentdesk bench compare"] + (["--quick"] if self.quick else [])
         parts += [f"--runs {self.runs}", f"--device {self.device}", f"--dtype {self.dtype}"]
         parts += [f"--steps {self.steps}"] if self.steps else []
-        parts += [f"--only {' '.join(self.only)}"] if tuple(self.only) != CASES else []
+        parts += [f"--only {' '.join(self.only)}"] if tuple(self.only) not in (CASES, OPENVINO_CASES) else []
+        parts += [f"--against {self.against}"] if self.against != "diffusers" else []
         return " ".join(parts)
 
 
@@ -60,6 +73,13 @@ def models_named(spec, only) -> str:
     return " and ".join(names)
 
 
+def cases_run(options: CompareOptions) -> tuple[str, ...]:
+    """Against OpenVINO, "every case" means the two it can run."""
+    if options.against == "openvino" and tuple(options.only) == CASES:
+        return OPENVINO_CASES
+    return tuple(options.only)
+
+
 def check_options(options: CompareOptions) -> None:
     if options.runs < MIN_RUNS:
         raise LatentDeskError(f"--runs must be at least {MIN_RUNS} (a median of fewer says little), not {options.runs}")
@@ -68,6 +88,16 @@ def check_options(options: CompareOptions) -> None:
         raise LatentDeskError(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     if options.dtype not in DTYPES:
         raise LatentDeskError(f"--dtype must be one of {', '.join(DTYPES)}, not {options.dtype!r}")
+    if options.against not in REFERENCES:
+        raise LatentDeskError(f"--against must be one of {', '.join(REFERENCES)}, not {options.against!r}")
+    if options.against == "openvino":
+        others = [name for name in cases_run(options) if name not in OPENVINO_CASES]
+        if others:
+            raise LatentDeskError(f"--against openvino times {' and '.join(OPENVINO_CASES)} only, not "
+                                  f"{', '.join(others)}")
+        if options.dtype != "float32" or torch.device(options.device).type != "cpu":
+            raise LatentDeskError("--against openvino runs on the CPU and times float32 and OpenVINO's default "
+                                  "precision itself: leave --device cpu and --dtype float32")
     if options.steps is not None and options.steps < 1:
         raise LatentDeskError(f"--steps must be at least 1, not {options.steps}")
     if torch.device(options.device).type == "cuda" and not torch.cuda.is_available():
@@ -77,18 +107,24 @@ def check_options(options: CompareOptions) -> None:
 def run_comparison(options: CompareOptions, report: Callable[[str], None] = print) -> dict:
     check_options(options)
     require_diffusers()   # fail before minutes of model building, not after
+    if options.against == "openvino":
+        require_openvino()
+    only = cases_run(options)
     spec = TINY if options.quick else SD15
     spec = replace(spec, steps=options.steps) if options.steps else spec
     device, dtype = options.device, getattr(torch, options.dtype)
     results = {"machine": machine_info(device),
                "settings": {"command": options.command(), "quick": options.quick, "runs": options.runs,
-                            "device": device, "dtype": options.dtype, "models": models_named(spec, options.only), "seed": options.seed,
-                            "steps": spec.steps, "image_size": spec.image_size},
+                            "device": device, "dtype": options.dtype, "models": models_named(spec, only),
+                            "seed": options.seed, "steps": spec.steps, "image_size": spec.image_size,
+                            "against": options.against},
                "cases": []}
+    if options.against == "openvino":
+        results["machine"]["openvino_default_precision"] = default_precision()
 
     # 1. One set of weights for every paired case.
     pair = None
-    if any(name in PAIRED for name in options.only):
+    if any(name in PAIRED for name in only):
         report(f"building {spec.name} models on {device} ({options.dtype}) ...")
         pair = build_pair(spec, options.seed, device, dtype)
 
@@ -102,7 +138,9 @@ def run_comparison(options: CompareOptions, report: Callable[[str], None] = prin
                     "approx": lambda: approx_pair_case(pair, device, options.steps),
                     # --quick: the built-in model for as many steps as the tiny models run
                     "approx-builtin": lambda: approx_builtin_case(device, dtype, spec.steps if options.quick else None)}
-        for name in options.only:
+        if options.against == "openvino":
+            builders = {"unet": lambda: openvino_unet_case(pair, device), "vae": lambda: openvino_vae_case(pair, device)}
+        for name in only:
             case = builders[name]()
             if case is None:
                 results["cases"].append({"name": name, "title": NEEDS_BUILTIN[name],

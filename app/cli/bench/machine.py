@@ -50,6 +50,7 @@ def machine_info(device: str) -> dict:
         "torch": torch.__version__,
         "diffusers": package("diffusers"),
         "transformers": package("transformers"),
+        "openvino": package("openvino"),   # only `bench compare --against openvino` needs it
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "device": device,

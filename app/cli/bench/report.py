@@ -12,28 +12,36 @@ import json
 from pathlib import Path
 
 SHOWN = {"seconds": "{:.3f} s", "peak_rss_mb": "{:,.0f} MiB"}   # the JSON has every other metric
+REFERENCE_NAMES = {"diffusers": "diffusers", "openvino": "OpenVINO"}
 
 
 def markdown(results: dict) -> str:
     machine, settings = results["machine"], results["settings"]
     gpu = f", GPU {machine['gpu']}" if "gpu" in machine else ""
+    reference = REFERENCE_NAMES[settings.get("against", "diffusers")]
+    if reference == "OpenVINO":
+        versions, precision = f"OpenVINO {machine['openvino']}", "float32 and bfloat16 (ours), f32 and default (OpenVINO)"
+        versus = ("each of ours is divided by OpenVINO at the same precision (ours float32 / OpenVINO f32, ours "
+                  f"bfloat16 / OpenVINO's default, which on this CPU is {machine['openvino_default_precision']})")
+    else:
+        versions, precision = f"diffusers {machine['diffusers']}, transformers {machine['transformers']}", settings["dtype"]
+        versus = "ours is divided by diffusers"
     lines = [
-        "# Latent Desk vs diffusers",
+        f"# Latent Desk vs {reference}",
         "",
         f"Measured by `{settings['command']}` on {machine['cpu']} ({machine['usable_cores']} usable of "
         f"{machine['cpu_cores']} cores, {machine['torch_threads']} torch threads{gpu}), device {machine['device']}, "
-        f"{settings['dtype']}, torch {machine['torch']}, diffusers {machine['diffusers']}, "
-        f"transformers {machine['transformers']}.",
+        f"{precision}, torch {machine['torch']}, {versions}.",
         "",
         f"Models: {settings['models']}. Each number is the median of {settings['runs']} runs after a warm-up; "
-        "the runs alternate between the implementations, and **ours / diffusers** is the median of the "
-        "ratios taken within each round (below 1: ours is faster or smaller).",
+        f"the runs alternate between the implementations, and {versus}: **ours / {reference}** is the median "
+        "of the ratios taken within each round (below 1: ours is faster or smaller).",
         "",
     ]
     approximate = [case for case in results["cases"] if "psnr_db" in case.get("details", {})]
     compared = [case for case in results["cases"] if case not in approximate]
     if compared:
-        lines += ["| Case | Run | Median time | Ours / diffusers (time) | Peak RSS | Ours / diffusers (RSS) |",
+        lines += [f"| Case | Run | Median time | Ours / {reference} (time) | Peak RSS | Ours / {reference} (RSS) |",
                   "|---|---|---:|---:|---:|---:|"]
     notes = []
     for case in compared:
@@ -46,7 +54,12 @@ def markdown(results: dict) -> str:
             for metric in ("seconds", "peak_rss_mb"):
                 cells += _cells(case, metric, run)
             lines.append("| " + " | ".join(cells) + " |")
-        if "max_relative_difference" in case["details"]:
+        difference = case["details"].get("max_relative_difference")
+        if isinstance(difference, dict):   # against OpenVINO: each run against our float32 output
+            notes.append(f"- {case['title']}: largest difference from our float32 output, as a fraction of its "
+                         "largest value (same weights, same inputs): "
+                         + ", ".join(f"{run} {value:.1e}" for run, value in difference.items()) + ".")
+        elif difference is not None:
             notes.append(f"- {case['title']}: outputs of ours and diffusers differ by at most "
                          f"{case['details']['max_relative_difference']:.1e} of the largest value (same weights, "
                          "same inputs).")

@@ -32,6 +32,17 @@ class Case:
     baseline: str | None = "diffusers"               # the run the others are divided by; None: no comparison
     details: dict = field(default_factory=dict)      # shapes, steps, parity: recorded as they are
     warmup: Callable[[], None] | None = None         # default: one untimed run of every contender
+    # contender -> the run it is divided by, where that differs per contender (against OpenVINO each of
+    # our precisions is divided by OpenVINO at the same precision); None: everyone by `baseline`
+    pairs: dict[str, str] | None = None
+
+    def ratio_pairs(self) -> dict[str, str]:
+        """contender -> its baseline, for every contender that has one."""
+        if self.pairs is not None:
+            return dict(self.pairs)
+        if self.baseline is None:
+            return {}
+        return {name: self.baseline for name in self.contenders if name != self.baseline}
 
 
 @dataclass
@@ -48,17 +59,17 @@ class CaseResult:
         return list(first[0])
 
     def ratios(self, contender: str, metric: str) -> list[float]:
-        """contender / baseline, round by round."""
-        base = self.values(self.case.baseline, metric)
+        """contender / its baseline, round by round."""
+        base = self.values(self.case.ratio_pairs()[contender], metric)
         return [ours / theirs for ours, theirs in zip(self.values(contender, metric), base, strict=True)]
 
     def compared(self) -> list[str]:
-        baseline = self.case.baseline
-        return [name for name in self.raw if baseline is not None and name != baseline]
+        return list(self.case.ratio_pairs())
 
     def as_dict(self) -> dict:
         out = {"name": self.case.name, "title": self.case.title, "baseline": self.case.baseline,
-               "details": self.case.details, "rounds": self.rounds, "metrics": {}}
+               "baselines": self.case.ratio_pairs(), "details": self.case.details, "rounds": self.rounds,
+               "metrics": {}}
         for metric in self.metrics():
             out["metrics"][metric] = {
                 "raw": {name: self.values(name, metric) for name in self.raw},
