@@ -147,3 +147,24 @@ def test_the_latent_blend_keeps_the_outside_on_the_init_noised_to_each_level():
     assert torch.allclose(seen[1][outside], (init + noise * 2.0)[outside])
     assert torch.equal(seen[1][~outside], start[~outside])
     assert torch.allclose(blend.final(x)[outside], init[outside])
+
+
+def test_fills_box_average_is_the_plain_one_and_keeps_its_time_at_large_radii():
+    import time
+
+    import torch.nn.functional as F
+
+    from core.inpaint import _blur
+    values = np.random.default_rng(1).random((40, 56, 3)).astype(np.float32)
+    for radius in (1, 5, 20):
+        tensor = torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))[None]
+        plain = F.avg_pool2d(F.pad(tensor, (radius,) * 4, mode="replicate"), 2 * radius + 1, stride=1)
+        assert np.abs(_blur(values, radius) - plain[0].numpy().transpose(1, 2, 0)).max() < 1e-5
+    started = time.perf_counter()
+    fill_masked(noise_picture(1024, 1024), box_mask(1024, 1024, (100, 100, 900, 900)))
+    assert time.perf_counter() - started < 30          # a 129-wide pooling window took minutes at this size
+
+
+def test_outpainting_past_the_largest_side_is_refused_before_the_canvas_is_made():
+    with pytest.raises(LatentDeskError, match="largest side is 8192"):
+        extend_canvas(Image.new("RGB", (8000, 64)), None, (2048, 0, 0, 0))
