@@ -112,6 +112,21 @@ def test_switching_reads_each_file_once_and_tags_equal_request_loras(model, tmp_
     assert not torch.equal(runs["ink"], runs["both"]) and not torch.equal(runs["pastel"], runs["both"])
 
 
+def test_the_same_loras_run_after_run_patch_the_weights_once(model, tmp_path, monkeypatch):
+    """Live regenerates with the same LoRAs at every pause: the weights are already right."""
+    from core.loading.lora_apply import AppliedLoras
+    ink = kohya_file(model, tmp_path / "ink.safetensors", 3)
+    patches = []
+    patch = AppliedLoras.set
+    monkeypatch.setattr(AppliedLoras, "set", lambda self, loras: patches.append(len(loras)) or patch(self, loras))
+    request = GenerationRequest(**{**BASE.__dict__, "loras": ((str(ink), 0.8),)})
+    first, second = latents(request, model), latents(request, model)
+    assert torch.equal(first, second) and patches == [1]
+    latents(GenerationRequest(**{**BASE.__dict__, "loras": ((str(ink), 0.5),)}), model)   # a new weight patches
+    latents(BASE, model)                                                                    # none: restored
+    assert patches == [1, 1, 0]
+
+
 def test_bf16_networks_and_deep_cache_with_a_lora(model_file, tmp_path):
     model = at_precision(load_model(model_file), torch.bfloat16)
     before = state_bits(model)

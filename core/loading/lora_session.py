@@ -32,6 +32,7 @@ class _ModelAddOns:
         self.loras: OrderedDict[tuple, LoraFile] = OrderedDict()   # file key -> the file read for this model
         self.embeddings: OrderedDict[tuple, object] = OrderedDict()  # file key -> embedding fitted to this encoder
         self.embeddings_set: tuple = ()                             # the file keys set on the encoder now
+        self.loras_set: tuple = ()                                  # ((file key, weight), ...) patched in now
 
 
 _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # UNet -> _ModelAddOns
@@ -63,7 +64,10 @@ def use_loras(model: DiffusionModel, loras: Sequence[tuple[Path, float]]) -> lis
     files = [_cached(state.loras, key, lambda p=path: read_lora(p, model))
              for key, (path, _) in zip(keys, loras, strict=True)]
     _forget_unused(state.loras, set(keys))
-    state.applied.set([(file, weight) for file, (_, weight) in zip(files, loras, strict=True)])
+    wanted = tuple(zip(keys, (weight for _, weight in loras), strict=True))
+    if wanted != state.loras_set:     # the same LoRAs run after run (Live) patch nothing again
+        state.applied.set([(file, weight) for file, (_, weight) in zip(files, loras, strict=True)])
+        state.loras_set = wanted
     return files
 
 
