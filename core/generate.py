@@ -21,12 +21,14 @@ from __future__ import annotations
 import gc
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from PIL import Image
 
+from core.attention_maps import AttentionMaps, AttentionSettings, attention_maps
 from core.errors import LatentDeskError
 from core.fetch.addons import AddOns, addon_name, embeddings_in, lora_path
 from core.images import fit_image, image_to_tensor, load_image, load_mask, tensor_to_images
@@ -40,6 +42,7 @@ from core.nets.taesd import taesd_file_for
 from core.nets.unet import sdxl_added_condition
 from core.precision import sampling_dtype
 from core.request import GenerationRequest, check_loras, check_request
+from core.sampling.attention_probe import CrossAttentionProbe, probing
 from core.sampling.deep_cache import DeepCacheUNet
 from core.sampling.denoiser import Conditioning, Denoiser
 from core.sampling.guidance import CFGDenoiser, GuidanceScale
@@ -49,6 +52,7 @@ from core.sampling.schedule_types import schedule_sigmas
 from core.sampling.schedules import img2img_start, schedule_for
 from core.sampling.speedups import steps_part
 from core.text.lora_tags import split_lora_tags
+from core.text.prompt_words import prompt_words
 from core.text.prompts import PromptEmbedding, encode_pair
 
 
@@ -79,15 +83,18 @@ class GenerationResult:
     embeddings: tuple[tuple[str, str], ...] = ()  # (name, A1111 short hash) of each embedding used: "TI hashes"
     mask: Image.Image | None = None     # an inpainting's mask at the output's size: saved beside the image
     notes: tuple[str, ...] = ()         # what was adjusted on the way (a mask scaled to the picture), for the user
+    attention: list[AttentionMaps] | None = None   # per image, when asked for: where each word was attended
 
 
 def generate(request: GenerationRequest, model: DiffusionModel,
              on_step: Callable[[StepInfo], None] | None = None,
              guidance: GuidanceScale | None = None,
              cancel: threading.Event | None = None, addons: AddOns | None = None,
-             tiny_decoder: torch.nn.Module | None = None) -> GenerationResult:
+             tiny_decoder: torch.nn.Module | None = None,
+             attention: AttentionSettings | None = None) -> GenerationResult:
     """Run one request. `guidance` may be changed by another thread while this runs. `tiny_decoder`: the
-    model's TAESD-like decoder, which a request for the "taesd" decoder draws its final image with."""
+    model's TAESD-like decoder, which a request for the "taesd" decoder draws its final image with.
+    `attention`: also sum each word's cross-attention over the steps it names (core/attention_maps.py)."""
     # 1. Check the request before anything large is allocated; every LoRA and embedding named is found.
     sampler_name, schedule_type = resolve_schedule(request.sampler, request.schedule)
     sampler = get_sampler(sampler_name)
@@ -157,6 +164,10 @@ def generate(request: GenerationRequest, model: DiffusionModel,
             denoiser = LatentBlend(denoiser, *blend)
         # The guidance slider's value is read afresh, and DeepCache's full-or-reuse decided, per step.
         step_ends = [denoiser.end_step] + ([unet.end_step] if isinstance(unet, DeepCacheUNet) else [])
+        probe = None
+        if attention is not None:
+            probe = CrossAttentionProbe(request.batch, tuple(x.shape[-2:]), attention.steps)
+            step_ends.append(probe.end_step)
 
         # 5. Sample, reporting every step; a cancel stops at the next step boundary.
         last = {"denoised": None, "steps": 0}
@@ -174,7 +185,8 @@ def generate(request: GenerationRequest, model: DiffusionModel,
             return draw(generators, x.shape[1:], model).to(x.dtype)
 
         try:
-            latents = sampler(denoiser, x, sigmas.to(model.device), callback=report, noise=noise)
+            with probing(model.unet, probe) if probe is not None else nullcontext():
+                latents = sampler(denoiser, x, sigmas.to(model.device), callback=report, noise=noise)
         except Cancelled:
             partial = last["denoised"]
             del x, denoiser
@@ -192,6 +204,10 @@ def generate(request: GenerationRequest, model: DiffusionModel,
         if plan is not None:
             images = [plan.finish(image) for image in images]
             used["mask"], used["notes"] = plan.mask, plan.notes
+        if probe is not None:
+            words = [prompt_words(model.text_encoder.tokenizer, text, model.text_encoder.added_words)
+                     for text in (prompt, request.negative_prompt)]
+            used["attention"] = [attention_maps(probe, i, *words) for i in range(len(images))]
     return GenerationResult(request, images, seeds, latents=latents, steps_done=total, **used)
 
 

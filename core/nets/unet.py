@@ -129,11 +129,15 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(context_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])  # LDM's (Linear, Dropout): key `to_out.0`
+        # Called with (q, k) when set: attention maps read the probabilities (core/sampling/attention_probe.py).
+        self.probe = None
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         q = self.to_q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, heads, T, dim_head)
         k = self.to_k(context).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, heads, S, dim_head)
         v = self.to_v(context).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, heads, S, dim_head)
+        if self.probe is not None:
+            self.probe(q, k)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, dim_head)
         return self.to_out[0](out.transpose(1, 2).flatten(2))  # (B, T, dim)
 

@@ -139,25 +139,48 @@ def prompt_chunks(tokenizer: ClipTokenizer, prompt: str, added: AddedWords | Non
     Where the tokens spell one of the `added` words, its reserved ids take their place,
     all in one chunk: a word longer than what is left of the chunk starts the next.
     """
+    return chunk_prompt(tokenizer, prompt, added).chunks
+
+
+@dataclass(frozen=True)
+class ChunkedPrompt:
+    """prompt_chunks' result, and for each token the word of the prompt it came from."""
+
+    chunks: list[PromptChunk]
+    origins: list[tuple[int, ...]]   # per chunk, per token: an index into `words`
+    words: list[str]                 # the prompt's words as the tokenizer split them (an embedding: its name)
+
+
+def chunk_prompt(tokenizer: ClipTokenizer, prompt: str, added: AddedWords | None = None) -> ChunkedPrompt:
+    """prompt_chunks, keeping track of which typed word each token stands for (for attention maps)."""
     comma = tokenizer.encoder[",</w>"]
     chunks: list[PromptChunk] = []
+    origins: list[tuple[int, ...]] = []
+    words: list[str] = []
     tokens: list[int] = []
     weights: list[float] = []
+    sources: list[int] = []
     last_comma = -1
 
     def close(keep: int = CHUNK_TOKENS) -> None:
-        nonlocal tokens, weights, last_comma
+        nonlocal tokens, weights, sources, last_comma
         if len(chunks) == MAX_CHUNKS:
             raise LatentDeskError(f"The prompt is too long: at most {MAX_CHUNKS} chunks of {CHUNK_TOKENS} tokens "
                                   f"({MAX_CHUNKS * CHUNK_TOKENS} tokens, BREAK starting a new chunk) can be used.")
         chunks.append(PromptChunk(tuple(tokens[:keep]), tuple(weights[:keep])))
-        tokens, weights, last_comma = tokens[keep:], weights[keep:], -1
+        origins.append(tuple(sources[:keep]))
+        tokens, weights, sources, last_comma = tokens[keep:], weights[keep:], sources[keep:], -1
 
     for text, weight in parse_emphasis(prompt):
         if (text, weight) == BREAK:
             close()
             continue
-        ids = tokenizer.encode(text)
+        ids: list[int] = []
+        word_of: list[int] = []
+        for word, word_ids in tokenizer.encode_words(text):
+            word_of += [len(words)] * len(word_ids)
+            words.append(word)
+            ids += word_ids
         position = 0
         while position < len(ids):
             token = ids[position]
@@ -171,6 +194,7 @@ def prompt_chunks(tokenizer: ClipTokenizer, prompt: str, added: AddedWords | Non
             if word is None:
                 tokens.append(token)
                 weights.append(weight)
+                sources.append(word_of[position])
                 position += 1
                 continue
             reserved = added.reserved[word]
@@ -178,10 +202,12 @@ def prompt_chunks(tokenizer: ClipTokenizer, prompt: str, added: AddedWords | Non
                 close()
             tokens.extend(reserved)
             weights.extend([weight] * len(reserved))
+            sources.extend([word_of[position]] * len(reserved))
+            words[word_of[position]] = added.names[word]     # the map is the embedding's, under its name
             position += len(added.spellings[word])
     if tokens or not chunks:
         close()
-    return chunks
+    return ChunkedPrompt(chunks, origins, words)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,11 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without BOS/EOS and without length limit."""
-        ids: list[int] = []
+        return [token for _, word_ids in self.encode_words(text) for token in word_ids]
+
+    def encode_words(self, text: str) -> list[tuple[str, list[int]]]:
+        """`text` as the words it is split into (cleaned, lower-case), each with its token ids."""
+        words = []
         for word in _PRE_SPLIT.findall(clean(text)):
             word_ids = self._cache.get(word)
             if word_ids is None:
@@ -87,8 +91,8 @@ class ClipTokenizer:
                 if len(self._cache) >= _CACHE_LIMIT:
                     self._cache.clear()
                 self._cache[word] = word_ids
-            ids.extend(word_ids)
-        return ids
+            words.append((word, word_ids))
+        return words
 
     def __call__(self, text: str, pad_id: int, length: int = CONTEXT_LENGTH) -> list[int]:
         """BOS, the prompt's tokens cut to `length - 2`, EOS, then `pad_id` up to `length`."""
