@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,24 @@ def attention_maps(probe: CrossAttentionProbe, image: int, prompt: Sequence[Prom
     return AttentionMaps(word_maps(cond, prompt), word_maps(uncond, negative), len(probe.steps_summed))
 
 
+def placed_in(maps: AttentionMaps, box: tuple[int, int, int, int], canvas: tuple[int, int],
+              cell: int = 8) -> AttentionMaps:
+    """Maps of a region (an inpainting's "masked" area, `box` in canvas pixels) set into a map of the whole
+    canvas (width, height), one value per `cell` pixels, zero outside the region, so the greyscale images
+    and overlays line up with the picture that comes back, not with the cut-out the model drew."""
+    left, top, right, bottom = (round(v / cell) for v in box)
+    grid = (max(1, round(canvas[1] / cell)), max(1, round(canvas[0] / cell)))
+
+    def moved(word_map: WordMap) -> WordMap:
+        whole = torch.zeros(grid, dtype=word_map.map.dtype, device=word_map.map.device)
+        size = (max(1, min(bottom, grid[0]) - top), max(1, min(right, grid[1]) - left))
+        whole[top:top + size[0], left:left + size[1]] = F.interpolate(
+            word_map.map[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        return replace(word_map, map=whole)
+
+    return replace(maps, prompt=[moved(m) for m in maps.prompt], negative=[moved(m) for m in maps.negative])
+
+
 def word_maps(sums: torch.Tensor | None, words: Sequence[PromptWord]) -> list[WordMap]:
     """sums (S, h, w), one map per context token -> one map per distinct word, in order of first use."""
     if sums is None:
@@ -86,8 +104,9 @@ def grey_image(word_map: WordMap, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray((scaled * 255).round().to(torch.uint8).numpy(), mode="L")
 
 
-# A dark-to-bright heat scale (black, violet, red, orange, pale yellow): how strongly the word was attended.
-_HEAT_STOPS = np.array([[0, 0, 0], [90, 20, 140], [220, 50, 50], [250, 160, 30], [255, 250, 200]], dtype=np.float32)
+# The heat scale attention maps are usually shown in (DAAM's figures): cold blue, cyan, yellow, hot red. The
+# overlay's opacity follows the value too, so weak attention leaves the picture visible.
+_HEAT_STOPS = np.array([[0, 0, 160], [0, 90, 255], [0, 230, 230], [255, 230, 0], [230, 0, 0]], dtype=np.float32)
 
 
 def heat_colours(grey: np.ndarray) -> np.ndarray:

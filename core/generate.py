@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
-from core.attention_maps import AttentionMaps, AttentionSettings, attention_maps
+from core.attention_maps import AttentionMaps, AttentionSettings, attention_maps, placed_in
 from core.errors import LatentDeskError
 from core.fetch.addons import AddOns, addon_name, embeddings_in, lora_path
 from core.images import fit_image, image_to_tensor, load_image, load_mask, tensor_to_images
@@ -207,7 +207,10 @@ def generate(request: GenerationRequest, model: DiffusionModel,
         if probe is not None:
             words = [prompt_words(model.text_encoder.tokenizer, text, model.text_encoder.added_words)
                      for text in (prompt, request.negative_prompt)]
-            used["attention"] = [attention_maps(probe, i, *words) for i in range(len(images))]
+            maps = [attention_maps(probe, i, *words) for i in range(len(images))]
+            if plan is not None and plan.box is not None:     # drawn on a cut-out: set back where it came from
+                maps = [placed_in(m, plan.box, plan.canvas.size) for m in maps]
+            used["attention"] = maps
     return GenerationResult(request, images, seeds, latents=latents, steps_done=total, **used)
 
 

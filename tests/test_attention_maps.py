@@ -183,3 +183,28 @@ def test_grey_map_overlay_and_files(tmp_path):
         assert path.is_file()
     assert not list((tmp_path / "maps").glob("*.tmp"))
     assert Image.open(tmp_path / "maps" / "01-star.png").size == (32, 16)
+
+
+def test_maps_of_a_masked_area_are_set_back_where_it_came_from():
+    from core.attention_maps import AttentionMaps, placed_in
+    region = WordMap("cat", (2368,), torch.ones(8, 8), 1.0)
+    whole = placed_in(AttentionMaps([region], [], 1), box=(64, 32, 128, 96), canvas=(256, 128)).prompt[0]
+    assert whole.map.shape == (16, 32)
+    assert float(whole.map[4:12, 8:16].min()) == 1.0 and float(whole.map.sum()) == 64.0   # only the box
+    grey = np.asarray(grey_image(whole, (256, 128)))
+    assert grey[64, 96] == 255 and grey[10, 10] == 0 and grey[64, 200] == 0
+
+
+def test_an_inpainting_of_the_masked_area_gives_maps_over_the_whole_picture(model, tmp_path):
+    picture, mask = tmp_path / "picture.png", tmp_path / "mask.png"
+    Image.new("RGB", (160, 128), (90, 120, 60)).save(picture)
+    hole = Image.new("L", (160, 128), 0)
+    hole.paste(255, (96, 64, 144, 112))
+    hole.save(mask)
+    request = GenerationRequest(prompt="a red circle", steps=2, width=160, height=128, seed=1, init_image=str(picture),
+                                strength=1.0, mask=str(mask), inpaint_area="masked", inpaint_padding=0)
+    result = generate(request, model, attention=AttentionSettings())
+    assert result.images[0].size == (160, 128)
+    circle = result.attention[0].word("circle").map
+    assert circle.shape == (16, 20)
+    assert float(circle[:6, :8].abs().max()) == 0.0 and float(circle[8:14, 12:18].min()) > 0

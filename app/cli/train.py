@@ -52,6 +52,12 @@ def add_train_commands(subparsers) -> None:
     ae.add_argument("--res-blocks", type=int, default=R.vae.num_res_blocks)
     ae.add_argument("--kl-weight", type=float, default=R.vae_loss.kl_weight)
     ae.add_argument("--crop", type=int, default=R.vae_loss.crop, help="train on random crops this size (0 = whole)")
+    ae.add_argument("--edge-weight", type=float, default=R.vae_loss.edge_weight,
+                    help="weight of the loss on image gradients, which makes a blurred edge cost (0 = off)")
+    ae.add_argument("--adversarial-weight", type=float, default=R.vae_loss.adversarial_weight,
+                    help="weight of a patch critic trained against the decoder, as in LDM's stage 1 (0 = off)")
+    ae.add_argument("--adversarial-start", type=int, default=R.vae_loss.adversarial_start, metavar="STEP",
+                    help="the step the critic's term starts")
     ae.set_defaults(handler=run_train_autoencoder)
 
     df = stages.add_parser("diffusion", help="stage 2: UNet + text encoder on the autoencoder's latents")
@@ -217,7 +223,9 @@ def run_train_autoencoder(args) -> int:
     dataset, name = _dataset(args, R.vae_items)
     config = VAEConfig(base_channels=args.channels, channel_mult=args.channel_mult, num_res_blocks=args.res_blocks,
                        norm_groups=groups_for(args.channels), scale_factor=1.0)
-    stage = AutoencoderStage(config, dataset, name, AutoencoderLoss(args.kl_weight, R.vae_loss.mse_weight, args.crop),
+    stage = AutoencoderStage(config, dataset, name, AutoencoderLoss(args.kl_weight, R.vae_loss.mse_weight, args.crop,
+                                                                   args.edge_weight, args.adversarial_weight,
+                                                                   args.adversarial_start),
                              args.seed)
     # Shapes: PSNR on held-out renders. A user's folder has no held-out part: PSNR on its first images.
     eval_dataset = shapes(args.seed, R.eval_images, "heldout") if args.shapes else dataset

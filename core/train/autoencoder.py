@@ -6,11 +6,13 @@
     train_autoencoder(...)                    train, measure, write `autoencoder.safetensors` + a report
     load_autoencoder(path)                    read that file back
 
-The loss is LDM's without its perceptual (LPIPS) and adversarial terms, which need
-pretrained networks we cannot download: L1 + MSE per pixel, plus a small KL pull toward
-N(0, 1) weighted as LDM weights it (KL summed over the latent against the reconstruction
-loss summed over the pixels, factor ~1e-6). The KL keeps the latent space smooth
-without costing detail; it leaves the latents' scale free, which the scale factor fixes.
+The loss is L1 + MSE per pixel, plus a small KL pull toward N(0, 1) weighted as LDM weights
+it (KL summed over the latent against the reconstruction loss summed over the pixels, factor
+~1e-6). The KL keeps the latent space smooth without costing detail; it leaves the latents'
+scale free, which the scale factor fixes. LDM's perceptual (LPIPS) term needs a pretrained
+VGG we cannot download; an edge loss on the image gradients and a patch critic trained from
+scratch stand in for it and for LDM's adversarial term, each off unless weighted
+(core/train/sharpness.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from core.train.data import BatchRandom, image_and_caption
 from core.train.distributed import Distributed
 from core.train.loop import train
 from core.train.settings import TrainSettings
+from core.train.sharpness import PatchDiscriminator, edge_loss, edge_sharpness, hinge_losses
 
 AUTOENCODER_FILE = "autoencoder.safetensors"
 REPORT_FILE = "autoencoder.json"
@@ -44,6 +47,18 @@ class AutoencoderLoss:
     kl_weight: float = 1e-6     # LDM's weighting (see the module docstring)
     mse_weight: float = 1.0     # next to L1, which alone leaves flat colours slightly off
     crop: int = 0               # train on random crops this size (0 = whole images); it is fully convolutional
+    edge_weight: float = 0.0    # L1 on the image gradients: a blurred edge costs
+    adversarial_weight: float = 0.0   # the patch critic's term; 0 = no critic
+    adversarial_start: int = 0  # the step the critic's term starts (LDM lets reconstruction settle first)
+    critic_channels: int = 64
+
+    def description(self) -> dict:
+        """As JSON, the sharpening terms only where used: runs started before they existed still resume."""
+        values = asdict(self)
+        return {k: v for k, v in values.items() if k not in _SHARPENING or v != getattr(AutoencoderLoss, k)}
+
+
+_SHARPENING = ("edge_weight", "adversarial_weight", "adversarial_start", "critic_channels")
 
 
 def build_autoencoder(config: VAEConfig, seed: int) -> AutoencoderKL:
@@ -58,9 +73,11 @@ class AutoencoderObjective(nn.Module):
         super().__init__()
         self.vae = vae
         self.weights = loss
+        self.critic = PatchDiscriminator(loss.critic_channels) if loss.adversarial_weight else None
 
-    def forward(self, images: Tensor, noise: Tensor) -> dict[str, Tensor]:
-        """images (B, 3, H, W) in [-1, 1]; noise (B, z, H/f, W/f) for the posterior sample."""
+    def forward(self, images: Tensor, noise: Tensor, adversarial: Tensor | None = None) -> dict[str, Tensor]:
+        """images (B, 3, H, W) in [-1, 1]; noise (B, z, H/f, W/f) for the posterior sample; adversarial (B,)
+        1 once the critic's term has started."""
         posterior = self.vae.encode(images)
         z = posterior.mean + posterior.std * noise            # reparameterised sample of q(z|x)
         recon = self.vae.decode(z)
@@ -69,7 +86,19 @@ class AutoencoderObjective(nn.Module):
         kl = 0.5 * (posterior.mean.square() + posterior.std.square() - 1 - posterior.logvar).sum(dim=(1, 2, 3)).mean()
         # Per pixel, LDM's "KL sum x weight next to the reconstruction sum" becomes this.
         loss = l1 + self.weights.mse_weight * mse + self.weights.kl_weight * kl / images[0].numel()
-        return {"loss": loss, "l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
+        out = {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
+        if self.weights.edge_weight:
+            edges = edge_loss(recon, images)
+            loss = loss + self.weights.edge_weight * edges
+            out["edge"] = edges.detach()
+        if self.critic is not None:
+            critic_loss, fool = hinge_losses(self.critic, images, recon)
+            on = adversarial[0].to(loss.dtype) if adversarial is not None else loss.new_ones(())
+            # Multiplied by 0 before the start rather than skipped: every step then has the same graph,
+            # which DDP needs, and the critic's weights still get (zero) gradients.
+            loss = loss + on * (self.weights.adversarial_weight * fool + critic_loss)
+            out |= {"critic": critic_loss.detach(), "fool": fool.detach()}
+        return {"loss": loss, **out}
 
 
 class AutoencoderStage:
@@ -97,10 +126,14 @@ class AutoencoderStage:
                                   for image, (top, left) in zip(images, corners.tolist(), strict=True)])
         f = self.config.downsample_factor
         noise = random.randn(self.config.z_channels, images.shape[-2] // f, images.shape[-1] // f)
-        return {"images": images, "noise": noise}
+        inputs = {"images": images, "noise": noise}
+        if self.loss.adversarial_weight:
+            inputs["adversarial"] = torch.full((len(images),), float(random.step >= self.loss.adversarial_start))
+        return inputs
 
     def description(self) -> dict:
-        return {"vae": asdict(self.config), "loss": asdict(self.loss), "data": self.data_name, "init_seed": self.seed}
+        return {"vae": asdict(self.config), "loss": self.loss.description(), "data": self.data_name,
+                "init_seed": self.seed}
 
 
 # --- measuring ------------------------------------------------------------------------------------
@@ -198,7 +231,8 @@ def train_autoencoder(stage: AutoencoderStage, settings: TrainSettings, folder: 
         vae.config = replace(vae.config, scale_factor=latent_scale_factor(vae, stage.dataset, scale_images, settings.seed))
         report = {"steps": trained.step, "train_seconds": round(trained.seconds, 1),
                   "scale_factor": vae.config.scale_factor, "psnr_db": psnr(vae, eval_dataset, eval_images),
-                  "eval_images": min(eval_images, len(eval_dataset)), "data": stage.data_name}
+                  "eval_images": min(eval_images, len(eval_dataset)), "data": stage.data_name,
+                  **edge_sharpness(vae, eval_dataset, eval_images)}
         if not math.isfinite(report["psnr_db"]):
             raise LatentDeskError(f"the trained autoencoder gives PSNR {report['psnr_db']}; training failed")
         write_autoencoder(folder / AUTOENCODER_FILE, vae)

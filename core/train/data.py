@@ -121,6 +121,7 @@ class BatchRandom:
 
     def __init__(self, seed: int, step: int, batch_size: int, rows: slice):
         self.generator = torch.Generator().manual_seed(mix_seed(seed, "step", step))
+        self.step = step
         self.batch_size, self.rows = batch_size, rows
 
     def randn(self, *shape: int) -> Tensor:
