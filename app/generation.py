@@ -26,6 +26,7 @@ from app.jobs import (
 )
 from app.preview import make_previewer, pil_to_qimage
 from core import __version__
+from core.attention_maps import AttentionMaps, AttentionSettings
 from core.errors import LatentDeskError
 from core.generate import Cancelled, StepInfo, decode, generate, inpaint_plan
 from core.metadata.infotext import to_infotext
@@ -75,7 +76,8 @@ def run_job(job: Job, post_preview) -> Message:
 
     try:
         result = generate(job.request, job.model.diffusion, on_step=on_step, guidance=job.guidance, cancel=job.cancel,
-                          addons=job.addons, tiny_decoder=job.model.preview_decoder)
+                          addons=job.addons, tiny_decoder=job.model.preview_decoder,
+                          attention=AttentionSettings() if job.word_maps else None)
     except LatentDeskError as e:
         return Failed(job.id, str(e))
     except (torch.OutOfMemoryError, MemoryError):
@@ -94,15 +96,25 @@ def run_job(job: Job, post_preview) -> Message:
                              ti_hashes=result.embeddings) for request in requests]
     images = tuple(pil_to_qimage(image) for image in result.images)
     outcomes, save_error = save_images(result.images, images, infotexts, job.output_dir, result.mask, job.save)
+    maps = [on_the_cpu(m) for m in result.attention] if result.attention else [None] * len(images)
     drafts = [None] * len(images)
     if job.request.decoder == "taesd" and result.latents is not None:
         # a copy, not a view: a view of the batch would keep every image's latents alive as long as one is kept
         drafts = [Draft(result.latents[i:i + 1].detach().to("cpu", torch.float32, copy=True), request, model.spec,
-                        guidances, precision_name(model.diffusion), result.loras, result.embeddings)
+                        guidances, precision_name(model.diffusion), result.loras, result.embeddings, maps[i])
                   for i, request in enumerate(requests)]
-    paths, unsaved, drafts = split_outcomes(outcomes, drafts)
+    paths, unsaved, drafts, maps = split_outcomes(outcomes, drafts, maps)
     return Finished(job.id, job.request, images, paths, tuple(records), time.perf_counter() - started,
-                    state["sent"], save_error, tuple(frames), unsaved, not job.save, tuple(result.notes), drafts)
+                    state["sent"], save_error, tuple(frames), unsaved, not job.save, tuple(result.notes), drafts,
+                    maps)
+
+
+def on_the_cpu(maps: AttentionMaps) -> AttentionMaps:
+    """`maps` with every word's map a float32 CPU tensor of its own: the window keeps them while the model (and the
+    probe's sums, on its device) move on to the next run."""
+    def moved(words):
+        return [replace(w, map=w.map.detach().to("cpu", torch.float32, copy=True)) for w in words]
+    return replace(maps, prompt=moved(maps.prompt), negative=moved(maps.negative))
 
 
 def run_final(job: FinalJob) -> Message:
@@ -129,9 +141,9 @@ def run_final(job: FinalJob) -> Message:
     previews = tuple(pil_to_qimage(image) for image in images)
     outcomes, save_error = save_images(images, previews, [infotext] * len(images), job.output_dir,
                                        plan.mask if plan is not None else None)
-    paths, unsaved, _ = split_outcomes(outcomes, [None] * len(images))
+    paths, unsaved = split_outcomes(outcomes)
     return Finished(job.id, request, previews, paths, (), time.perf_counter() - started, 0, save_error,
-                    unsaved=unsaved)
+                    unsaved=unsaved, attention=(draft.attention,) * len(images))
 
 
 def save_images(images, previews, infotexts, output_dir, mask, save: bool = True) -> tuple[list, str | None]:
@@ -156,9 +168,10 @@ def save_images(images, previews, infotexts, output_dir, mask, save: bool = True
     return outcomes, save_error
 
 
-def split_outcomes(outcomes: list, drafts: list) -> tuple[tuple, tuple, tuple]:
-    """(paths, unsaved, drafts) as Finished holds them: the drafts in the order of the paths, then the unsaved."""
+def split_outcomes(outcomes: list, *per_image: list) -> tuple[tuple, ...]:
+    """(paths, unsaved, *per_image) as Finished holds them: each per-image list (drafts, word maps) in the order of
+    the paths, then the unsaved."""
     saved = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, Unsaved)]
     kept = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, Unsaved)]
     return (tuple(outcomes[i] for i in saved), tuple(outcomes[i] for i in kept),
-            tuple(drafts[i] for i in saved + kept))
+            *(tuple(values[i] for i in saved + kept) for values in per_image))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QImage, QImageReader
@@ -22,9 +22,15 @@ from app.jobs import Draft, Finished, Unsaved
 from core.errors import LatentDeskError
 from core.metadata.png_files import is_mask_file, mask_beside, read_parameters
 
+if TYPE_CHECKING:   # the window imports this module before torch has loaded
+    from core.attention_maps import AttentionMaps
+
 HISTORY_THUMB_SIZE = 88     # px, the longest side of a thumbnail in the history strip
 MAX_ITEMS = 300             # saved images shown at most; unsaved ones are never dropped
 MAX_DRAFTS = 32             # draft latents kept for "Final", app-wide: 32 x 256 KB (SDXL, 1024 px) is 8 MB
+# Word maps kept, app-wide, newest first: a word's map is 16 KB at 512 px (SD1), 64 KB at 1024 px (SDXL), so 30
+# words of an SDXL image are 2 MB and this keeps the maps of the newest 60 or so; older images lose only their maps.
+MAX_MAP_BYTES = 128 * 2**20
 
 
 def list_outputs(folder: Path, cap: int = MAX_ITEMS) -> list[Path]:
@@ -92,6 +98,7 @@ class HistoryEntry:
     live: bool = False               # the newest Live result (only one is kept)
     mask: Path | None = None         # a saved inpainting's mask file (an unsaved one holds it in `unsaved.mask`)
     draft: Draft | None = None       # a draft's latents, for "Final"; only the newest MAX_DRAFTS keep theirs
+    attention: AttentionMaps | None = None   # its word maps (in memory only), within MAX_MAP_BYTES, newest first
 
 
 class ImageHistory(QObject):
@@ -99,23 +106,44 @@ class ImageHistory(QObject):
     removed = Signal(object)         # HistoryEntry
     saved = Signal(object)           # HistoryEntry that was unsaved and now has its path
     finalRequested = Signal(object)  # HistoryEntry of a draft to decode with the VAE (app/final_decode.py)
+    # The entry the main view shows now, and its whole picture; None when a run's result just went on view (the
+    # run view shows it; the message comes before the run's jobDone).
+    viewChanged = Signal(object, object)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self.entries: list[HistoryEntry] = []      # newest first
         self._drafts: list[HistoryEntry] = []      # the entries holding draft latents, oldest first
+        self._mapped: list[HistoryEntry] = []      # the entries holding word maps, oldest first
+        self.viewed: HistoryEntry | None = None    # the entry on the main view (a run's first image, or one clicked)
         self.loaded_spec: Callable[[], str | None] = lambda: None   # the loaded model's spec; the session sets it
 
-    def add_results(self, message: Finished) -> None:
-        """A run's images, newest first: saved ones read back from their files, unsaved ones kept in memory."""
+    def add_results(self, message: Finished) -> list[HistoryEntry]:
+        """A run's images, newest first: saved ones read back from their files, unsaved ones kept in memory.
+        Returns their entries, in the order of `message.paths` then `message.unsaved`."""
         every_one_saved = len(message.paths) == len(message.images)
-        drafts = message.drafts or (None,) * (len(message.paths) + len(message.unsaved))
+        count = len(message.paths) + len(message.unsaved)
+        drafts, maps = message.drafts or (None,) * count, message.attention or (None,) * count
+        entries = []
         for i, path in enumerate(message.paths):
             # after a failed save the images no longer line up with the paths: read the file back
             image = message.images[i] if every_one_saved else QImage(str(path))
-            self.add_saved(Thumb(path, thumbnail(image), caption(path), mask_beside(path)), draft=drafts[i])
+            entries.append(self.add_saved(Thumb(path, thumbnail(image), caption(path), mask_beside(path)),
+                                          draft=drafts[i]))
         for unsaved, draft in zip(message.unsaved, drafts[len(message.paths):], strict=True):
-            self.add_unsaved(unsaved, live=message.live, draft=draft)
+            entries.append(self.add_unsaved(unsaved, live=message.live, draft=draft))
+        for entry, word_maps in zip(entries, maps, strict=True):
+            self._keep_maps(entry, word_maps)
+        return entries
+
+    @staticmethod
+    def first_image_entry(message: Finished, entries: list[HistoryEntry]) -> HistoryEntry | None:
+        """Of `add_results`' entries, the one of the run's first image (the one the run view shows): the first
+        saved one, unless that image was not saved (then it leads the unsaved)."""
+        if not entries:
+            return None
+        first_unsaved = bool(message.unsaved) and message.unsaved[0].preview is message.images[0]
+        return entries[len(message.paths)] if first_unsaved else entries[0]
 
     def add_saved(self, thumb: Thumb, newest: bool = True, draft: Draft | None = None) -> HistoryEntry:
         entry = HistoryEntry(thumb.image, thumb.caption, path=thumb.path, mask=thumb.mask)
@@ -148,6 +176,26 @@ class ImageHistory(QObject):
     def kept_drafts(self) -> int:
         return len(self._drafts)
 
+    def _keep_maps(self, entry: HistoryEntry, maps: AttentionMaps | None) -> None:
+        """Word maps stay in memory only: the oldest entries' go first past MAX_MAP_BYTES (the newest always stays)."""
+        if maps is None:
+            return
+        entry.attention = maps
+        self._mapped.append(entry)
+        total = sum(map_bytes(e.attention) for e in self._mapped)
+        while total > MAX_MAP_BYTES and len(self._mapped) > 1:
+            oldest = self._mapped.pop(0)
+            total -= map_bytes(oldest.attention)
+            oldest.attention = None
+
+    def kept_maps(self) -> int:
+        return len(self._mapped)
+
+    def view(self, entry: HistoryEntry | None, image: QImage | None = None) -> None:
+        """`entry` is on the main view now: `image`, its whole picture, to show; None when already shown."""
+        self.viewed = entry
+        self.viewChanged.emit(entry, image)
+
     def final_available(self, entry: HistoryEntry) -> bool:
         """"Final" needs the draft's latents and the model that made them (its VAE is the one they fit)."""
         return entry.draft is not None and entry.draft.model_spec == self.loaded_spec()
@@ -163,6 +211,8 @@ class ImageHistory(QObject):
             if entry in self._drafts:
                 self._drafts.remove(entry)
                 entry.draft = None
+            if entry in self._mapped:      # the view may still show its picture and maps; only the history forgets
+                self._mapped.remove(entry)
             self.removed.emit(entry)
 
     def remove_path(self, path: Path) -> None:
@@ -192,3 +242,10 @@ class ImageHistory(QObject):
         else:
             self.entries.append(entry)
         self.added.emit(entry, newest)
+
+
+def map_bytes(maps: AttentionMaps | None) -> int:
+    """The memory one image's word maps hold."""
+    if maps is None:
+        return 0
+    return sum(m.map.numel() * m.map.element_size() for m in (*maps.prompt, *maps.negative))

@@ -22,6 +22,7 @@ from core.sampling.guidance_scale import GuidanceScale
 if TYPE_CHECKING:   # the window imports this module before torch has loaded
     from torch import Tensor, nn
 
+    from core.attention_maps import AttentionMaps
     from core.fetch.addons import AddOns
     from core.model import DiffusionModel
     from core.nets.latent_rgb import LatentToRGB
@@ -86,6 +87,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     save: bool = True         # False for Live runs: their images stay in the window until the user saves one
     addons: AddOns | None = None  # the LoRAs and embeddings found, by name; None before the first scan ends
+    word_maps: bool = False   # also sum each word's cross-attention (core/attention_maps.py): Finished.attention
 
 
 class Draft(NamedTuple):
@@ -99,6 +101,7 @@ class Draft(NamedTuple):
     precision: str            # core.precision.precision_name of the model when it sampled
     loras: tuple[tuple[str, str], ...] = ()        # GenerationResult.loras
     embeddings: tuple[tuple[str, str], ...] = ()   # GenerationResult.embeddings
+    attention: AttentionMaps | None = None         # the draft's word maps: its Final is the same picture
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,8 @@ class Finished(NamedTuple):
     # A draft run's latents, one per image in the order of `paths` then `unsaved` (None where not a draft): the
     # history keeps them (bounded) for "Final".
     drafts: tuple[Draft | None, ...] = ()
+    # Word maps (a Job with word_maps), one per image in the same order as `drafts`, on the CPU; None where not made.
+    attention: tuple[AttentionMaps | None, ...] = ()
 
 
 class Stopped(NamedTuple):

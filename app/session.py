@@ -101,6 +101,7 @@ class Session(QObject):
         self.seed_mode = SeedMode.RANDOM
         self.last_seed: int | None = None
         self.preview_options = PreviewOptions()
+        self.word_maps = False                      # each run also sums where each word was attended (Job.word_maps)
         self.job: Job | None = None                 # the newest job handed to the worker
         self.shown_steps: list[int] = []            # steps of `job` whose preview was shown
         self.last_message = None                    # the last run's final message
@@ -117,6 +118,7 @@ class Session(QObject):
         self.current_model.released.connect(self._model_released)
         self.worker.preview_ready.connect(self._take_preview)
         self.worker.message.connect(self._on_message)
+        self.image_history.viewChanged.connect(self._viewing)
         self.downloads.finished.connect(lambda *_: self.current_model.refresh())   # in the picker at once
         self.model_folders.found.connect(self.current_model.add_shared)
         self.model_folders.scan_finished.connect(self.current_model.set_shared)    # a removed folder's go
@@ -216,6 +218,13 @@ class Session(QObject):
     def set_preview_choice(self, mode: PreviewMode, noisy: bool) -> None:
         self.preview_options.set(mode, noisy)       # read by the worker at every step
 
+    def set_word_maps(self, on: bool) -> None:
+        self.word_maps = on         # from the next run on
+
+    def _viewing(self, entry: HistoryEntry | None, image: QImage | None) -> None:
+        if image is not None:       # a picture of the history on the main view: "Use as init image" takes its file
+            self.last_result = entry.path
+
     def set_guidance(self, value: float) -> None:
         if self.job is not None:
             self.job.guidance.value = value      # read by the sampler from its next step on
@@ -235,7 +244,7 @@ class Session(QObject):
             return
         job = Job(next(self._serials), request, self.model, self.paths.output_dir,
                   GuidanceScale(request.guidance), self.preview_options, save=not live,
-                  addons=self.model_folders.addons)
+                  addons=self.model_folders.addons, word_maps=self.word_maps)
         replacing = self.job is not None
         self.job, self.shown_steps, self.last_seed = job, [], seed
         self.worker.submit(job)
@@ -274,13 +283,17 @@ class Session(QObject):
     def _on_message(self, message) -> None:
         if self.final_decodes.take(message):
             return
+        entries = []
         if isinstance(message, Finished):
-            self.image_history.add_results(message)
+            entries = self.image_history.add_results(message)
             # "Use as init image" on the shown result: this run's file, never an older run's
             self.last_result = message.paths[0] if message.paths else None
-            message = message._replace(drafts=())     # the history holds the latents, bounded; not the last message
+            # the history holds the latents and word maps, bounded; not the last message
+            message = message._replace(drafts=(), attention=())
         if self.job is None or message.job != self.job.id:
             return          # a run replaced by a newer Generate; its images (if any) are in the history
+        if isinstance(message, Finished):       # its first image is on view (the run view shows it on jobDone)
+            self.image_history.view(self.image_history.first_image_entry(message, entries))
         if isinstance(message, Finished) and message.notes:
             self.message.emit(" ".join(message.notes), "info")       # e.g. a mask scaled to the picture
         self.last_message, self.job = message, None

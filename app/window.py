@@ -28,6 +28,7 @@ from app.widgets.message_bar import MessageBar
 from app.widgets.model_sources import ModelSources
 from app.widgets.run_view import RunView
 from app.widgets.status_bar import StatusBar
+from app.widgets.word_maps import WordStrip
 from core.request import GenerationRequest
 from core.resources import builtin_model_path
 
@@ -69,6 +70,7 @@ class MainWindow(QMainWindow):
         _session_action("open_model")
     set_output_dir, reuse_parameters = _session_action("set_output_dir"), _session_action("reuse_parameters")
     drop_paths, use_image_data = _session_action("drop_paths"), _session_action("use_image_data")
+    build_request = _session_action("request_for")      # (seed) -> the form's GenerationRequest
 
     def __init__(self, paths: AppPaths, settings: QSettings | None = None, builtin: Path | None = _DEFAULT):
         super().__init__()
@@ -91,9 +93,6 @@ class MainWindow(QMainWindow):
         self.panel.prompt.setFocus()
         self.session.start(restored)
 
-    def build_request(self, seed: int) -> GenerationRequest:
-        return self.session.request_for(seed)
-
     def save_unsaved(self, item) -> None:
         """Save the history strip's unsaved `item`."""
         self.session.save_unsaved(self.history.entry(item))
@@ -103,6 +102,7 @@ class MainWindow(QMainWindow):
     def _build(self) -> None:
         self.panel = ControlsPanel()
         self.run_view = view = RunView()
+        self.word_strip = WordStrip.under(view)         # the last picture's word maps (issue #25)
         self.preview, self.progress, self.progress_label, self.timeline = (view.image, view.progress,
                                                                            view.caption, view.timeline)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -129,7 +129,7 @@ class MainWindow(QMainWindow):
         """The widgets bind themselves to the session; here, what crosses them: dialogs, banners,
         shortcuts. Each view slot is connected before the window's own signal that re-sends it."""
         p, s, current = self.panel, self.session, self.session.current_model
-        for view in (p, self.run_view, self.statusBar(), p.init_well.inpaint):
+        for view in (p, self.run_view, self.word_strip, self.statusBar(), p.init_well.inpaint):
             view.bind(s)
         p.live.clicked.connect(lambda on: self.settings.setValue("form/live", on))   # a choice, remembered
         p.model_picker.openFileRequested.connect(self.choose_model_file)

@@ -1,6 +1,7 @@
 """docs/screenshot.png: the main window mid-generation with the built-in model (issue 5).
 
     QT_QPA_PLATFORM=offscreen python scripts/screenshot.py [--out docs/screenshot.png] [--model FILE]
+                                                           [--word-maps WORD]
 
 Opens the real window (1280 x 800, throwaway data and output folders), makes a few images so the
 history strip has something in it, then starts one more and grabs the window when that run's
@@ -10,6 +11,9 @@ a user sees them.
 The LoRA panel shows LoRAs and embeddings as a user with a few would see them: the files are empty
 stand-ins in the throwaway models folder (the built-in model has no LoRAs made for it), listed by name,
 and added to the panel only once the shown run has started, so no run ever loads them.
+
+With --word-maps WORD the shown run is made with "Word maps" on and grabbed when it has finished, WORD's map
+pinned over the picture (issue #25's word strip under it).
 """
 
 from __future__ import annotations
@@ -30,7 +34,20 @@ LORAS = {"soft-pastels": 0.8, "paper-texture": 0.35, "bold-outlines": None}    #
 EMBEDDINGS = ("blurry-shapes", "noisy-edges")
 
 
-async def capture(window, out: Path) -> None:
+async def capture_word_maps(window, out: Path, word: str) -> None:
+    """The shown prompt's run with word maps, finished, `word`'s map pinned over the picture."""
+    window.panel.word_maps.setChecked(True)
+    await run(window, SHOWN_PROMPT, 7, then=lambda: show_loras(window))
+    chip = window.word_strip.chip(word)
+    if chip is None:
+        raise SystemExit(f"{word!r} is not a word of {SHOWN_PROMPT!r}")
+    chip.click()
+    await asyncio.sleep(0.2)        # the strip's layout settles (a posted event) before the grab
+    window.grab().save(str(out))
+    print(f"wrote {out} ({word!r} pinned: {chip.word_map.total:.1%} of the prompt's attention)")
+
+
+async def capture(window, out: Path, word_maps: str | None = None) -> None:
     failed = []
     window.modelFailed.connect(failed.append)
     while window.model is None:
@@ -40,6 +57,9 @@ async def capture(window, out: Path) -> None:
     window.panel.live.setChecked(False)
     for seed, prompt in enumerate(HISTORY_PROMPTS, start=1):
         await run(window, prompt, seed)
+    if word_maps:
+        await capture_word_maps(window, out, word_maps)
+        return
     window.panel.steps.setValue(40)     # more steps: the halfway frame comes while the run is still going
     grabbed = asyncio.get_running_loop().create_future()
 
@@ -82,6 +102,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
     parser.add_argument("--model", help="default: the built-in model")
+    parser.add_argument("--word-maps", metavar="WORD", help="finish the shown run with word maps, WORD's pinned")
     args = parser.parse_args()
 
     import qasync
@@ -107,7 +128,7 @@ def main() -> int:
         window.resize(1280, 800)
         window.show()
         try:
-            await capture(window, Path(args.out))
+            await capture(window, Path(args.out), args.word_maps)
         finally:
             window.close()      # stops the generation thread before the app goes
 

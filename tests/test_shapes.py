@@ -20,7 +20,7 @@ from core.shapes.captions import (
     describe,
     make_caption,
 )
-from core.shapes.checker import measure, score
+from core.shapes.checker import measure, object_mask, score
 from core.shapes.dataset import ShapesDataset, collate, write_folder
 from core.shapes.world import (
     ATTRIBUTES,
@@ -319,3 +319,17 @@ def test_checker_on_a_blank_and_a_larger_image():
     sc = Scene("white", "purple", "triangle", "small", "bottom right", 33.0, 88.0, 87.0)
     big = render(sc).resize((512, 512), Image.Resampling.NEAREST)
     assert all(score(measure(big), sc, ALL).values())
+
+
+def test_object_mask_is_the_rendered_object_of_a_ground_truth_scene():
+    """The mask measure() reads the object from is the drawn shape: the pixels the scene's own geometry
+    (world.coverage, not the checker) covers more than half. A pixel covered exactly half is a tie that the
+    8-bit rounding of its colour decides, so it is left out of the second, exact comparison."""
+    for sc in scenes(200, seed=34):
+        alpha = coverage(sc.shape, sc.s, sc.x, sc.y)
+        drawn, mask = alpha > 0.5, object_mask(render(sc))
+        assert mask.shape == (128, 128) and mask.dtype == bool
+        assert (mask & drawn).sum() / (mask | drawn).sum() > 0.9, sc
+        clear = alpha != 0.5
+        assert np.array_equal(mask[clear], drawn[clear]), sc
+    assert not object_mask(Image.new("RGB", (128, 128), PALETTE["green"])).any()

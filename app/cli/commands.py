@@ -4,6 +4,7 @@
                         [--steps N] [--guidance G] [--sampler NAME] [--schedule NAME] [--seed S] [--width W --height H]
                         [--init-image PATH --strength S] [--batch N] [--clip-skip N] [--lora NAME|PATH[:WEIGHT] ...]
                         [--deep-cache [N]] [--deep-cache-blocks K] [--deep-cache-start F] [--guidance-cutoff [F]]
+                        [--attention-maps DIR [--attention-steps SPEC]]     # app/cli/attention.py
                         (--out FILE.png | --out-dir DIR)        # --out: .png only, in a folder that exists
     latentdesk inspect MODEL|LORA|EMBEDDING [--prediction epsilon|v] [--json]
     latentdesk train autoencoder|diffusion|builtin ...   (app/cli/train.py)
@@ -26,6 +27,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from app.cli.attention import add_attention_arguments, attention_plan
 from app.cli.measure import add_measure_commands
 from app.cli.models import add_models_commands, models_dir
 from app.cli.train import add_train_commands
@@ -103,6 +105,7 @@ def add_generate_command(commands) -> None:
                         "the models folder: `latentdesk models get taesd`)")
     add_inpaint_arguments(g)
     add_speedup_arguments(g)
+    add_attention_arguments(g)
     out = g.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="the PNG to write (one image): the name must end in .png (a PNG keeps the "
                                    "settings; other formats are refused) and its folder must exist; a name "
@@ -182,6 +185,7 @@ def run_generate(args) -> int:
     check_request(given)
     out = output_path(args)
     remove_stale_temporaries(out.parent if args.out else out)     # the half-written saves of a crash
+    maps = attention_plan(args)
 
     # 2. The model, then the images.
     path, model = load_named_model(args.model, prediction=args.prediction,
@@ -210,6 +214,7 @@ def run_generate(args) -> int:
                              clip_skip=args.clip_skip, init_image=args.init_image, strength=args.strength,
                              model=args.model, loras=tuple(args.lora), decoder=args.decoder, **inpainting,
                              **speedups)
+    attention = maps.settings(base) if maps else None    # a step past the run is refused before the first image
     name, digest = model.name, model_hash(path)
     progress = ProgressBar(len(prompts) * args.batch)
     for p, prompt in enumerate(prompts):
@@ -218,10 +223,11 @@ def run_generate(args) -> int:
         def on_step(step, first_image=p * args.batch, seed=request.seed):
             progress.update(first_image, step.i, step.total, f"seed {seed}")
 
-        result = generate(request, model, on_step=on_step, addons=addons, tiny_decoder=tiny_decoder)
+        result = generate(request, model, on_step=on_step, addons=addons, tiny_decoder=tiny_decoder,
+                          attention=attention)
         for note in result.notes:
             print(f"latentdesk: {note}", file=sys.stderr)
-        for image, image_seed in zip(result.images, result.seeds, strict=True):
+        for i, (image, image_seed) in enumerate(zip(result.images, result.seeds, strict=True)):
             infotext = to_infotext(replace(request, seed=image_seed, batch=1), name, digest, f"Latent Desk {__version__}",
                                    precision=precision, lora_hashes=result.loras, ti_hashes=result.embeddings)
             written = save_png(image, out, infotext)
@@ -229,6 +235,9 @@ def run_generate(args) -> int:
                 save_mask_beside(result.mask, written)       # 00042.png's mask: 00042-mask.png
             progress.close()
             print(written)
+            if maps:
+                folder = maps.save(result.attention[i], image, written, images)
+                print(f"latentdesk: attention maps of {written.name} in {folder}", file=sys.stderr)
     return 0
 
 

@@ -51,6 +51,7 @@ if TYPE_CHECKING:   # the window is built before torch (which core.families need
 
 DRAFT_TIP = ("Draw the final image with the tiny decoder (TAESD): a draft in a fraction of the VAE's time. "
              "Needs taesd_decoder.safetensors (taesdxl for SDXL) beside the model or in the models folder")
+WORD_MAPS_TIP = "After the run, hover a word under the picture to see where it was listened to (a little slower)"
 
 
 def section(title: str) -> QLabel:
@@ -89,6 +90,7 @@ class ControlsPanel(QFrame):
         self.batch = QSpinBox(minimum=1, maximum=16, value=1, accessibleName="Images per run")
         self.model_type = ModelTypeBox()
         self.draft = QCheckBox("Draft", enabled=False, toolTip=DRAFT_TIP)
+        self.word_maps = QCheckBox("Word maps", toolTip=WORD_MAPS_TIP)
         self.seed = SeedControl()
         self.speedups = SpeedupsControl()
         self.init_well = InitImageWell()
@@ -147,6 +149,7 @@ class ControlsPanel(QFrame):
         grid.addWidget(QLabel("Type"), 7, 0)
         grid.addWidget(self.model_type, 7, 1, 1, 2)
         grid.addWidget(self.draft, 7, 3)
+        grid.addWidget(self.word_maps, 8, 3)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         column.addWidget(section("Settings"))
@@ -201,8 +204,7 @@ class ControlsPanel(QFrame):
         row = QHBoxLayout(bar)
         row.setContentsMargins(14, 8, 14, 8)
         row.setSpacing(8)
-        title = QLabel("Latent Desk", objectName="AppTitle")
-        row.addWidget(title)
+        row.addWidget(QLabel("Latent Desk", objectName="AppTitle"))
         row.addSpacing(18)
         row.addWidget(QLabel("Model"))
         self.model_picker.setMinimumWidth(190)
@@ -235,6 +237,7 @@ class ControlsPanel(QFrame):
         self.preview_mode.currentIndexChanged.connect(lambda *_: session.set_preview_choice(*self.preview_choice()))
         self.preview_noisy.toggled.connect(lambda *_: session.set_preview_choice(*self.preview_choice()))
         self.speedups.precisionChanged.connect(session.change_precision)
+        self.word_maps.toggled.connect(session.set_word_maps)
         self.model_picker.modelChosen.connect(session.open_model)
         self.model_picker.retryRequested.connect(session.open_model)
         session.modelReady.connect(self.show_model)
@@ -250,6 +253,7 @@ class ControlsPanel(QFrame):
         # What was restored without signals (the precision: asking for no reload) goes in once.
         session.set_form(self.request(), self.seed.mode())
         session.set_preview_choice(*self.preview_choice())
+        session.set_word_maps(self.word_maps.isChecked())
         session.current_model.precision = self.speedups.precision()
 
     def _show_failed(self, spec: str, ready: ReadyModel | None) -> None:
@@ -385,7 +389,8 @@ class ControlsPanel(QFrame):
                            ("height", r.height), ("batch", r.batch), ("strength", r.strength),
                            ("seed", self.seed.edit.text()), ("seed_random", self.seed.random.isChecked()),
                            ("preview_mode", self.preview_mode.currentData()),
-                           ("preview_noisy", self.preview_noisy.isChecked()), ("draft", self.draft.isChecked())):
+                           ("preview_noisy", self.preview_noisy.isChecked()), ("draft", self.draft.isChecked()),
+                           ("word_maps", self.word_maps.isChecked())):
             settings.setValue(f"form/{key}", value)
         self.speedups.save(settings)
         self.loras.save(settings)
@@ -418,6 +423,7 @@ class ControlsPanel(QFrame):
         self.preview_mode.setCurrentIndex(self.preview_mode.findData(mode))
         self.preview_noisy.setChecked(get("form/preview_noisy", False))
         self.draft.setChecked(get("form/draft", False))
+        self.word_maps.setChecked(get("form/word_maps", False))
         get("form/live", False)     # only checked here: the session applies it when a model loads
         self.speedups.restore(stored)
         self.loras.restore(stored)

@@ -1,7 +1,8 @@
 """The history strip: the session's image history (app/history.py) as a row of thumbnails, newest
-first; images not on disk yet are marked "not saved". Each image has a menu (view, use as init image,
-reuse its parameters, copy, delete; for an unsaved one: save, discard; for a draft: "Final", the same latents
-decoded again with the VAE, app/final_decode.py).
+first; images not on disk yet are marked "not saved". A click (or the arrow keys) puts an image on the main
+view, with its word maps when it has them (app/widgets/word_maps.py); the image on view is the one selected.
+Each image has a menu (view, use as init image, reuse its parameters, copy, delete; for an unsaved one: save,
+discard; for a draft: "Final", the same latents decoded again with the VAE, app/final_decode.py).
 
 Items can be dragged out (onto the init-image well, or another program) as file URLs.
 """
@@ -69,6 +70,8 @@ class HistoryStrip(QListWidget):
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.DefaultContextMenu)
         self.setAccessibleName("History")
         self.itemActivated.connect(self._view)
+        self.itemClicked.connect(self.show_on_view)
+        history.viewChanged.connect(self._select)
         history.added.connect(self._add)
         history.removed.connect(self._remove)
         history.saved.connect(self._show)
@@ -117,6 +120,21 @@ class HistoryStrip(QListWidget):
             self.viewImageRequested.emit(unsaved.preview, "not saved")
         else:
             self.viewRequested.emit(item.data(PATH_ROLE))
+
+    def show_on_view(self, item: QListWidgetItem) -> None:
+        """Put the item's whole picture on the main view (the history says which entry is on view)."""
+        entry = self.entry(item)
+        image = entry.unsaved.preview if entry.unsaved is not None else QImage(str(entry.path))
+        if image.isNull():
+            self.message.emit(f"{entry.path.name} cannot be read any more.", "error")
+            return
+        self.image_history.view(entry, image)
+
+    def _select(self, entry: HistoryEntry | None, image) -> None:
+        item = self._items.get(entry)
+        if item is not None and self.currentItem() is not item:
+            self.setCurrentItem(item)
+            self.scrollToItem(item)
 
     def paintEvent(self, event) -> None:
         super().paintEvent(event)
@@ -192,6 +210,8 @@ class HistoryStrip(QListWidget):
                 self.delete(item.data(PATH_ROLE))
             return
         super().keyPressEvent(event)
+        if self.currentItem() is not None and self.currentItem() is not item:     # moved with the arrow keys
+            self.show_on_view(self.currentItem())
 
     def copy_image(self, path: Path) -> None:
         image = QImage(str(path))

@@ -1,5 +1,6 @@
-"""The large preview: an image scaled smoothly to fit, centred, with a caption underneath;
-and a dialog that shows one image large ("View large" in the history)."""
+"""The large preview: an image scaled smoothly to fit, centred, with a caption underneath; over it, for a while,
+another picture of the same size (a word's heat map, app/widgets/word_maps.py); and a dialog that shows one image
+large ("View large" in the history)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,26 @@ class ImageView(QWidget):
     def __init__(self, placeholder: str = "", parent=None):
         super().__init__(parent)
         self._pixmap: QPixmap | None = None
+        self._cover: QPixmap | None = None    # drawn instead of the picture; the picture stays what image() gives
         self._placeholder = placeholder
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumSize(200, 200)
 
     def set_image(self, image: QImage | None) -> None:
+        """Show `image`; an overlay goes with the picture it was made from."""
         self._pixmap = QPixmap.fromImage(image) if image is not None and not image.isNull() else None
+        self._cover = None
         self.update()
+
+    def set_overlay(self, image: QImage | None) -> None:
+        """Show `image` (the picture's size) in the picture's place until set_overlay(None) or another picture."""
+        usable = image is not None and self._pixmap is not None and image.size() == self._pixmap.size()
+        self._cover = QPixmap.fromImage(image) if usable else None
+        self.update()
+
+    def shown_image(self) -> QImage | None:
+        """What is drawn: the overlay while there is one, else the picture."""
+        return self._cover.toImage() if self._cover is not None else self.image()
 
     def set_placeholder(self, text: str) -> None:
         self._placeholder = text
@@ -68,7 +82,8 @@ class ImageView(QWidget):
         p.setBrush(QColor(0, 0, 0, 90))   # a soft shadow lifts the image off the background
         p.drawRoundedRect(canvas.adjusted(-2, 2, 4, 6), 6, 6)
         self.paint_under(p, canvas, picture)
-        p.drawPixmap(picture, self._pixmap, QRectF(self._pixmap.rect()))
+        shown = self._cover if self._cover is not None else self._pixmap
+        p.drawPixmap(picture, shown, QRectF(shown.rect()))
         self.paint_over(p, canvas, picture)
 
     def paint_under(self, p: QPainter, canvas: QRectF, picture: QRectF) -> None:

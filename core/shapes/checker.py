@@ -1,6 +1,7 @@
 """Read a shapes-world picture back into words, as a person would, and score it against a caption.
 
     measure(image)                     -> Measured(background, color, shape, size, position, s, x, y, fit)
+    object_mask(image)                 -> (128, 128) bool: the pixels measure() takes for the object
     score(measured, scene, mentioned)  -> {attribute: bool} for the attributes the caption named
 
 How an image is read:
@@ -125,10 +126,17 @@ def _soft_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.minimum(a, b).sum() / max(np.maximum(a, b).sum(), 1e-6))
 
 
-def measure(image: Image.Image | np.ndarray) -> Measured:
-    """Read background, object colour, shape, size word and position word off the image."""
-    pixels = _as_array(image)
+@dataclass(frozen=True)
+class _Blob:
+    """The object as the checker sees it: background, the object pixels, and each pixel's coverage t."""
 
+    background: str
+    mask: np.ndarray | None   # (128, 128) bool, the largest t >= 0.5 blob; None where there is no object
+    t: np.ndarray | None      # (128, 128) float, share of the way from the background to the object colour
+
+
+def _find_blob(pixels: np.ndarray) -> _Blob:
+    """Steps 1 and 2 of the reading: the background, then the object's blob (module docstring)."""
     # 1. background: the palette colour most border pixels are nearest to
     border = np.concatenate([pixels[:BORDER].reshape(-1, 3), pixels[-BORDER:].reshape(-1, 3),
                              pixels[:, :BORDER].reshape(-1, 3), pixels[:, -BORDER:].reshape(-1, 3)])
@@ -136,7 +144,6 @@ def measure(image: Image.Image | np.ndarray) -> Measured:
     background_index = int(np.bincount(labels, minlength=len(_PALETTE_NAMES)).argmax())
     background_rgb = np.median(border[labels == background_index], axis=0)
     background = _PALETTE_NAMES[background_index]
-    nothing = Measured(background, None, None, None, None)
 
     # 2. coverage t along the background -> object colour line; the object is the largest t >= 0.5 blob
     offset = pixels - background_rgb
@@ -145,14 +152,31 @@ def measure(image: Image.Image | np.ndarray) -> Measured:
     # far as a palette colour), then refined from the blob's own pixels.
     far = distance >= max(MIN_DISTANCE, 0.5 * float(np.quantile(distance, 0.995)))
     if far.sum() < MIN_AREA / 4:
-        return nothing
+        return _Blob(background, None, None)
     blob = far
     for _ in range(3):
         object_rgb = np.median(offset[blob], axis=0)
         t = offset @ object_rgb / float(object_rgb @ object_rgb)
         blob = _largest_component(t >= 0.5)
         if blob.sum() < MIN_AREA:
-            return nothing
+            return _Blob(background, None, None)
+    return _Blob(background, blob, t)
+
+
+def object_mask(image: Image.Image | np.ndarray) -> np.ndarray:
+    """(128, 128) bool: the pixels measure() reads as the object (all False where it finds none)."""
+    found = _find_blob(_as_array(image))
+    return found.mask if found.mask is not None else np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+
+
+def measure(image: Image.Image | np.ndarray) -> Measured:
+    """Read background, object colour, shape, size word and position word off the image."""
+    pixels = _as_array(image)
+    found = _find_blob(pixels)
+    background, blob, t = found.background, found.mask, found.t
+    nothing = Measured(background, None, None, None, None)
+    if blob is None:
+        return nothing
 
     # 3. colour of the blob's core (its anti-aliased rim is a mix with the background)
     core = blob & (t >= 0.75)
