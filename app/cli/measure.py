@@ -1,16 +1,19 @@
 """`latentdesk eval shapes` and `latentdesk bench`: how good and how fast a model is, measured.
 
     latentdesk eval shapes [--model builtin|PATH] [--guidance G ...] [--steps N] [--sampler NAME] [--n N]
-                           [--seed S] [--json FILE] [--images DIR]
+                           [--captions templates|structures ...] [--seed S] [--json FILE] [--images DIR]
     latentdesk bench [--model builtin|PATH] [--runs N] [--size PX] [--steps N] [--guidance G] [--sampler NAME]
     latentdesk bench compare [--quick] [--runs N] [--device cpu|cuda] [--dtype float32|float16|bfloat16]
                              [--steps N] [--only unet vae txt2img load builtin approx approx-builtin]
                              [--against diffusers|openvino] [--json FILE] [--markdown FILE]
 
-`eval shapes` draws one image per held-out caption (templates never used in training) and reads
+`eval shapes` draws one image per held-out caption (templates never used in training; with
+`--captions structures`, the caption grammar's held-out structures, core/shapes/grammar.py) and reads
 each back with the analytic checker (core/shapes/checker.py); it first scores the captions' own
-renders, which must come out at 100 %. `bench` times whole txt2img runs (prompt encoding,
-every guided step, VAE decode) after one warm-up run and reports the median. `bench compare` measures
+renders, which must come out at 100 %. Below each guidance row come the same figures per true object
+size (small / medium / large; medium has no size word) and, for structures, per held-out rule; with
+both sets the JSON holds {"sets": {"structures": ..., "templates": ...}}. `bench` times whole txt2img
+runs (prompt encoding, every guided step, VAE decode) after one warm-up run and reports the median. `bench compare` measures
 ours against diffusers (which it needs installed) on one machine, with the same random weights in
 both: a UNet step and a VAE decode at 512x512, txt2img end to end (ours with previews off and on),
 checkpoint load time and peak memory of a ~2 GB fp16 single file (each load in a fresh process), and
@@ -33,6 +36,9 @@ from core.shapes.evaluate import EVAL_SEED
 
 COLUMNS = (("color", "colour"), ("background", "background"), ("shape", "shape"), ("position", "position"),
            ("size", "size"))
+# --captions: (what the cases are, how many by default)
+CAPTION_SETS = {"templates": ("held-out captions (templates never trained on)", 200),
+                "structures": ("held-out structures (caption grammar, never trained on)", 300)}
 
 
 def add_measure_commands(commands) -> None:
@@ -43,7 +49,10 @@ def add_measure_commands(commands) -> None:
     shapes.add_argument("--guidance", type=float, nargs="+", help="one or more scales (default: the model's)")
     shapes.add_argument("--steps", type=int, help="default: the model's")
     shapes.add_argument("--sampler", help="default: the model's")
-    shapes.add_argument("--n", type=int, default=200, help="held-out captions (default 200)")
+    shapes.add_argument("--n", type=int, help="held-out captions per set (default 200 templates, 300 structures)")
+    shapes.add_argument("--captions", nargs="+", choices=tuple(CAPTION_SETS), default=["templates"],
+                        help="templates: the 10 held-out templates (default); structures: the caption grammar's "
+                             "held-out structures; both: one after the other, one JSON")
     shapes.add_argument("--seed", type=int, default=EVAL_SEED, help="scenes and image seeds (image i: seed + i)")
     shapes.add_argument("--json", help="also write the results to this JSON file")
     shapes.add_argument("--images", help="save each generated image here, named by index and caption")
@@ -93,50 +102,74 @@ def _load(name: str, device: str = "cpu"):
 
 
 def _row(label: str, tally) -> str:
-    cells = "".join(f"{100 * tally.accuracy(key):>12.1f}" for key, _ in COLUMNS)
-    return f"{label:<22}{cells}{100 * tally.all_named:>12.1f}"
+    def cell(x: float) -> str:
+        return f"{'-':>12}" if x != x else f"{100 * x:>12.1f}"   # nan: nothing named in this group
+
+    return f"{label:<22}" + "".join(cell(tally.accuracy(key)) for key, _ in COLUMNS) + cell(tally.all_named)
+
+
+def _cases(name: str, n: int, seed: int):
+    from core.shapes.evaluate import heldout_cases, heldout_structure_cases
+    return (heldout_structure_cases if name == "structures" else heldout_cases)(n, seed)
 
 
 def run_eval_shapes(args) -> int:
     from core.errors import LatentDeskError
-    from core.shapes.evaluate import EvalSettings, evaluate, ground_truth, heldout_cases
 
-    if args.n < 1:
+    if args.n is not None and args.n < 1:
         raise LatentDeskError(f"--n must be at least 1, not {args.n}")
     model = _load(args.model, args.device)
     family = model.family
     scales = args.guidance or [family.default_guidance]
     steps = args.steps or family.default_steps
     sampler = args.sampler or family.default_sampler
-    cases = heldout_cases(args.n, args.seed)
-    images_dir = Path(args.images) if args.images else None
-    if images_dir:
-        images_dir.mkdir(parents=True, exist_ok=True)
+    names = list(dict.fromkeys(args.captions))
+    sets = {}
+    for name in names:
+        images_dir = Path(args.images) / name if args.images and len(names) > 1 else args.images
+        sets[name] = _eval_caption_set(model, name, args.n or CAPTION_SETS[name][1], args.seed, scales, steps,
+                                       sampler, images_dir)
+        if args.json:   # after each set: a long run stopped half-way keeps the sets it finished
+            results = sets[names[0]] if len(names) == 1 else {
+                "model": str(model.source), "seed": args.seed, "steps": steps, "sampler": sampler, "sets": sets}
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
 
-    print(f"{model.name}: {args.n} held-out captions (templates never trained on), {steps} steps, {sampler}, "
-          f"image seeds {args.seed}..{args.seed + args.n - 1}")
+
+def _eval_caption_set(model, name: str, n: int, seed: int, scales, steps: int, sampler: str,
+                      images_dir: str | Path | None) -> dict:
+    """Print and return one caption set's table: ground truth, then each guidance scale and its groups."""
+    from core.shapes.evaluate import EvalSettings, evaluate, ground_truth
+
+    cases = _cases(name, n, seed)
+    if images_dir:
+        images_dir = Path(images_dir)
+        images_dir.mkdir(parents=True, exist_ok=True)
+    print(f"{model.name}: {n} {CAPTION_SETS[name][0]}, {steps} steps, {sampler}, image seeds {seed}..{seed + n - 1}")
     print(f"{'accuracy %':<22}" + "".join(f"{title:>12}" for _, title in COLUMNS) + f"{'all named':>12}")
     truth = ground_truth(cases)
     print(_row("rendered ground truth", truth), flush=True)
-    results = {"model": str(model.source), "n": args.n, "seed": args.seed, "steps": steps, "sampler": sampler,
-               "ground_truth": truth.as_dict(), "guidance": {}}
+    results = {"model": str(model.source), "captions": name, "n": n, "seed": seed, "steps": steps,
+               "sampler": sampler, "ground_truth": truth.as_dict(), "guidance": {}}
     for scale in scales:
         started = time.perf_counter()
 
         def on_image(i, case, image, scale=scale):
-            print(f"\rguidance {scale:g}: image {i + 1}/{args.n}", end="", file=sys.stderr, flush=True)
+            print(f"\rguidance {scale:g}: image {i + 1}/{n}", end="", file=sys.stderr, flush=True)
             if images_dir:
                 safe = "".join(c if c.isalnum() else "_" for c in case.caption)[:60]
                 image.save(images_dir / f"g{scale:g}_{i:04d}_{safe}.png")
 
-        tally = evaluate(model, cases, EvalSettings(scale, steps, sampler, args.seed, family.default_size), on_image)
+        tally = evaluate(model, cases, EvalSettings(scale, steps, sampler, seed, model.family.default_size),
+                         on_image)
         seconds = time.perf_counter() - started
         print("\r", end="", file=sys.stderr)
         print(_row(f"guidance {scale:g}", tally), flush=True)
+        for kind in tally.groups:
+            for value, group in tally.grouped(kind):
+                print(_row(f"  {value} ({group.images})", group))
         results["guidance"][f"{scale:g}"] = {**tally.as_dict(), "seconds": round(seconds, 1)}
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    return 0
+    return results
 
 
 def run_bench(args) -> int:

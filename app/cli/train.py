@@ -75,6 +75,9 @@ def add_train_commands(subparsers) -> None:
                     default=R.unet.adm_in_channels is not None,
                     help="also condition every ResBlock on the caption's pooled embedding (added to the timestep "
                          "embedding), besides cross-attention")
+    df.add_argument("--caption-style", choices=("templates", "grammar"), default="templates",
+                    help="--shapes captions: the shipped model's templates, or the caption grammar (people's "
+                         "phrasings, synonyms; held-out structures never drawn)")
     df.add_argument("--heads", type=int, default=R.unet.num_heads[0], help="attention heads in the UNet")
     df.add_argument("--text-width", type=int, default=R.text.hidden_size)
     df.add_argument("--text-layers", type=int, default=R.text.num_hidden_layers)
@@ -205,7 +208,9 @@ def _dataset(args, default_items: int, split: str = "train"):
     phrasings = getattr(args, "shapes_captions", 1)
     if phrasings < 1:
         raise LatentDeskError(f"--shapes-captions must be at least 1, not {phrasings}")
-    return shapes(args.seed, items, split, phrasings), shapes_name(args.seed, items, phrasings)
+    style = getattr(args, "caption_style", "templates")
+    name = shapes_name(args.seed, items, phrasings) + (f", {style} captions" if style != "templates" else "")
+    return shapes(args.seed, items, split, phrasings, style), name
 
 
 def shapes_name(seed: int, items: int, phrasings: int = 1) -> str:

@@ -1,6 +1,6 @@
 """The shapes world as a dataset: item i is a pure function of (seed, split, i).
 
-    ShapesDataset(seed, length, split="train", empty_prob=None)[i]
+    ShapesDataset(seed, length, split="train", empty_prob=None, captions="templates")[i]
         -> Sample(image (3, 128, 128) float32 in [-1, 1], caption, scene, mentioned)
     collate(samples)          -> (images (B, 3, 128, 128), captions, scenes, mentioned) for a DataLoader
     write_folder(dataset, n, folder)  -> 00000.png + 00000.txt, ... (the captioned image folder format)
@@ -8,7 +8,9 @@
 Each item draws from its own generator seeded with (seed, split, i), so any worker
 can make any item in any order and get the same bytes. The two splits draw different
 scenes for the same seed; "heldout" captions come from the held-out templates and
-are never empty unless asked.
+are never empty unless asked. `captions="grammar"` phrases the same scenes with the caption
+grammar (core/shapes/grammar.py) instead: "train" draws its training structures, "heldout" its
+held-out ones. The default stays "templates": the shipped built-in model was trained on them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import numpy as np
 import torch
 from PIL import PngImagePlugin
 
-from core.shapes.captions import EMPTY_PROB, caption
+from core.shapes.captions import EMPTY_PROB, make_caption
+from core.shapes.grammar import Phrasing, grammar_caption
 from core.shapes.world import (
     ATTRIBUTE_VALUES,
     ATTRIBUTES,
@@ -34,6 +37,7 @@ from core.shapes.world import (
 )
 
 SPLITS = {"train": 0, "heldout": 1}
+CAPTION_SOURCES = ("templates", "grammar")
 
 
 class Sample(NamedTuple):
@@ -47,14 +51,17 @@ class ShapesDataset(torch.utils.data.Dataset):
     """`length` random captioned scenes; the empty-caption share defaults to 10 % (train), 0 (heldout)."""
 
     def __init__(self, seed: int, length: int, split: str = "train", empty_prob: float | None = None,
-                 captions_per_item: int = 1):
+                 captions_per_item: int = 1, captions: str = "templates"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        if captions not in CAPTION_SOURCES:
+            raise ValueError(f"captions must be one of {', '.join(CAPTION_SOURCES)}, got {captions!r}")
         if length < 0:
             raise ValueError(f"length must be >= 0, got {length}")
         if captions_per_item < 1:
             raise ValueError(f"captions_per_item must be >= 1, got {captions_per_item}")
         self.seed, self.length, self.split, self.captions_per_item = seed, length, split, captions_per_item
+        self.caption_source = captions
         self.empty_prob = (EMPTY_PROB if split == "train" else 0.0) if empty_prob is None else empty_prob
 
     def __len__(self) -> int:
@@ -63,20 +70,31 @@ class ShapesDataset(torch.utils.data.Dataset):
     # classes of each attribute in `caption_labels`, ATTRIBUTES order
     label_classes = tuple(len(ATTRIBUTE_VALUES[a]) for a in ATTRIBUTES)
 
-    def scene_and_caption(self, i: int) -> tuple[Scene, str, frozenset[str]]:
-        """Item i without the picture (cheap: for evaluation prompts and bookkeeping)."""
+    def _phrase(self, scene: Scene, rng: np.random.Generator) -> Phrasing:
+        """A caption for the scene from this dataset's source; `structure` is the template for templates."""
+        if self.caption_source == "grammar":
+            return grammar_caption(scene, rng, self.split, empty_prob=self.empty_prob)
+        text, mentioned, template = make_caption(scene, rng, templates=self.split, empty_prob=self.empty_prob)
+        return Phrasing(text, mentioned, template)
+
+    def phrased(self, i: int) -> tuple[Scene, Phrasing]:
+        """Item i's scene and caption, with the structure (grammar) or template it was phrased in."""
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} out of range for a dataset of {self.length}")
         rng = np.random.default_rng((self.seed, SPLITS[self.split], i))
         scene = sample_scene(rng)
-        text, mentioned = caption(scene, rng, templates=self.split, empty_prob=self.empty_prob)
+        return scene, self._phrase(scene, rng)
+
+    def scene_and_caption(self, i: int) -> tuple[Scene, str, frozenset[str]]:
+        """Item i without the picture (cheap: for evaluation prompts and bookkeeping)."""
+        scene, (text, mentioned, _) = self.phrased(i)
         return scene, text, mentioned
 
     def phrasings(self, i: int) -> list[tuple[str, frozenset[str]]]:
         """`captions_per_item` (caption, attributes it names) of scene i: its own first, then others drawn anew."""
         scene, text, mentioned = self.scene_and_caption(i)
-        more = [caption(scene, np.random.default_rng((self.seed, SPLITS[self.split], i, k)), templates=self.split,
-                        empty_prob=self.empty_prob) for k in range(1, self.captions_per_item)]
+        more = [self._phrase(scene, np.random.default_rng((self.seed, SPLITS[self.split], i, k)))[:2]
+                for k in range(1, self.captions_per_item)]
         return [(text, mentioned), *more]
 
     def captions(self, i: int) -> list[str]:

@@ -57,17 +57,20 @@ class CaptionedFolder(torch.utils.data.Dataset):
         return image_to_tensor(image)[0], self.caption(i)  # (3, size, size) in [-1, 1]
 
 
-def shapes(seed: int, length: int, split: str = "train", captions_per_item: int = 1) -> torch.utils.data.Dataset:
+def shapes(seed: int, length: int, split: str = "train", captions_per_item: int = 1,
+           captions: str = "templates") -> torch.utils.data.Dataset:
     """The captioned-shapes world (docs/SHAPES.md) with no empty captions of its own.
 
     With `captions_per_item` > 1 each scene is phrased that many ways (`dataset.captions(i)`), so a
-    scene seen 25 times over a run is not read in one wording 25 times.
+    scene seen 25 times over a run is not read in one wording 25 times. `captions`: "templates" (the
+    shipped model's) or "grammar" (core/shapes/grammar.py: captions as people write them, issue #26).
 
     The trainer drops captions itself, anew at every step (`caption_dropout`), so a
     cached item is sometimes seen with and sometimes without its caption.
     """
     from core.shapes.dataset import ShapesDataset
-    return ShapesDataset(seed, length, split=split, empty_prob=0.0, captions_per_item=captions_per_item)
+    return ShapesDataset(seed, length, split=split, empty_prob=0.0, captions_per_item=captions_per_item,
+                         captions=captions)
 
 
 def image_and_caption(dataset, i: int) -> tuple[Tensor, str]:
