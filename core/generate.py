@@ -45,7 +45,7 @@ from core.request import GenerationRequest, check_loras, check_request
 from core.sampling.attention_probe import CrossAttentionProbe, probing
 from core.sampling.deep_cache import DeepCacheUNet
 from core.sampling.denoiser import Conditioning, Denoiser
-from core.sampling.guidance import CFGDenoiser, GuidanceScale
+from core.sampling.guidance import CFGDenoiser, EmbeddedGuidance, GuidanceScale
 from core.sampling.sampler_names import resolve_schedule
 from core.sampling.samplers import Step, get_sampler
 from core.sampling.schedule_types import schedule_sigmas
@@ -111,7 +111,8 @@ def generate(request: GenerationRequest, model: DiffusionModel,
         raise LatentDeskError(f"Draft decoding needs a tiny decoder for {model.name}, and none was found: {where}; "
                               "or decode with the VAE")
     guidance = guidance if guidance is not None else GuidanceScale(request.guidance)
-    check_fits(model, request.width, request.height, request.batch, guided=guidance.value != 1)
+    check_fits(model, request.width, request.height, request.batch,
+               guided=guidance.value != 1 and not embedded_guidance(model))
     seeds = [request.seed + i for i in range(request.batch)]
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
@@ -156,10 +157,14 @@ def generate(request: GenerationRequest, model: DiffusionModel,
             unet = DeepCacheUNet(model.unet, request.deep_cache_interval, request.deep_cache_blocks,
                                  full_first=steps_part(total, request.deep_cache_start))
         unguided_from = total - steps_part(total, request.guidance_cutoff)
-        denoiser = CFGDenoiser(Denoiser(unet, model.prediction, schedule, quantize=sampler.quantize,
-                                        network_dtype=model.dtype),
-                               conditioning(model, cond, request, concat), conditioning(model, uncond, request, concat),
-                               guidance, unguided_from=unguided_from if unguided_from < total else None)
+        network = Denoiser(unet, model.prediction, schedule, quantize=sampler.quantize, network_dtype=model.dtype)
+        if embedded_guidance(model):   # an LCM UNet: the scale is an input, one call a step
+            denoiser = EmbeddedGuidance(network, conditioning(model, cond, request, concat), guidance,
+                                        model.unet.config.time_cond_proj_dim)
+        else:
+            denoiser = CFGDenoiser(network, conditioning(model, cond, request, concat),
+                                   conditioning(model, uncond, request, concat), guidance,
+                                   unguided_from=unguided_from if unguided_from < total else None)
         if blend is not None:
             denoiser = LatentBlend(denoiser, *blend)
         # The guidance slider's value is read afresh, and DeepCache's full-or-reuse decided, per step.
@@ -212,6 +217,11 @@ def generate(request: GenerationRequest, model: DiffusionModel,
                 maps = [placed_in(m, plan.box, plan.canvas.size) for m in maps]
             used["attention"] = maps
     return GenerationResult(request, images, seeds, latents=latents, steps_done=total, **used)
+
+
+def embedded_guidance(model: DiffusionModel) -> bool:
+    """The model learnt its guidance (LCM's guidance embedding): no CFG batch, no negative prompt."""
+    return model.unet.config.time_cond_proj_dim is not None
 
 
 def conditioning(model: DiffusionModel, prompt: PromptEmbedding, request: GenerationRequest,

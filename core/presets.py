@@ -35,6 +35,7 @@ from core.fetch.catalogue import CatalogueEntry
 METADATA_KEYS = ("modelspec.title", "modelspec.usage_hint", "modelspec.architecture", "ss_output_name",
                  "modelspec.description")
 METADATA_CHARS = 2_000
+MAX_CONFIG_BYTES = 1024 * 1024   # a UNet's config.json is ~2 kB
 MAX_NAMED_STEPS = 16        # "4step": a few-step model's count; a number past this is not one (a version, a seed)
 
 
@@ -56,6 +57,9 @@ PRESETS = {
     "hyper": Preset("hyper", "Hyper-SD", "Euler", "SGM Uniform", 8, 1.0, live=False),
     "lcm": Preset("lcm", "LCM", "LCM", "Automatic", 4, 1.0, live=False),
 }
+# An LCM-distilled model takes the guidance scale as an input (one call a step whatever it is): diffusers'
+# LatentConsistencyModelPipeline defaults to 8.5 and SimianLuo/LCM_Dreamshaper_v7's card uses 8.0.
+LCM_EMBEDDED_GUIDANCE = 8.0
 # A Lightning or Turbo model made for 1-4 steps is Live-fast; at 8 steps it is a wait on a CPU.
 LIVE_MOST_STEPS = 4
 
@@ -73,6 +77,8 @@ def preset_for(path: str | Path, catalogue: Iterable[CatalogueEntry] = ()) -> Pr
     for entry in catalogue:
         if entry.settings and path.name.lower() == (entry.save_as or Path(entry.file).name).lower():
             return _from_catalogue(entry)      # None for a regular model: the publisher's word is final
+    if learnt_guidance(path):
+        return replace(PRESETS["lcm"], guidance=LCM_EMBEDDED_GUIDANCE, source="its UNet's guidance embedding")
     metadata = _metadata(path)
     for key in METADATA_KEYS:
         found = kind_named_in(metadata.get(key, "")[:METADATA_CHARS])
@@ -124,6 +130,19 @@ def _from_catalogue(entry: CatalogueEntry) -> Preset | None:
     return Preset(kind, PRESETS[kind].title, settings["sampler"], settings.get("schedule", "Automatic"), steps,
                   float(settings["guidance"]), live=PRESETS[kind].live and steps <= LIVE_MOST_STEPS,
                   source=f"the catalogue ({entry.name})")
+
+
+def learnt_guidance(path: Path) -> bool:
+    """A diffusers folder whose UNet takes a guidance embedding (`time_cond_proj_dim` in unet/config.json)."""
+    config = path / "unet" / "config.json"
+    if not config.is_file() or config.stat().st_size > MAX_CONFIG_BYTES:
+        return False
+    from core.loading.untrusted_json import UnreadableJson, loads
+    try:
+        values = loads(config.read_text(encoding="utf-8"))
+    except (UnreadableJson, OSError, UnicodeDecodeError):
+        return False
+    return isinstance(values, dict) and values.get("time_cond_proj_dim") is not None
 
 
 def _metadata(path: Path) -> Mapping[str, str]:

@@ -1,6 +1,6 @@
 """Issue 25's acceptance benchmark: do attention maps point at the right place, and what do they cost?
 
-    python scripts/bench_attention_maps.py quality [--cases 100]     # a. the built-in model's maps vs the checker
+    python scripts/bench_attention_maps.py quality [--cases 100] [--model M]   # a. a shapes model's maps vs the checker
     python scripts/bench_attention_maps.py cost [--runs 7] [--only builtin]   # b. time off / on / before the feature
     python scripts/bench_attention_maps.py memory [--runs 3]         # b. peak memory of one 512 px run, off / on
     python scripts/bench_attention_maps.py summary                   # a.'s summary again from its stored images
@@ -124,11 +124,11 @@ def halves_of_one_run(model, request: GenerationRequest, halfway: int):
     return result.images[0], {name: {m.word: m for m in found} for name, found in maps.items()}
 
 
-def quality(cases_wanted: int) -> dict:
+def quality(cases_wanted: int, model_path: Path | None = None) -> dict:
     from core.shapes.checker import measure, object_mask
     from core.shapes.evaluate import heldout_cases
 
-    model = load_model(builtin_model_path())
+    model = load_model(model_path or builtin_model_path())
     cases = [c for c in heldout_cases(4 * cases_wanted) if {"shape", "color"} <= c.mentioned][:cases_wanted]
     steps = model.family.default_steps
     records = []
@@ -150,7 +150,7 @@ def quality(cases_wanted: int) -> dict:
                 record[role][step_range] = readings(found[word], image.size, mask)
         records.append(record)
         print(f"{i + 1}/{len(cases)} {case.caption!r}: {record['shape']['all']}", flush=True)
-    return {"model": "builtin", "cases": len(cases), "steps": steps, "sampler": model.family.default_sampler,
+    return {"model": str(model_path or "builtin"), "cases": len(cases), "steps": steps, "sampler": model.family.default_sampler,
             "guidance": model.family.default_guidance, "size": model.family.default_size, "seed": SEED,
             "summary": summarise(records, model.family.default_size ** 2), "images": records}
 
@@ -318,6 +318,7 @@ def main(argv: Collection[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=OUT)
     parser.add_argument("--only", choices=("builtin",), help="cost: the built-in model's case alone")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--model", type=Path, help="quality: another shapes model than the built-in one")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -329,7 +330,7 @@ def main(argv: Collection[str] | None = None) -> int:
         report["quality"]["summary"] = summarise(report["quality"]["images"], report["quality"]["size"] ** 2)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         return 0
-    figures = {"quality": lambda: quality(args.cases), "cost": lambda: cost(args.runs or 7, args.only),
+    figures = {"quality": lambda: quality(args.cases, args.model), "cost": lambda: cost(args.runs or 7, args.only),
                "memory": lambda: memory(args.runs or 3)}[args.part]()
     if args.only:      # one case again: beside the earlier figures, not instead of them
         figures = json.loads(args.json.read_text()).get("cost", {}) | figures

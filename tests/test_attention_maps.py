@@ -19,16 +19,36 @@ from core.request import GenerationRequest
 from core.sampling.attention_probe import CrossAttentionProbe
 from core.text.prompt_words import prompt_words
 from core.text.tokenizer import ClipTokenizer
-from tests.tiny_models import write_single_file
+from tests.tiny_models import randomize, write_single_file
 
 PROMPT = "a (red:1.3) sunflower circle, a blue background"
 NEGATIVE = "green blurry"
 
 
-@pytest.fixture(scope="module", params=["sd1", "sdxl"])
+@pytest.fixture(scope="module", params=["sd1", "sdxl", "cross_only"])
 def model(request, tmp_path_factory):
-    path = write_single_file(request.param, tmp_path_factory.mktemp("attn") / f"{request.param}.safetensors", seed=3)
-    return load_model(path)
+    folder = tmp_path_factory.mktemp("attn")
+    if request.param == "cross_only":
+        return load_model(cross_only_model(folder / "cross_only.safetensors"))
+    return load_model(write_single_file(request.param, folder / f"{request.param}.safetensors", seed=3))
+
+
+def cross_only_model(path):
+    """A trained-here model shaped like the built-in v2: blocks at the latent's own size that only cross-attend
+    (a layer whose grid is the latent itself), full blocks below."""
+    from core.nets.unet import UNetConfig
+    from core.nets.vae import VAEConfig
+    from core.train.autoencoder import build_autoencoder
+    from core.train.diffusion import TextEncoderConfig, build_networks
+    from core.train.export import export_model
+
+    unet_config = UNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, transformer_depth=(1, 1),
+                             num_heads=(1, 2), context_dim=32, norm_groups=8, cross_attention_only=(0,))
+    text_config = TextEncoderConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    unet, text_model = (randomize(net, seed=3) for net in build_networks(unet_config, text_config, seed=3))
+    vae = build_autoencoder(VAEConfig(base_channels=8, channel_mult=(1, 1, 1, 1), num_res_blocks=1, norm_groups=4,
+                                      scale_factor=1.0), seed=3)
+    return export_model(path, unet, vae, text_model, dtype="fp32")
 
 
 def request_for(steps=3, guidance=5.0, batch=1, prompt=PROMPT):

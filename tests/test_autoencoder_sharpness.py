@@ -4,6 +4,7 @@ in one backward, and the edge-sharpness figure that tells a blurred decoder from
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import pytest
 import torch
@@ -94,3 +95,31 @@ def test_runs_without_the_new_terms_describe_themselves_as_before():
     assert set(AutoencoderLoss().description()) == {"kl_weight", "mse_weight", "crop"}
     assert AutoencoderLoss(edge_weight=0.5).description()["edge_weight"] == 0.5
     assert AutoencoderStage(VAE, Pictures(1), "p").objective.critic is None
+
+
+def test_a_frozen_encoder_stops_at_the_critics_start_and_the_decoder_goes_on(tmp_path):
+    """freeze_encoder: from adversarial_start on, the encoder's weights (and quant_conv's) stay exactly as
+    they were, the decoder's keep learning, and resuming past the start keeps the encoder frozen."""
+    loss = AutoencoderLoss(crop=32, adversarial_weight=0.1, adversarial_start=2, critic_channels=8,
+                           freeze_encoder=True)
+
+    def weights(stage):
+        vae = stage.objective.vae
+        encoder = torch.cat([p.detach().flatten() for m in (vae.encoder, vae.quant_conv) for p in m.parameters()])
+        return encoder.clone(), torch.cat([p.detach().flatten() for p in vae.decoder.parameters()]).clone()
+
+    stage = AutoencoderStage(VAE, Pictures(4), "pictures", loss)
+    train(stage, settings(steps=2, checkpoint_every=2), tmp_path / "run", ONE, io.StringIO())
+    encoder_at_start, decoder_at_start = weights(stage)
+    resumed = AutoencoderStage(VAE, Pictures(4), "pictures", loss)
+    train(resumed, settings(steps=5, checkpoint_every=2), tmp_path / "run", ONE, io.StringIO())
+    encoder_after, decoder_after = weights(resumed)
+    assert torch.equal(encoder_after, encoder_at_start)
+    assert not torch.allclose(decoder_after, decoder_at_start)
+
+    # Without the flag the same run moves the encoder too.
+    moving = AutoencoderStage(VAE, Pictures(4), "pictures", replace(loss, freeze_encoder=False))
+    train(moving, settings(steps=2, checkpoint_every=2), tmp_path / "free", ONE, io.StringIO())
+    before, _ = weights(moving)
+    train(moving, settings(steps=5, checkpoint_every=2), tmp_path / "free", ONE, io.StringIO())
+    assert not torch.allclose(weights(moving)[0], before)

@@ -11,16 +11,19 @@ The settings come from resources/catalogue.json, so the catalogue cannot drift f
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from core.fetch.catalogue import load_catalogue
 from core.generate import generate
 from core.loading.checkpoint import load_model
+from core.presets import preset_for
 from core.request import GenerationRequest
 from core.sampling.schedules import SD_SCHEDULE
 from tests.test_generate import CountingUNet, reference_txt2img, relative
-from tests.tiny_models import write_diffusers_folder
+from tests.tiny_models import write_diffusers_folder, write_lcm_folder
 
 TOLERANCE = 1e-4
 PROMPT = "a small green triangle"
@@ -95,6 +98,41 @@ def test_lcm_lora_recipe_matches_diffusers(sd1, guidance):
     diff = compare(folder, model, "sd1", request_for(settings, guidance=guidance), "LCMScheduler")
     print(f"\n[parity] LCM recipe, {settings['steps']} steps, guidance {guidance}: {diff:.2e}")
     assert diff <= TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def lcm(tmp_path_factory):
+    folder = write_lcm_folder(tmp_path_factory.mktemp("recipes-lcm") / "LCM_tiny", seed=33)
+    return folder, load_model(folder)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 8.0])
+def test_an_lcm_model_guided_by_its_embedding_matches_diffusers(lcm, guidance):
+    """An LCM-distilled model (time_cond_proj_dim): one call a step on the prompt alone, the scale embedded;
+    diffusers' LatentConsistencyModelPipeline on the same folder lands at the same latents."""
+    from diffusers import LatentConsistencyModelPipeline
+
+    folder, model = lcm
+    settings = preset_for(folder)
+    assert (settings.sampler, settings.steps, settings.guidance) == ("LCM", 4, 8.0)
+    req = request_for({"sampler": settings.sampler, "steps": settings.steps}, guidance=guidance)
+    counting = CountingUNet(model.unet)
+    ours = generate(req, model.replace(unet=counting)).latents
+    assert counting.batches == [1] * settings.steps
+    pipe = LatentConsistencyModelPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        reference = pipe(PROMPT, num_inference_steps=req.steps, guidance_scale=guidance, height=req.height,
+                         width=req.width, generator=torch.Generator().manual_seed(req.seed),
+                         output_type="latent").images
+    diff = relative(ours, reference)
+    print(f"\n[parity] LCM model, guidance {guidance} embedded: {diff:.2e}")
+    assert diff <= TOLERANCE
+    # The scale reaches the network, by more than the tolerance resolves (so a scale left out or embedded
+    # wrong fails the comparison above); no negative prompt is read.
+    other = generate(replace(req, guidance=guidance + 2), model).latents
+    assert relative(other, ours) > 5 * TOLERANCE
+    torch.testing.assert_close(generate(replace(req, negative_prompt="blurry"), model).latents, ours)
 
 
 @pytest.mark.parametrize("steps", [2, 4, 8])

@@ -135,9 +135,9 @@ class CountingUNet(torch.nn.Module):
         super().__init__()
         self.unet, self.config, self.batches = unet, unet.config, []
 
-    def forward(self, x, t, context, y=None):
+    def forward(self, x, t, context, y=None, **extra):
         self.batches.append(x.shape[0])
-        return self.unet(x, t, context, y)
+        return self.unet(x, t, context, y, **extra)
 
 
 def test_guidance_one_makes_one_unet_call_per_step(sd1):

@@ -16,7 +16,7 @@ from core.loading.checkpoint import load_model
 from core.metadata.infotext import to_infotext
 from core.precision import at_precision, precision_dtype, sampling_dtype
 from core.request import GenerationRequest
-from core.sampling.denoiser import Denoiser
+from core.sampling.denoiser import Conditioning, Denoiser
 from tests.tiny_models import write_single_file
 
 
@@ -54,16 +54,11 @@ def test_the_denoiser_converts_at_the_unet_boundary_only_when_asked():
         seen.append(x.dtype)
         return torch.zeros_like(x)
 
-    class Cond:
-        context, y, concat = torch.zeros(1, 77, 8), None, None
-
-        def expand(self, n):
-            return self
-
+    cond = Conditioning(torch.zeros(1, 77, 8))
     x = torch.randn(1, 4, 8, 8)
-    out = Denoiser(unet, "epsilon", network_dtype=torch.bfloat16)(x, 1.0, Cond())
+    out = Denoiser(unet, "epsilon", network_dtype=torch.bfloat16)(x, 1.0, cond)
     assert seen == [torch.bfloat16] and out.dtype == torch.float32
-    Denoiser(unet, "epsilon")(x, 1.0, Cond())
+    Denoiser(unet, "epsilon")(x, 1.0, cond)
     assert seen[-1] == torch.float32
 
 

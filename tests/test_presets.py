@@ -76,6 +76,21 @@ def test_an_unreadable_file_has_no_preset_and_no_error(tmp_path):
     assert preset_for(tmp_path / "missing.safetensors") is None
 
 
+def test_a_folder_whose_unet_takes_a_guidance_embedding_is_an_lcm_model_guided_by_it(tmp_path):
+    unet = tmp_path / "my-model" / "unet"
+    unet.mkdir(parents=True)
+    (unet / "config.json").write_text('{"time_cond_proj_dim": 256, "cross_attention_dim": 768}')
+    found = preset_for(tmp_path / "my-model")
+    assert (found.kind, found.sampler, found.steps, found.guidance) == ("lcm", "LCM", 4, 8.0)
+    assert "guidance embedding" in found.source
+    # An ordinary folder, and configs that cannot be read, ask for nothing (and raise nothing).
+    for text in ('{"cross_attention_dim": 768}', "{not json", "[" * 100_000, '{"time_cond_proj_dim": null}'):
+        (unet / "config.json").write_text(text)
+        assert preset_for(tmp_path / "my-model") is None
+    (unet / "config.json").write_bytes(b"\xff\xfe")
+    assert preset_for(tmp_path / "my-model") is None
+
+
 def test_every_preset_is_a_request_generate_takes():
     for preset in PRESETS.values():
         check_request(GenerationRequest(sampler=preset.sampler, schedule=preset.schedule, steps=preset.steps,

@@ -44,6 +44,7 @@ from core.train.diffusion import (
     NoiseTarget,
     TextEncoderConfig,
     build_latent_cache,
+    build_networks,
 )
 from core.train.distributed import Distributed
 from core.train.ema import EMA
@@ -452,6 +453,35 @@ def test_export_keeps_the_coordinate_channels(tmp_path):
         assert torch.allclose(model.unet(x, t, context), stage.objective.unet(x, t, context), atol=2e-2)
 
 
+def test_cross_attention_only_levels_read_the_text_alone_and_survive_export(tmp_path):
+    from core.loading.checkpoint import load_model
+    from core.nets.unet import TransformerBlock
+
+    unet_config = replace(UNET, transformer_depth=(1, 1), cross_attention_only=(0,))
+    stage = diffusion_stage(unet_config=unet_config)
+    unet = stage.objective.unet
+    blocks = [m for m in unet.modules() if isinstance(m, TransformerBlock)]
+    top = [b for b in blocks if b.attn2.to_q.in_features == UNET.model_channels]
+    assert top and all(b.cross_only and not hasattr(b, "attn1") and not hasattr(b, "ff") for b in top)
+    assert all(hasattr(b, "attn1") and hasattr(b, "ff") for b in blocks if b not in top)
+    # A block without self-attention treats each pixel alone: with the other levels' blocks taken out,
+    # swapping two pixels of its input swaps its output.
+    block, tokens = top[0], torch.randn(1, 5, UNET.model_channels)
+    context = torch.randn(1, 77, UNET.context_dim)
+    with torch.no_grad():
+        out, swapped = block(tokens, context), block(tokens[:, [1, 0, 2, 3, 4]], context)
+        assert torch.allclose(swapped, out[:, [1, 0, 2, 3, 4]], atol=1e-6)
+        assert not torch.allclose(block(tokens, torch.randn_like(context)), out)   # and it reads the text
+
+    vae = build_autoencoder(replace(VAE, scale_factor=0.25), seed=0)
+    model = load_model(export_model(tmp_path / "x.safetensors", unet, vae, stage.objective.text_model,
+                                    ModelDefaults(size=64)))
+    assert model.unet.config == unet_config
+    x, t = torch.randn(1, 4, 4, 4), torch.tensor([500.0])
+    with torch.no_grad():
+        assert torch.allclose(model.unet(x, t, context), unet(x, t, context), atol=2e-2)
+
+
 def test_pooled_text_condition_trains_exports_and_samples_as_one_path(tmp_path):
     """A UNet with y = the caption's pooled embedding: what training feeds it is what generation feeds it."""
     from core.generate import conditioning
@@ -575,21 +605,37 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     assert all(torch.allclose(one[k], two[k], atol=1e-4) for k in one)
 
 
-def test_train_builtin_runs_both_stages_and_exports(tmp_path, capsys):
-    from app.cli.train import run_train_builtin
+def test_train_builtin_runs_both_stages_and_exports(tmp_path, capsys, monkeypatch):
+    from app.cli.train import RECIPES, run_train_builtin
     from core.loading.checkpoint import load_model
     from core.train.recipe import BUILTIN_RECIPE as R
 
     recipe = replace(R, vae=replace(VAE, scale_factor=1.0), vae_loss=replace(R.vae_loss, crop=0),
                      vae_train=settings(steps=1), vae_items=2, scale_images=2, eval_images=2,
                      unet=UNET, text=TEXT, diffusion_train=settings(steps=1), diffusion_items=2)
-    args = SimpleNamespace(out=str(tmp_path), device="cpu")
-    assert run_train_builtin(args, recipe) == 0
+    # `--recipe v2` picks that version's recipe (here a tiny stand-in for it).
+    monkeypatch.setitem(RECIPES, "v2", recipe)
+    args = SimpleNamespace(out=str(tmp_path), device="cpu", recipe="v2")
+    assert run_train_builtin(args) == 0
     model = load_model(tmp_path / "builtin.safetensors")
     assert model.vae.config.scale_factor == json.loads((tmp_path / "autoencoder/autoencoder.json").read_text())[
         "scale_factor"]
     assert json.loads((tmp_path / "builtin.json").read_text())["recipe"]["diffusion_items"] == 2
     assert f"latentdesk train preview --model {tmp_path / 'builtin.safetensors'} --shapes" in capsys.readouterr().out
+
+
+def test_every_recipe_builds_within_the_size_budget():
+    """Issue 4's <= 40 MB on disk (fp16) for each version's networks, and configs a loader accepts."""
+    from core.loading.config_checks import check_unet_config, check_vae_config
+    from core.train.recipe import RECIPES
+
+    for name, recipe in RECIPES.items():
+        check_unet_config(recipe.unet)
+        check_vae_config(recipe.vae)
+        unet, text_model = build_networks(recipe.unet, recipe.text, seed=0)
+        vae = build_autoencoder(recipe.vae, seed=0)
+        count = sum(p.numel() for net in (unet, text_model, vae) for p in net.parameters())
+        assert 2 * count <= 40e6, (name, count)
 
 
 def test_snr_weighted_loss_weighs_x0_errors_by_the_clamped_snr():

@@ -266,7 +266,7 @@ def test_sdxl_needs_y():
 
 @pytest.mark.parametrize(("change", "named"), [
     ({"class_embed_type": "timestep"}, "class_embed_type"),
-    ({"time_cond_proj_dim": 256}, "time_cond_proj_dim"),
+    ({"time_cond_proj_dim": 0}, "time_cond_proj_dim"),     # LCM's guidance embedding is read; a width of 0 is not
     ({"resnet_time_scale_shift": "scale_shift"}, "resnet_time_scale_shift"),
     ({"only_cross_attention": [True, False, False]}, "only_cross_attention"),
     ({"_class_name": "UNet2DModel"}, "UNet2DModel"),

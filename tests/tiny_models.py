@@ -106,6 +106,22 @@ def write_diffusers_folder(family: str, folder: Path, seed: int = 0, prediction:
     return folder
 
 
+def write_lcm_folder(folder: Path, seed: int = 0, cond_dim: int = 32) -> Path:
+    """An LCM-distilled SD1-style folder as diffusers writes one (SimianLuo/LCM_Dreamshaper_v7's layout): a UNet
+    with a guidance embedding (time_cond_proj_dim) and LCMScheduler."""
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+    components = diffusers_components("sd1", seed)
+    components["unet"] = randomize(UNet2DConditionModel(sample_size=16, time_cond_proj_dim=cond_dim, **UNET["sd1"]),
+                                   seed)
+    with torch.no_grad():   # loud enough that a scale left out, or embedded wrong, shows in the latents
+        components["unet"].time_embedding.cond_proj.weight.mul_(20)
+    components["scheduler"] = LCMScheduler.from_config(components["scheduler"].config)
+    pipe = LatentConsistencyModelPipeline(**components, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def openclip_tensors(width: int, layers: int, seed: int) -> dict[str, torch.Tensor]:
     """An OpenCLIP text tower's keys and shapes (q, k, v packed into in_proj), random values."""
     g = torch.Generator().manual_seed(seed)

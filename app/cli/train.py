@@ -2,7 +2,7 @@
 
     latentdesk train autoencoder (--data DIR | --shapes) --out DIR [--steps N] [--batch-size B] [--lr LR] [--seed S] ...
     latentdesk train diffusion --autoencoder FILE|DIR (--data DIR | --shapes) --out DIR [...]
-    latentdesk train builtin --out DIR          # both stages with BUILTIN_RECIPE, then DIR/builtin.safetensors
+    latentdesk train builtin --out DIR [--recipe v1|v2]   # both stages, then DIR/builtin.safetensors
     latentdesk train snapshot RUN --autoencoder FILE|DIR --out FILE   # an unfinished stage-2 run's model
     latentdesk train preview --model M (--data DIR | --shapes) --out DIR [--install [--force]]   # M's preview decoder
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from core.errors import LatentDeskError
 from core.nets.preview_decoder import MAX_SIZES, PreviewDecoderConfig
 from core.train.preview import PREVIEW_EVAL_ITEMS, PREVIEW_ITEMS, PREVIEW_TRAIN
-from core.train.recipe import BUILTIN_RECIPE, BuiltinRecipe
+from core.train.recipe import BUILTIN_RECIPE, RECIPES, SHIPPED_RECIPE, BuiltinRecipe
 
 R = BUILTIN_RECIPE
 BUILTIN_FILE = "builtin.safetensors"
@@ -133,6 +133,8 @@ def add_train_commands(subparsers) -> None:
     builtin = stages.add_parser("builtin", help="reproduce the shipped built-in model (both stages, fixed recipe)")
     builtin.add_argument("--out", required=True, help="working folder; rerun the same command to resume")
     builtin.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    builtin.add_argument("--recipe", choices=sorted(RECIPES), default=SHIPPED_RECIPE,
+                         help=f"which version's recipe (default {SHIPPED_RECIPE}: the shipped model's)")
     builtin.set_defaults(handler=run_train_builtin)
 
 
@@ -209,13 +211,15 @@ def _dataset(args, default_items: int, split: str = "train"):
     if phrasings < 1:
         raise LatentDeskError(f"--shapes-captions must be at least 1, not {phrasings}")
     style = getattr(args, "caption_style", "templates")
-    name = shapes_name(args.seed, items, phrasings) + (f", {style} captions" if style != "templates" else "")
+    name = shapes_name(args.seed, items, phrasings, style)
     return shapes(args.seed, items, split, phrasings, style), name
 
 
-def shapes_name(seed: int, items: int, phrasings: int = 1) -> str:
-    """The data's name in checkpoints and the latent cache's fingerprint (one phrasing: as before it existed)."""
-    return f"shapes seed {seed}, {items} items" + (f", {phrasings} captions each" if phrasings > 1 else "")
+def shapes_name(seed: int, items: int, phrasings: int = 1, style: str = "templates") -> str:
+    """The data's name in checkpoints and the latent cache's fingerprint (one phrasing, templates: as before
+    either existed)."""
+    return (f"shapes seed {seed}, {items} items" + (f", {phrasings} captions each" if phrasings > 1 else "")
+            + (f", {style} captions" if style != "templates" else ""))
 
 
 def run_train_autoencoder(args) -> int:
@@ -352,8 +356,9 @@ def _subset(dataset, indices):
     return torch.utils.data.Subset(dataset, list(indices))
 
 
-def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
+def run_train_builtin(args, recipe: BuiltinRecipe | None = None) -> int:
     """Stage 1 into OUT/autoencoder, stage 2 into OUT/diffusion, the model to OUT/builtin.safetensors."""
+    recipe = recipe or RECIPES[getattr(args, "recipe", SHIPPED_RECIPE)]
     from core.atomic_files import write_json
     from core.train.autoencoder import (
         AUTOENCODER_FILE,
@@ -377,9 +382,9 @@ def run_train_builtin(args, recipe: BuiltinRecipe = BUILTIN_RECIPE) -> int:
         train_autoencoder(stage, recipe.vae_train, first, shapes(seed, recipe.eval_images, "heldout"),
                           scale_images=recipe.scale_images, eval_images=recipe.eval_images, processes=processes)
     vae = load_autoencoder(first)
-    items, phrasings = recipe.diffusion_items, recipe.captions_per_item
-    path = train_diffusion(vae, autoencoder_id(first), shapes(seed, items, "train", phrasings),
-                           shapes_name(seed, items, phrasings), second, recipe.unet, recipe.text,
+    items, phrasings, style = recipe.diffusion_items, recipe.captions_per_item, recipe.caption_style
+    path = train_diffusion(vae, autoencoder_id(first), shapes(seed, items, "train", phrasings, style),
+                           shapes_name(seed, items, phrasings, style), second, recipe.unet, recipe.text,
                            recipe.diffusion_train, caption_dropout=recipe.caption_dropout, defaults=recipe.defaults,
                            target=recipe.target, text_lr_scale=recipe.text_lr_scale,
                            attribute_loss=recipe.attribute_loss, export_dtype=recipe.export_dtype, export_path=out / BUILTIN_FILE, processes=processes)

@@ -4,7 +4,7 @@ count of transformer blocks)."""
 
 from __future__ import annotations
 
-from core.errors import LatentDeskError
+from core.errors import LatentDeskError, shown
 from core.limits import (
     MAX_BLOCKS,
     MAX_CHANNELS,
@@ -38,12 +38,27 @@ def check_unet_config(c: UNetConfig) -> None:
         whole("adm_in_channels", c.adm_in_channels, 1, MAX_VECTOR)
     flag("use_linear_in_transformer", c.use_linear_in_transformer)
     flag("coord_channels", c.coord_channels)
+    if c.time_cond_proj_dim is not None:
+        whole("time_cond_proj_dim", c.time_cond_proj_dim, 1, MAX_VECTOR)
+    _check_cross_only(c.cross_attention_only, depths)
     _check_groups(c.norm_groups, [mc, *widths])
     # Levels, blocks and depths are each bounded; their product is what gets built.
     total = sum(d * (2 * blocks + 1) for d in depths) + middle
     if total > MAX_TRANSFORMER_BLOCKS:
         raise LatentDeskError(f"the UNet would have {total} transformer blocks; at most {MAX_TRANSFORMER_BLOCKS} "
                               "are supported")
+
+
+def _check_cross_only(levels, depths: list[int]) -> None:
+    """Distinct levels that exist and have transformer blocks to strip."""
+    if not isinstance(levels, tuple | list):
+        raise LatentDeskError(f"cross_attention_only must list levels, not {shown(levels)}")
+    for level in levels:
+        whole("cross_attention_only level", level, 0, len(depths) - 1)
+        if not depths[level]:
+            raise LatentDeskError(f"cross_attention_only names level {level}, which has no transformer blocks")
+    if len(set(levels)) != len(levels):
+        raise LatentDeskError(f"cross_attention_only names a level twice: {shown(levels)}")
 
 
 def check_vae_config(c: VAEConfig) -> None:

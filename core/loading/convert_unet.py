@@ -45,7 +45,6 @@ REQUIRED = {
     "time_embedding_type": "positional",
     "time_embedding_act_fn": None,
     "timestep_post_act": None,
-    "time_cond_proj_dim": None,         # LCM's guidance-scale embedding
     "class_embed_type": None,           # upscaler / unCLIP noise-level embeddings
     "num_class_embeds": None,
     "class_embeddings_concat": False,
@@ -153,6 +152,11 @@ def unet_config_from_diffusers(cfg: Mapping) -> UNetConfig:
     if time_dim is not None and time_dim != 4 * mc:
         raise LatentDeskError(f"UNet config: time_embedding_dim {time_dim} is not supported (Stable Diffusion uses {4 * mc})")
 
+    # LCM's guidance-scale embedding (diffusers' LatentConsistencyModelPipeline): its width, bounded here.
+    cond_dim = cfg.get("time_cond_proj_dim")
+    if cond_dim is not None:
+        whole("time_cond_proj_dim", cond_dim, 1, MAX_VECTOR)
+
     groups = cfg.get("norm_num_groups", 32)
     if groups is None:
         raise LatentDeskError("UNet config: a UNet without group norms (norm_num_groups null) is not supported")
@@ -170,6 +174,7 @@ def unet_config_from_diffusers(cfg: Mapping) -> UNetConfig:
         use_linear_in_transformer=bool(cfg.get("use_linear_projection", False)),
         adm_in_channels=adm_in_channels,
         norm_groups=whole("norm_num_groups", groups, 1, MAX_CHANNELS),
+        time_cond_proj_dim=cond_dim,
     )
     check_unet_config(config)   # what no single option shows: heads per width, groups per width, totals
     return config
@@ -245,6 +250,8 @@ def _module_table(c: UNetConfig) -> dict[str, tuple[str, dict | None]]:
         "conv_norm_out": ("out.0", None),
         "conv_out": ("out.2", None),
     }
+    if c.time_cond_proj_dim is not None:
+        table["time_embedding.cond_proj"] = ("time_cond_proj", None)
     if c.adm_in_channels is not None:
         table["add_embedding.linear_1"] = ("label_emb.0.0", None)
         table["add_embedding.linear_2"] = ("label_emb.0.2", None)
@@ -367,6 +374,7 @@ def unet_layout_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> dict:
         context_dim=shape(attention[0], 2)[1] if attention else None,
         use_linear_in_transformer=bool(proj_in) and len(shapes[proj_in[0]]) == 2,
         adm_in_channels=shape("label_emb.0.0.weight", 2)[1] if "label_emb.0.0.weight" in shapes else None,
+        time_cond_proj_dim=shape("time_cond_proj.weight", 2)[1] if "time_cond_proj.weight" in shapes else None,
     )
 
 

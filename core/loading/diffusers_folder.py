@@ -32,6 +32,8 @@ WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
 PIPELINES = {
     "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionXLPipeline",
     "StableDiffusionXLImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionXLInpaintPipeline",
+    # LCM-distilled SD1.5 models (SimianLuo/LCM_Dreamshaper_v7 on the Hub): an SD UNet plus a guidance embedding.
+    "LatentConsistencyModelPipeline", "LatentConsistencyModelImg2ImgPipeline",
 }
 
 

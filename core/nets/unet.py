@@ -36,6 +36,14 @@ class UNetConfig:
     # 2018). Off in every SD model. Zero padding only hints at where a pixel is, and at pure noise
     # nothing else does: a small model trained briefly cannot place "top left" without it.
     coord_channels: bool = False
+    # Levels (0 = the latent's own size) whose transformer blocks only read the text: cross-attention, no
+    # self-attention, no feed-forward. Off in every SD model. The built-in model puts them at its 16x16
+    # level, where each word's attention then has a pixel of its own per latent pixel, at 3 % of a training
+    # step; a full block there (self-attention over 256 pixels, batch 256) made a step 2-3.5 times slower.
+    cross_attention_only: tuple[int, ...] = ()
+    # LCM-distilled UNets (diffusers' time_cond_proj_dim): the guidance scale comes in as an embedding added
+    # to the timestep's, so one call a step does what CFG does with two (`guidance_embedding`).
+    time_cond_proj_dim: int | None = None
 
     @property
     def levels(self) -> int:
@@ -49,6 +57,16 @@ def coordinates(x: Tensor) -> Tensor:
     xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, device=x.device, dtype=x.dtype)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([grid_x, grid_y]).expand(b, 2, height, width)
+
+
+def guidance_embedding(scale: Tensor, dim: int) -> Tensor:
+    """LCM's embedding of the guidance scale (B,) -> (B, dim): w = scale - 1, times 1000, sin half first
+    (the VDM embedding diffusers' LatentConsistencyModelPipeline uses), in float32."""
+    w = (scale.float() - 1) * 1000
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=w.device, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+    args = w[:, None] * freqs[None]
+    return F.pad(torch.cat([torch.sin(args), torch.cos(args)], dim=1), (0, dim % 2))
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -165,18 +183,26 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Self-attention, cross-attention on the text tokens, feed-forward; each pre-norm and residual."""
+    """Self-attention, cross-attention on the text tokens, feed-forward; each pre-norm and residual.
 
-    def __init__(self, dim: int, context_dim: int, heads: int, dim_head: int):
+    With `cross_only` the block keeps only the cross-attention (and its norm, under the same keys).
+    """
+
+    def __init__(self, dim: int, context_dim: int, heads: int, dim_head: int, cross_only: bool = False):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, dim, heads, dim_head)
+        self.cross_only = cross_only
+        if not cross_only:
+            self.norm1 = nn.LayerNorm(dim)
+            self.attn1 = Attention(dim, dim, heads, dim_head)
         self.norm2 = nn.LayerNorm(dim)
         self.attn2 = Attention(dim, context_dim, heads, dim_head)
-        self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim)
+        if not cross_only:
+            self.norm3 = nn.LayerNorm(dim)
+            self.ff = FeedForward(dim)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        if self.cross_only:
+            return x + self.attn2(self.norm2(x), context)
         h = self.norm1(x)
         x = x + self.attn1(h, h)
         x = x + self.attn2(self.norm2(x), context)
@@ -186,7 +212,8 @@ class TransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """Transformer blocks over the pixels of a feature map, as tokens, wrapped in a residual."""
 
-    def __init__(self, channels: int, heads: int, depth: int, context_dim: int, use_linear: bool, groups: int):
+    def __init__(self, channels: int, heads: int, depth: int, context_dim: int, use_linear: bool, groups: int,
+                 cross_only: bool = False):
         super().__init__()
         dim_head = channels // heads
         inner = heads * dim_head
@@ -195,7 +222,7 @@ class SpatialTransformer(nn.Module):
         proj = nn.Linear if use_linear else lambda c_in, c_out: nn.Conv2d(c_in, c_out, 1)
         self.proj_in = proj(channels, inner)
         self.transformer_blocks = nn.ModuleList(
-            TransformerBlock(inner, context_dim, heads, dim_head) for _ in range(depth))
+            TransformerBlock(inner, context_dim, heads, dim_head, cross_only) for _ in range(depth))
         self.proj_out = proj(inner, channels)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
@@ -241,6 +268,9 @@ class UNet(nn.Module):
         mc, groups = c.model_channels, c.norm_groups
         emb_ch = 4 * mc
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        self.time_cond_proj = None
+        if c.time_cond_proj_dim is not None:   # diffusers' time_embedding.cond_proj
+            self.time_cond_proj = nn.Linear(c.time_cond_proj_dim, mc, bias=False)
         self.label_emb = None
         if c.adm_in_channels is not None:
             # SGM nests the MLP one Sequential deeper than time_embed: keys `label_emb.0.0` / `label_emb.0.2`.
@@ -250,8 +280,9 @@ class UNet(nn.Module):
         def res(ch_in: int, ch_out: int) -> ResBlock:
             return ResBlock(ch_in, ch_out, emb_ch, groups)
 
-        def attention(ch: int, heads: int, depth: int) -> SpatialTransformer:
-            return SpatialTransformer(ch, heads, depth, c.context_dim, c.use_linear_in_transformer, groups)
+        def attention(ch: int, level: int) -> SpatialTransformer:
+            return SpatialTransformer(ch, c.num_heads[level], c.transformer_depth[level], c.context_dim,
+                                      c.use_linear_in_transformer, groups, level in c.cross_attention_only)
 
         in_ch = c.in_channels + (2 if c.coord_channels else 0)
         self.input_blocks = nn.ModuleList([Block([nn.Conv2d(in_ch, mc, 3, padding=1)])])
@@ -262,7 +293,7 @@ class UNet(nn.Module):
                 layers = [res(ch, mult * mc)]
                 ch = mult * mc
                 if c.transformer_depth[level]:
-                    layers.append(attention(ch, c.num_heads[level], c.transformer_depth[level]))
+                    layers.append(attention(ch, level))
                 self.input_blocks.append(Block(layers))
                 skip_channels.append(ch)
             if level < c.levels - 1:
@@ -271,7 +302,8 @@ class UNet(nn.Module):
 
         middle = [res(ch, ch)]
         if c.transformer_depth_middle:
-            middle += [attention(ch, c.num_heads[-1], c.transformer_depth_middle), res(ch, ch)]
+            middle += [SpatialTransformer(ch, c.num_heads[-1], c.transformer_depth_middle, c.context_dim,
+                                          c.use_linear_in_transformer, groups), res(ch, ch)]
         # Depth 0 leaves one ResBlock, like diffusers' UNetMidBlock2D and ComfyUI's depth -1.
         self.middle_block = Block(middle)
 
@@ -282,19 +314,21 @@ class UNet(nn.Module):
                 layers = [res(ch + skip_channels.pop(), out_ch)]
                 ch = out_ch
                 if c.transformer_depth[level]:
-                    layers.append(attention(ch, c.num_heads[level], c.transformer_depth[level]))
+                    layers.append(attention(ch, level))
                 if level > 0 and i == c.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(Block(layers))
 
         self.out = nn.Sequential(_norm(mc, groups), nn.SiLU(), nn.Conv2d(mc, c.out_channels, 3, padding=1))
 
-    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None) -> Tensor:
-        """x (B, C, H, W), timesteps (B,) or scalar, context (B, T, context_dim), y (B, adm_in_channels).
+    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None,
+                timestep_cond: Tensor | None = None) -> Tensor:
+        """x (B, C, H, W), timesteps (B,) or scalar, context (B, T, context_dim), y (B, adm_in_channels),
+        timestep_cond (B, time_cond_proj_dim): an LCM UNet's guidance embedding.
 
         Computes in the parameters' dtype; the result comes back in x's dtype.
         """
-        h, emb, context = self.prepare(x, timesteps, context, y)
+        h, emb, context = self.prepare(x, timesteps, context, y, timestep_cond)
         skips = self.down(h, emb, context)
         h = self.middle_block(skips[-1], emb, context)
         h = self.up(h, skips, emb, context)
@@ -302,12 +336,16 @@ class UNet(nn.Module):
 
     # The parts of forward, in order. core/sampling/deep_cache.py runs them separately to skip the deep ones.
 
-    def prepare(self, x: Tensor, timesteps: Tensor, context: Tensor,
-                y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def prepare(self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None,
+                timestep_cond: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(h, emb, context): the network's input, the timestep (+ y) embedding, the text tokens, in its dtype."""
         dtype = self.time_embed[0].weight.dtype
-        t_emb = timestep_embedding(timesteps.expand(x.shape[0]), self.config.model_channels)  # (B, mc)
-        emb = self.time_embed(t_emb.to(dtype))  # (B, 4*mc)
+        t_emb = timestep_embedding(timesteps.expand(x.shape[0]), self.config.model_channels).to(dtype)  # (B, mc)
+        if timestep_cond is not None:
+            if self.time_cond_proj is None:
+                raise ValueError("this UNet takes no guidance embedding (it has no time_cond_proj)")
+            t_emb = t_emb + self.time_cond_proj(timestep_cond.to(dtype))
+        emb = self.time_embed(t_emb)  # (B, 4*mc)
         if self.label_emb is not None:
             if y is None:
                 raise ValueError("this UNet (SDXL) needs y, the pooled text + size embedding")

@@ -70,12 +70,13 @@ class DeepCacheUNet:
         self._full_step, self._refreshed = None, False
         self.step += 1
 
-    def __call__(self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None,
+                 timestep_cond: Tensor | None = None) -> Tensor:
         unet = self.unet
         if self._full_step is None:
             since = self._steps_since_refresh
             self._full_step = self.step < self.full_first or since is None or since >= self.interval
-        h, emb, context = unet.prepare(x, timesteps, context, y)
+        h, emb, context = unet.prepare(x, timesteps, context, y, timestep_cond)
         if not self._full_step and self._cache is not None and self._cache.shape[0] == h.shape[0]:
             skips = unet.down(h, emb, context, self.blocks)
             h = self._cache

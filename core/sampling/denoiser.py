@@ -28,6 +28,8 @@ class Conditioning:
     # (B, 5, H, W) an inpainting UNet's extra input channels, [mask, masked-picture latent]
     # (core/inpaint_latents.py), joined to the scaled latent; None for every other UNet.
     concat: Tensor | None = None
+    # (B, dim) an LCM UNet's guidance-scale embedding (core/sampling/guidance.py EmbeddedGuidance); else None.
+    timestep_cond: Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -42,9 +44,11 @@ class Conditioning:
             raise ValueError("cannot batch a conditioning that has y (SDXL) with one that has not")
         if (self.concat is None) != (other.concat is None):
             raise ValueError("cannot batch an inpainting conditioning with one that is not")
-        y = None if self.y is None else torch.cat([self.y, other.y])
-        concat = None if self.concat is None else torch.cat([self.concat, other.concat])
-        return Conditioning(torch.cat([self.context, other.context]), y, concat)
+        if (self.timestep_cond is None) != (other.timestep_cond is None):
+            raise ValueError("cannot batch a conditioning with a guidance embedding with one without")
+        y, concat, timestep_cond = (None if a is None else torch.cat([a, b]) for a, b in (
+            (self.y, other.y), (self.concat, other.concat), (self.timestep_cond, other.timestep_cond)))
+        return Conditioning(torch.cat([self.context, other.context]), y, concat, timestep_cond)
 
     def expand(self, batch: int) -> Conditioning:
         """The same conditioning for `batch` images: a batch-1 conditioning is repeated, others must match."""
@@ -52,9 +56,9 @@ class Conditioning:
             return self
         if self.batch != 1:
             raise ValueError(f"conditioning for {self.batch} images cannot serve a batch of {batch}")
-        y = None if self.y is None else self.y.expand(batch, *self.y.shape[1:])
-        concat = None if self.concat is None else self.concat.expand(batch, *self.concat.shape[1:])
-        return Conditioning(self.context.expand(batch, *self.context.shape[1:]), y, concat)
+        y, concat, timestep_cond = (None if a is None else a.expand(batch, *a.shape[1:])
+                                    for a in (self.y, self.concat, self.timestep_cond))
+        return Conditioning(self.context.expand(batch, *self.context.shape[1:]), y, concat, timestep_cond)
 
 
 UNetFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]  # unet(x, t, context, y) -> eps or v
@@ -91,7 +95,8 @@ class Denoiser:
         scaled = x * c_in
         if cond.concat is not None:
             scaled = torch.cat([scaled, cond.concat.to(scaled)], dim=1)
-        out = self.unet(scaled.to(network_dtype), t, cond.context, cond.y).to(x.dtype)
+        extra = {} if cond.timestep_cond is None else {"timestep_cond": cond.timestep_cond}
+        out = self.unet(scaled.to(network_dtype), t, cond.context, cond.y, **extra).to(x.dtype)
         if self.prediction == "epsilon":
             return x - s.to(x.dtype) * out
         # v = α·ε − σ_vp·x0 (Salimans & Ho 2022), so x0 = c_skip·x + c_out·v (Karras et al. App. B.2)

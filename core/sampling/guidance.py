@@ -10,10 +10,12 @@ layout of the image is settled, and a step without guidance costs one batch of B
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
+from core.nets.unet import guidance_embedding
 from core.sampling.denoiser import Conditioning
 from core.sampling.guidance_scale import GuidanceScale
 
@@ -50,11 +52,16 @@ class CFGDenoiser:
         self._step_scale = None
         self.step += 1
 
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def scale_now(self) -> float:
+        """This step's scale: read at its first call, then held."""
         if self._step_scale is None:
             cut_off = self.unguided_from is not None and self.step >= self.unguided_from
             self._step_scale = 1.0 if cut_off else self.scale.value
-        s = self.last_scale = self._step_scale
+        self.last_scale = self._step_scale
+        return self._step_scale
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        s = self.scale_now()
         if s == 1:  # D_uncond + 1·(D_cond − D_uncond) = D_cond: skip the unconditional half
             return self.denoiser(x, sigma, self.cond)
         batch = x.shape[0]
@@ -65,3 +72,21 @@ class CFGDenoiser:
         # commute with u + s·(c − u) because its weights (1 − s) and s sum to 1.
         uncond, cond = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
         return uncond + s * (cond - uncond)
+
+
+class EmbeddedGuidance(CFGDenoiser):
+    """The guidance an LCM-distilled UNet learnt (Luo et al. 2023, "Latent Consistency Models", sec. 4.1): the
+    scale goes in as an embedding added to the timestep's (core/nets/unet.py guidance_embedding), so one call
+    on the prompt alone does a step; there is no negative prompt, as in diffusers' LatentConsistencyModelPipeline.
+    The scale is live and held per step as with CFG; a cut-off has nothing to save and is not offered.
+    """
+
+    def __init__(self, denoiser: DenoiserFn, cond: Conditioning, scale: GuidanceScale | float, dim: int):
+        super().__init__(denoiser, cond, cond, scale)
+        self.dim = dim
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        batch = x.shape[0]
+        scale = torch.full((batch,), self.scale_now(), device=x.device)
+        cond = replace(self.cond.expand(batch), timestep_cond=guidance_embedding(scale, self.dim))
+        return self.denoiser(x, sigma, cond)

@@ -10,7 +10,7 @@
     autoencoder  stage 1: AutoencoderKL (perceptual compression) and its latent scale factor
     diffusion    stage 2: UNet + CLIP text encoder on the frozen autoencoder's latents, epsilon objective
     export       one single-file `.safetensors` in the original LDM layout, config in its metadata
-    recipe       BUILTIN_RECIPE: the fixed settings `latentdesk train builtin` runs
+    recipe       BUILTIN_RECIPE (v1, shipped) and V2_RECIPE: the fixed settings `latentdesk train builtin` runs
     preview      a model's tiny preview decoder, trained to imitate its VAE decoder
 
 The command line (`latentdesk train ...`) is app/cli/train.py.

@@ -131,7 +131,8 @@ def train(stage: Stage, settings: TrainSettings, folder: str | Path, processes: 
     for step in range(start, settings.steps):
         lr = settings.lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
+            # lr 0 freezes a group exactly: AdamW's step and its decoupled weight decay both scale with lr.
+            group["lr"] = 0.0 if step >= group.get("frozen_from", step + 1) else lr * group["lr_scale"]
         inputs = stage.inputs(order.indices(step)[rows], BatchRandom(settings.seed, step, settings.batch_size, rows))
         with attention_for_training(processes.device):
             with torch.autocast(processes.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
