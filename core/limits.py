@@ -37,6 +37,7 @@ MAX_BLOCKS = 16                # ResBlocks per level; SD: 2
 MAX_DEPTH = 32                 # transformer blocks in one SpatialTransformer; SDXL: 10
 MAX_TRANSFORMER_BLOCKS = 256   # in a whole UNet; SDXL: 70, SD1.5: 16
 MAX_TEXT_LAYERS = 64           # CLIP text encoder layers; OpenCLIP bigG: 32
+MAX_CONFIG_BYTES = 1024 * 1024  # a diffusers config.json (a UNet's is ~2 kB), read whole
 MIN_SIDE = 64                  # an image's width or height, in pixels (check_size)
 MAX_SIDE = 8192
 

@@ -30,12 +30,12 @@ from pathlib import Path
 
 from core.errors import LatentDeskError
 from core.fetch.catalogue import CatalogueEntry
+from core.limits import MAX_CONFIG_BYTES
 
 # The metadata keys read for the words, and how much of each (a description may be pages long).
 METADATA_KEYS = ("modelspec.title", "modelspec.usage_hint", "modelspec.architecture", "ss_output_name",
                  "modelspec.description")
 METADATA_CHARS = 2_000
-MAX_CONFIG_BYTES = 1024 * 1024   # a UNet's config.json is ~2 kB
 MAX_NAMED_STEPS = 16        # "4step": a few-step model's count; a number past this is not one (a version, a seed)
 
 

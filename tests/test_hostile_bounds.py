@@ -118,6 +118,8 @@ STATED_CASES = [
     ("cross_only_empty", {"unet": {"transformer_depth": [0], "cross_attention_only": [0]}}, "no transformer blocks"),
     ("cross_only_twice", {"unet": {"cross_attention_only": [0, 0]}}, "twice"),
     ("cross_only_mismatch", {"unet": {"cross_attention_only": [0]}}, "attn1"),
+    ("cond_dim_huge", {"unet": {"time_cond_proj_dim": 10**9}}, "time_cond_proj_dim"),
+    ("cond_dim_text", {"unet": {"time_cond_proj_dim": "256"}}, "time_cond_proj_dim"),
     ("vae_blocks", {"vae": {"num_res_blocks": 100_000}}, "num_res_blocks 100000"),
     ("vae_groups0", {"vae": {"norm_groups": 0}}, "norm_groups 0"),
     ("vae_scale_nan", {"vae": {"scale_factor": float("nan")}}, "scale_factor"),

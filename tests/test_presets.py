@@ -89,6 +89,9 @@ def test_a_folder_whose_unet_takes_a_guidance_embedding_is_an_lcm_model_guided_b
         assert preset_for(tmp_path / "my-model") is None
     (unet / "config.json").write_bytes(b"\xff\xfe")
     assert preset_for(tmp_path / "my-model") is None
+    # Too large to be a UNet's config: not read at all.
+    (unet / "config.json").write_text('{"time_cond_proj_dim": 256, "pad": "' + " " * (2 << 20) + '"}')
+    assert preset_for(tmp_path / "my-model") is None
 
 
 def test_every_preset_is_a_request_generate_takes():

@@ -12,6 +12,7 @@ import torch
 
 from core.errors import ModelLoadError, shown
 from core.families import SD1, SD2, SDXL, Family
+from core.limits import MAX_CONFIG_BYTES
 from core.loading.assemble import blame, check_context_width, load_text_encoder
 from core.loading.convert_unet import check_stated_unet, unet_config_from_diffusers, unet_state_from_diffusers
 from core.loading.convert_vae import (
@@ -27,7 +28,6 @@ from core.loading.weights import build_on_meta, fill
 from core.nets.unet import UNet
 from core.nets.vae import AutoencoderKL, VAEConfig
 
-MAX_CONFIG_BYTES = 1024 * 1024
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
 PIPELINES = {
     "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionXLPipeline",
