@@ -269,3 +269,25 @@ def test_the_diffusion_stage_takes_the_caption_style_from_the_command_line():
     assert len(dataset) == 20 and name.endswith("grammar captions")
     plain, plain_name = _dataset(SimpleNamespace(**{**vars(args), "caption_style": "templates"}), 100)
     assert "grammar" not in plain_name and dataset[3][1] != plain[3][1]
+
+
+def test_mixed_captions_phrase_each_scene_from_the_grammar_or_the_training_templates():
+    from core.shapes.captions import TRAIN_TEMPLATES
+    from core.shapes.grammar import heldout_rules
+
+    mixed = ShapesDataset(3, 400, captions="mixed", captions_per_item=4)
+    grammar, templates = ShapesDataset(3, 400, captions="grammar"), ShapesDataset(3, 400)
+    structures = [mixed.phrased(i)[1].structure for i in range(400)]
+    from_templates = [s for s in structures if s in TRAIN_TEMPLATES]
+    from_grammar = [s for s in structures if s is not None and s not in TRAIN_TEMPLATES]
+    assert 0.4 <= len(from_templates) / 400 <= 0.6 and 0.35 <= len(from_grammar) / 400 <= 0.6
+    assert not any(heldout_rules(s) for s in from_grammar)                 # held-out structures stay held out
+    for i in range(400):
+        scene, (text, mentioned, structure) = mixed.phrased(i)
+        assert scene == grammar.scene_and_caption(i)[0] == templates.scene_and_caption(i)[0]   # same scenes
+        if structure in TRAIN_TEMPLATES:
+            assert scene.shape in text or "shape" not in mentioned
+        elif text:
+            assert read(text).keys() == mentioned    # a grammar caption says what it claims
+    assert mixed.captions(7) == ShapesDataset(3, 400, captions="mixed", captions_per_item=4).captions(7)
+    assert len(set(mixed.captions(7))) == 4

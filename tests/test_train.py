@@ -143,9 +143,12 @@ def test_autoencoder_file_round_trip(tmp_path):
         load_autoencoder(tmp_path / "missing")
 
 
-def test_autoencoder_must_make_sd_shaped_latents():
-    with pytest.raises(LatentDeskError, match="4 channels, 1/8"):
-        AutoencoderStage(replace(VAE, channel_mult=(1, 1)), Pictures(1), "pictures")
+def test_autoencoder_latents_are_an_eighth_the_size_with_up_to_16_channels():
+    for config in (replace(VAE, channel_mult=(1, 1)), replace(VAE, z_channels=0), replace(VAE, z_channels=17)):
+        with pytest.raises(LatentDeskError, match="1/8 the image size with 1 to 16 channels"):
+            AutoencoderStage(config, Pictures(1), "pictures")
+    stage = AutoencoderStage(replace(VAE, z_channels=16), Pictures(2), "pictures")
+    assert stage.objective.vae.encode(torch.zeros(1, 3, 32, 32)).mode().shape[1] == 16
 
 
 # --- stage 2 -------------------------------------------------------------------------------------
@@ -316,6 +319,22 @@ def test_resume_reads_checkpoints_written_before_lr_scales(tmp_path):
     state.write_text(json.dumps(meta))
     trained = train(diffusion_stage(), run, tmp_path, ONE, io.StringIO())
     assert trained.step == 4
+
+
+def test_resume_reads_checkpoints_written_before_a_new_optional_unet_field(tmp_path):
+    run = settings(steps=4, warmup_steps=1, lr_decay_until=4, checkpoint_every=2)
+    train(diffusion_stage(), replace(run, steps=2), tmp_path, ONE, io.StringIO())
+    state = tmp_path / "checkpoint/state.json"
+    meta = json.loads(state.read_text())
+    assert meta["description"]["unet"]["time_cond_proj_dim"] is None
+    del meta["description"]["unet"]["time_cond_proj_dim"]     # written before UNetConfig had the field
+    state.write_text(json.dumps(meta))
+    assert train(diffusion_stage(), run, tmp_path, ONE, io.StringIO()).step == 4
+    meta = json.loads(state.read_text())
+    meta["description"]["unet"]["time_cond_proj_dim"] = 8     # a real difference is still refused
+    state.write_text(json.dumps(meta))
+    with pytest.raises(LatentDeskError, match="different unet"):
+        train(diffusion_stage(), replace(run, steps=6), tmp_path, ONE, io.StringIO())
 
 
 def test_resume_refuses_a_different_run(tmp_path):
@@ -622,6 +641,24 @@ def test_train_builtin_runs_both_stages_and_exports(tmp_path, capsys, monkeypatc
         "scale_factor"]
     assert json.loads((tmp_path / "builtin.json").read_text())["recipe"]["diffusion_items"] == 2
     assert f"latentdesk train preview --model {tmp_path / 'builtin.safetensors'} --shapes" in capsys.readouterr().out
+
+
+def test_a_built_in_model_on_16_channel_latents_trains_exports_loads_and_draws(tmp_path):
+    from app.cli.train import run_train_builtin
+    from core.generate import generate
+    from core.loading.checkpoint import load_model
+    from core.request import GenerationRequest
+    from core.train.recipe import BUILTIN_RECIPE as R
+
+    recipe = replace(R, vae=replace(VAE, z_channels=16), vae_loss=replace(R.vae_loss, crop=0),
+                     vae_train=settings(steps=1), vae_items=2, scale_images=2, eval_images=2,
+                     unet=replace(UNET, in_channels=16, out_channels=16), text=TEXT,
+                     diffusion_train=settings(steps=1), diffusion_items=2)
+    assert run_train_builtin(SimpleNamespace(out=str(tmp_path), device="cpu"), recipe) == 0
+    model = load_model(tmp_path / "builtin.safetensors")
+    assert model.vae.config.z_channels == 16 and model.unet.config.in_channels == 16
+    image = generate(GenerationRequest(prompt="a red star", steps=2, width=64, height=64, seed=1), model).images[0]
+    assert image.size == (64, 64)
 
 
 def test_every_recipe_builds_within_the_size_budget():

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from core.errors import LatentDeskError
 from core.nets.preview_decoder import MAX_SIZES, PreviewDecoderConfig
+from core.shapes.dataset import CAPTION_SOURCES
 from core.train.preview import PREVIEW_EVAL_ITEMS, PREVIEW_ITEMS, PREVIEW_TRAIN
 from core.train.recipe import BUILTIN_RECIPE, RECIPES, SHIPPED_RECIPE, BuiltinRecipe
 
@@ -50,6 +51,8 @@ def add_train_commands(subparsers) -> None:
     ae.add_argument("--channel-mult", type=_ints, default=R.vae.channel_mult,
                     help="width multiple per level, e.g. 1,2,4,4 (4 levels = 1/8 size latents)")
     ae.add_argument("--res-blocks", type=int, default=R.vae.num_res_blocks)
+    ae.add_argument("--latent-channels", type=int, default=R.vae.z_channels,
+                    help="channels of the latents (SD: 4); more keep more of a small object")
     ae.add_argument("--kl-weight", type=float, default=R.vae_loss.kl_weight)
     ae.add_argument("--crop", type=int, default=R.vae_loss.crop, help="train on random crops this size (0 = whole)")
     ae.add_argument("--edge-weight", type=float, default=R.vae_loss.edge_weight,
@@ -75,9 +78,9 @@ def add_train_commands(subparsers) -> None:
                     default=R.unet.adm_in_channels is not None,
                     help="also condition every ResBlock on the caption's pooled embedding (added to the timestep "
                          "embedding), besides cross-attention")
-    df.add_argument("--caption-style", choices=("templates", "grammar"), default="templates",
-                    help="--shapes captions: the shipped model's templates, or the caption grammar (people's "
-                         "phrasings, synonyms; held-out structures never drawn)")
+    df.add_argument("--caption-style", choices=CAPTION_SOURCES, default="templates",
+                    help="--shapes captions: the shipped model's templates, the caption grammar (people's "
+                         "phrasings, synonyms; held-out structures never drawn), or each phrasing from either")
     df.add_argument("--heads", type=int, default=R.unet.num_heads[0], help="attention heads in the UNet")
     df.add_argument("--text-width", type=int, default=R.text.hidden_size)
     df.add_argument("--text-layers", type=int, default=R.text.num_hidden_layers)
@@ -231,7 +234,7 @@ def run_train_autoencoder(args) -> int:
     processes = Distributed.from_env(args.device)
     dataset, name = _dataset(args, R.vae_items)
     config = VAEConfig(base_channels=args.channels, channel_mult=args.channel_mult, num_res_blocks=args.res_blocks,
-                       norm_groups=groups_for(args.channels), scale_factor=1.0)
+                       norm_groups=groups_for(args.channels), z_channels=args.latent_channels, scale_factor=1.0)
     stage = AutoencoderStage(config, dataset, name, AutoencoderLoss(args.kl_weight, R.vae_loss.mse_weight, args.crop,
                                                                    args.edge_weight, args.adversarial_weight,
                                                                    args.adversarial_start),

@@ -24,17 +24,15 @@ from PySide6.QtWidgets import (
 
 from app.jobs import PreviewMode, ReadyModel
 from app.models import tiny_decoder_note
-from app.seeds import FORM_MAX_SEED
-from app.settings import StoredSettings, between, one_of
-from app.widgets.guidance import HIGH as GUIDANCE_HIGH
-from app.widgets.guidance import LOW as GUIDANCE_LOW
+from app.settings import StoredSettings
+from app.widgets.form_memory import restore_form, save_form
 from app.widgets.guidance import GuidanceControl
-from app.widgets.init_image import MIN_STRENGTH, InitImageWell
+from app.widgets.init_image import InitImageWell
 from app.widgets.lora_panel import LoraPanel
 from app.widgets.model_picker import ModelPicker
 from app.widgets.model_type import STANDARD, ModelTypeBox
 from app.widgets.prompt_edit import PromptEdit
-from app.widgets.seed import SEED_TEXT, SeedControl
+from app.widgets.seed import SeedControl
 from app.widgets.size_presets import MAX_SIDE, MIN_SIDE, RATIOS, SIZE_STEP, round8, size_presets
 from app.widgets.speedups import SpeedupsControl
 from core.request import GenerationRequest
@@ -58,6 +56,9 @@ def section(title: str) -> QLabel:
     return QLabel(title.upper(), objectName="SectionTitle")
 
 
+NEGATIVE_UNUSED = "Negative prompt not used: this model learnt its guidance (LCM), it sees the prompt and the scale"
+
+
 class ControlsPanel(QFrame):
     edited = Signal()          # the user changed a setting that changes the picture (Live mode listens)
     changed = Signal()         # any field of `request()` may differ: the session takes the form again
@@ -71,6 +72,7 @@ class ControlsPanel(QFrame):
         self.prompt.setAccessibleName("Prompt")
         self.negative = PromptEdit("What to avoid (optional)", lines=2)
         self.negative.setAccessibleName("Negative prompt")
+        self.negative_unused = QLabel(NEGATIVE_UNUSED, objectName="Muted", wordWrap=True, visible=False)
         self.guidance = GuidanceControl()
         self.loras = LoraPanel()
         self._embeddings_go_to = self.prompt    # the prompt box typed in last: a click on an embedding goes there
@@ -119,6 +121,7 @@ class ControlsPanel(QFrame):
         column.addWidget(section("Prompt"))
         column.addWidget(self.prompt)
         column.addWidget(self.negative)
+        column.addWidget(self.negative_unused)
         column.addWidget(section("Guidance"))
         column.addWidget(self.guidance)
         column.addWidget(section("LoRAs"))
@@ -298,8 +301,13 @@ class ControlsPanel(QFrame):
         self.model_picker.set_current(ready.spec)
         self.model_info.setText(f"{family.title} · predicts {diffusion.prediction} · {family.default_size}px native")
         self.draft.setEnabled(ready.preview_decoder is not None)
-        from core.precision import precision_name  # a model is in: the engine (torch) is loaded already
+        from core.generate import embedded_guidance  # a model is in: the engine (torch) is loaded already
+        from core.precision import precision_name
         self.speedups.show_precision(precision_name(diffusion) or "float32")
+        # An LCM model never sees a negative prompt: the box rests, keeping its text, and a line says why.
+        learnt = embedded_guidance(diffusion)
+        self.negative.set_unused(NEGATIVE_UNUSED if learnt else None)
+        self.negative_unused.setVisible(learnt)
         self.preview_mode.setToolTip(tiny_decoder_note(ready))
 
     def show_preset(self, preset, source: str, family: Family | None) -> None:
@@ -383,52 +391,11 @@ class ControlsPanel(QFrame):
     # -- settings ----------------------------------------------------------------------------
 
     def save(self, settings: QSettings) -> None:
-        r = self.request()
-        for key, value in (("prompt", r.prompt), ("negative", r.negative_prompt), ("guidance", r.guidance),
-                           ("steps", r.steps), ("sampler", r.sampler), ("schedule", r.schedule), ("width", r.width),
-                           ("height", r.height), ("batch", r.batch), ("strength", r.strength),
-                           ("seed", self.seed.edit.text()), ("seed_random", self.seed.random.isChecked()),
-                           ("preview_mode", self.preview_mode.currentData()),
-                           ("preview_noisy", self.preview_noisy.isChecked()), ("draft", self.draft.isChecked()),
-                           ("word_maps", self.word_maps.isChecked())):
-            settings.setValue(f"form/{key}", value)
-        self.speedups.save(settings)
-        self.loras.save(settings)
+        save_form(self, settings)
 
     def restore(self, stored: StoredSettings) -> bool:
-        """Put back what `save` stored; False when nothing was stored (a first start).
-
-        Each value must be one this form can hold: anything else (out of range, NaN, the wrong type)
-        keeps the default and is noted in `stored.unusable`, so the window opens and says so.
-        """
-        if not stored.contains("form/steps"):
-            return False
-        get = stored.get
-        self.prompt.setPlainText(get("form/prompt", ""))
-        self.negative.setPlainText(get("form/negative", ""))
-        self.guidance.setValue(get("form/guidance", self.guidance.value(), between(GUIDANCE_LOW, GUIDANCE_HIGH)))
-        for key, box in (("steps", self.steps), ("width", self.width), ("height", self.height),
-                         ("batch", self.batch)):
-            box.setValue(get(f"form/{key}", box.value(), between(box.minimum(), box.maximum())))
-        self.sampler.setCurrentText(get("form/sampler", self.sampler.currentText(), one_of(SAMPLER_NAMES)))
-        self.schedule.setCurrentText(get("form/schedule", self.schedule.currentText(), one_of(SCHEDULE_NAMES)))
-        self.init_well.set_strength(get("form/strength", self.init_well.strength_value(),
-                                        between(MIN_STRENGTH, 1.0)))
-        seed = get("form/seed", "", lambda text: text == "" or (SEED_TEXT.fullmatch(text) is not None
-                                                               and int(text) <= FORM_MAX_SEED))
-        if seed:
-            self.seed.set_seed(int(seed))
-        self.seed.random.setChecked(get("form/seed_random", True))
-        mode = get("form/preview_mode", PreviewMode.AUTO.value, one_of([mode.value for mode in PreviewMode]))
-        self.preview_mode.setCurrentIndex(self.preview_mode.findData(mode))
-        self.preview_noisy.setChecked(get("form/preview_noisy", False))
-        self.draft.setChecked(get("form/draft", False))
-        self.word_maps.setChecked(get("form/word_maps", False))
-        get("form/live", False)     # only checked here: the session applies it when a model loads
-        self.speedups.restore(stored)
-        self.loras.restore(stored)
-        self.changed.emit()
-        return True
+        """Put back what `save` stored; False when nothing was stored (a first start)."""
+        return restore_form(self, stored)
 
     # -- size --------------------------------------------------------------------------------
 

@@ -106,6 +106,10 @@ class AutoencoderObjective(nn.Module):
         return {"loss": loss, **out}
 
 
+LATENT_FACTOR = 8
+MAX_LATENT_CHANNELS = 16
+
+
 class AutoencoderStage:
     """Stage 1 for `core.train.loop.train`: items are (image, caption) pairs; captions are ignored."""
 
@@ -113,9 +117,12 @@ class AutoencoderStage:
 
     def __init__(self, config: VAEConfig, dataset, data_name: str, loss: AutoencoderLoss = AutoencoderLoss(),
                  seed: int = 0):
-        if config.z_channels != 4 or config.downsample_factor != 8:
-            raise LatentDeskError("the autoencoder must make SD-shaped latents: 4 channels, 1/8 the image size "
-                                  f"(this config: {config.z_channels} channels, 1/{config.downsample_factor})")
+        # SD's 1/8 size (the only one tested end to end); any channel count up to SD3's 16: more channels keep
+        # more of what a 4x4 latent patch holds (a small object, #26).
+        if config.downsample_factor != LATENT_FACTOR or not 1 <= config.z_channels <= MAX_LATENT_CHANNELS:
+            raise LatentDeskError(f"the autoencoder must make latents 1/{LATENT_FACTOR} the image size with 1 to "
+                                  f"{MAX_LATENT_CHANNELS} channels (this config: {config.z_channels} channels, "
+                                  f"1/{config.downsample_factor})")
         self.config, self.dataset, self.data_name, self.loss = config, dataset, data_name, loss
         self.objective = AutoencoderObjective(build_autoencoder(config, seed), loss)
         self.length = len(dataset)

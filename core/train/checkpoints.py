@@ -141,5 +141,17 @@ def check_resumable(folder: Path, meta: dict, kind: str, description: dict, sett
 
 
 def _normal(value) -> str:
-    """JSON text of a value as it reads back from JSON (tuples become lists), for comparing."""
-    return json.dumps(json.loads(json.dumps(value)), sort_keys=True)
+    """JSON text of a value as it reads back from JSON (tuples become lists), for comparing.
+
+    Keys whose value is None are dropped: a config field added later with a None default (the UNet's
+    time_cond_proj_dim) must not make every checkpoint written before it look like another run.
+    """
+    return json.dumps(_without_none(json.loads(json.dumps(value))), sort_keys=True)
+
+
+def _without_none(value):
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value

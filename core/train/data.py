@@ -63,7 +63,8 @@ def shapes(seed: int, length: int, split: str = "train", captions_per_item: int 
 
     With `captions_per_item` > 1 each scene is phrased that many ways (`dataset.captions(i)`), so a
     scene seen 25 times over a run is not read in one wording 25 times. `captions`: "templates" (the
-    shipped model's) or "grammar" (core/shapes/grammar.py: captions as people write them, issue #26).
+    first model's), "grammar" (core/shapes/grammar.py: captions as people write them, issue #26) or
+    "mixed" (each phrasing from either).
 
     The trainer drops captions itself, anew at every step (`caption_dropout`), so a
     cached item is sometimes seen with and sometimes without its caption.
