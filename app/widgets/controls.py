@@ -306,7 +306,7 @@ class ControlsPanel(QFrame):
         self.speedups.show_precision(precision_name(diffusion) or "float32")
         # An LCM model never sees a negative prompt: the box rests, keeping its text, and a line says why.
         learnt = embedded_guidance(diffusion)
-        self.negative.set_unused(NEGATIVE_UNUSED if learnt else None)
+        self.negative.setEnabled(not learnt)
         self.negative_unused.setVisible(learnt)
         self.preview_mode.setToolTip(tiny_decoder_note(ready))
 

@@ -23,7 +23,6 @@ class PromptEdit(QPlainTextEdit):
 
     def __init__(self, placeholder: str, lines: int = 4, parent=None):
         super().__init__(parent)
-        self.placeholder = placeholder
         self.setPlaceholderText(placeholder)
         self.setTabChangesFocus(True)
         line = self.fontMetrics().lineSpacing()
@@ -36,12 +35,6 @@ class PromptEdit(QPlainTextEdit):
         self.completer.setFilterMode(Qt.MatchFlag.MatchContains)    # "detail" finds "add_detail_v2"
         self.completer.setMaxVisibleItems(10)
         self.completer.activated[str].connect(self.complete_lora)
-
-    def set_unused(self, reason: str | None) -> None:
-        """Rest the box with `reason` shown in it (its text is kept for later), or wake it with None."""
-        self.setEnabled(reason is None)
-        self.setPlaceholderText(reason or self.placeholder)
-        self.setToolTip(reason or "")
 
     def sizeHint(self) -> QSize:
         return QSize(super().sizeHint().width(), self.minimumHeight())
