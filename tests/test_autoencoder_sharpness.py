@@ -10,10 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.errors import LatentDeskError
 from core.train.autoencoder import AutoencoderLoss, AutoencoderStage, train_autoencoder
 from core.train.data import BatchRandom
 from core.train.loop import train
-from core.train.sharpness import PatchDiscriminator, edge_loss, edge_sharpness, hinge_losses
+from core.train.sharpness import (
+    PatchDiscriminator,
+    detail_corners,
+    edge_focus_weights,
+    edge_loss,
+    edge_sharpness,
+    hinge_losses,
+)
 from tests.test_train import ONE, VAE, Pictures, losses, settings
 
 
@@ -70,10 +78,10 @@ def test_one_backward_trains_the_critic_and_the_autoencoder_each_against_the_oth
 
 
 def test_a_sharpened_stage_trains_resumes_and_exports_only_the_autoencoder(tmp_path):
-    loss = AutoencoderLoss(crop=32, edge_weight=1.0, adversarial_weight=0.1, adversarial_start=2, critic_channels=8)
+    loss = AutoencoderLoss(crop=32, edge_weight=1.0, adversarial_weight=0.1, finetune_start=2, critic_channels=8)
     stage = AutoencoderStage(VAE, Pictures(4), "pictures", loss)
-    first = stage.inputs([0, 1], BatchRandom(0, 1, 2, slice(0, 2)))["adversarial"]
-    later = stage.inputs([0, 1], BatchRandom(0, 2, 2, slice(0, 2)))["adversarial"]
+    first = stage.inputs([0, 1], BatchRandom(0, 1, 2, slice(0, 2)))["finetune"]
+    later = stage.inputs([0, 1], BatchRandom(0, 2, 2, slice(0, 2)))["finetune"]
     assert first.tolist() == [0.0, 0.0] and later.tolist() == [1.0, 1.0]
 
     report = train_autoencoder(stage, settings(steps=4, checkpoint_every=2), tmp_path / "run", Pictures(4),
@@ -97,10 +105,10 @@ def test_runs_without_the_new_terms_describe_themselves_as_before():
     assert AutoencoderStage(VAE, Pictures(1), "p").objective.critic is None
 
 
-def test_a_frozen_encoder_stops_at_the_critics_start_and_the_decoder_goes_on(tmp_path):
-    """freeze_encoder: from adversarial_start on, the encoder's weights (and quant_conv's) stay exactly as
+def test_a_frozen_encoder_stops_at_the_finetunes_start_and_the_decoder_goes_on(tmp_path):
+    """freeze_encoder: from finetune_start on, the encoder's weights (and quant_conv's) stay exactly as
     they were, the decoder's keep learning, and resuming past the start keeps the encoder frozen."""
-    loss = AutoencoderLoss(crop=32, adversarial_weight=0.1, adversarial_start=2, critic_channels=8,
+    loss = AutoencoderLoss(crop=32, adversarial_weight=0.1, finetune_start=2, critic_channels=8,
                            freeze_encoder=True)
 
     def weights(stage):
@@ -123,3 +131,79 @@ def test_a_frozen_encoder_stops_at_the_critics_start_and_the_decoder_goes_on(tmp
     before, _ = weights(moving)
     train(moving, settings(steps=5, checkpoint_every=2), tmp_path / "free", ONE, io.StringIO())
     assert not torch.allclose(weights(moving)[0], before)
+
+
+def _square(size: int, top: int, left: int, side: int) -> torch.Tensor:
+    """(3, size, size): a white square on black, in [-1, 1]."""
+    image = -torch.ones(3, size, size)
+    image[:, top:top + side, left:left + side] = 1
+    return image
+
+
+def test_edge_focus_weighs_the_pixels_near_edges_and_keeps_the_mean():
+    image = _square(32, 10, 12, 8)[None]
+    weights = edge_focus_weights(image, 10.0)
+    assert weights.shape == (1, 1, 32, 32)
+    assert float(weights.mean()) == pytest.approx(1.0)
+    assert float(weights[0, 0, 10, 14]) == pytest.approx(11 * float(weights[0, 0, 0, 0]))  # on the edge vs far
+    assert float(weights[0, 0, 0, 0]) == float(weights[0, 0, 31, 31])
+    flat = -torch.ones(1, 3, 16, 16)
+    torch.testing.assert_close(edge_focus_weights(flat, 10.0), torch.ones(1, 1, 16, 16))
+
+
+def test_detail_crops_hold_the_whole_object_where_it_fits_and_stay_inside_it_where_not():
+    small, large, flat = _square(64, 40, 5, 10), _square(64, 4, 8, 40), -torch.ones(3, 64, 64)
+    images = torch.stack([small, large, flat])
+    for draw in ([0.0, 0.0], [0.999, 0.999], [0.5, 0.25]):
+        corners = detail_corners(images, 24, torch.tensor([draw] * 3))
+        (top, left), (top_l, left_l), (top_f, left_f) = corners.tolist()
+        assert top <= 40 and top + 24 >= 50 and left <= 5 and left + 24 >= 15       # the small square inside
+        assert 3 <= top_l and top_l + 24 <= 45 and 7 <= left_l and left_l + 24 <= 49  # within the large one's box
+        assert 0 <= top_f <= 40 and 0 <= left_f <= 40                                # no edges: anywhere
+    assert detail_corners(images, 24, torch.tensor([[0.0, 0.0]] * 3)).tolist() != \
+        detail_corners(images, 24, torch.tensor([[0.999, 0.999]] * 3)).tolist()
+
+
+def test_the_finetune_crops_around_the_object_and_focuses_the_loss_only_from_its_start():
+    loss = AutoencoderLoss(crop=16, edge_focus=10.0, detail_crops=True, finetune_start=2)
+    data = [(_square(64, 40, 44, 8), "a square")] * 4
+    stage = AutoencoderStage(VAE, data, "squares", loss)
+    early = stage.inputs([0, 1, 2, 3], BatchRandom(0, 1, 4, slice(0, 4)))
+    later = stage.inputs([0, 1, 2, 3], BatchRandom(0, 2, 4, slice(0, 4)))
+    assert early["finetune"].tolist() == [0.0] * 4 and later["finetune"].tolist() == [1.0] * 4
+    whole = (later["images"] > 0).flatten(1).sum(dim=1)
+    assert whole.tolist() == [3 * 64] * 4                       # every crop holds the whole 8x8 square
+    assert {"edge_focus", "detail_crops", "finetune_start"} <= set(loss.description())
+
+    objective = stage.objective
+    torch.manual_seed(0)
+    noise = torch.randn(1, VAE.z_channels, 2, 2)
+    image = later["images"][:1]
+    on = objective(image, noise, torch.ones(1))["l1"]
+    off = objective(image, noise, torch.zeros(1))["l1"]
+    posterior = objective.vae.encode(image)
+    plain = F.l1_loss(objective.vae.decode(posterior.mean + posterior.std * noise), image)
+    torch.testing.assert_close(off, plain.detach())             # before the start: the plain loss
+    assert float(on) != pytest.approx(float(off))
+
+
+def test_the_ema_restarts_where_the_finetune_begins_and_resumes_past_it(tmp_path):
+    """ema_restart: the EMA forgets the weights before that step. One step after a restart it equals the
+    weights trained (its warm-up weighs them 0.9 against a shadow just set to them); without it, it lags."""
+    def raw_and_ema(folder, steps, **changes):
+        trained = train(AutoencoderStage(VAE, Pictures(4), "pictures", AutoencoderLoss(crop=32)),
+                        settings(steps=steps, ema_decay=0.99, checkpoint_every=2, **changes), folder, ONE,
+                        io.StringIO())
+        raw = torch.cat([p.detach().flatten() for p in trained.objective.parameters()]).clone()
+        return raw, torch.cat([p.detach().flatten() for p in trained.final().parameters()])
+
+    raw, ema = raw_and_ema(tmp_path / "restart", 5, ema_restart=4)
+    torch.testing.assert_close(ema, raw)
+    raw, ema = raw_and_ema(tmp_path / "plain", 5)
+    assert not torch.allclose(ema, raw)
+    # Resumed from the checkpoint at step 4 (before the restart step ran), the restart still happens.
+    raw_and_ema(tmp_path / "resumed", 4, ema_restart=4)
+    raw, ema = raw_and_ema(tmp_path / "resumed", 5, ema_restart=4)
+    torch.testing.assert_close(ema, raw)
+    with pytest.raises(LatentDeskError, match="ema-restart"):
+        settings(ema_restart=-1)

@@ -624,6 +624,20 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     assert all(torch.allclose(one[k], two[k], atol=1e-4) for k in one)
 
 
+def test_train_autoencoder_takes_the_detail_finetune_from_the_command_line(tmp_path):
+    from app.cli.train import main
+
+    data = write_pictures(tmp_path / "data")
+    args = [*AE_ARGS[:-4], "--crop", "32", "--log-every", "1", "--steps", "3", "--edge-focus", "10",
+            "--detail-crops", "--finetune-start", "2", "--freeze-encoder", "--ema-decay", "0.9", "--ema-restart", "2"]
+    assert main([*args, "--data", str(data), "--out", str(tmp_path / "run")]) == 0
+    meta = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    described = meta["description"]["loss"]
+    assert described["edge_focus"] == 10.0 and described["detail_crops"] is True
+    assert described["finetune_start"] == 2 and described["freeze_encoder"] is True
+    assert meta["step"] == 3
+
+
 def test_train_builtin_runs_both_stages_and_exports(tmp_path, capsys, monkeypatch):
     from app.cli.train import RECIPES, run_train_builtin
     from core.loading.checkpoint import load_model

@@ -59,8 +59,14 @@ def add_train_commands(subparsers) -> None:
                     help="weight of the loss on image gradients, which makes a blurred edge cost (0 = off)")
     ae.add_argument("--adversarial-weight", type=float, default=R.vae_loss.adversarial_weight,
                     help="weight of a patch critic trained against the decoder, as in LDM's stage 1 (0 = off)")
-    ae.add_argument("--adversarial-start", type=int, default=R.vae_loss.adversarial_start, metavar="STEP",
-                    help="the step the critic's term starts")
+    ae.add_argument("--finetune-start", "--adversarial-start", type=int, default=R.vae_loss.finetune_start,
+                    metavar="STEP", help="the step a fine-tune for detail starts: the critic's term, edge focus "
+                    "and detail crops apply from here on")
+    ae.add_argument("--edge-focus", type=float, default=R.vae_loss.edge_focus,
+                    help="in the fine-tune, weigh the loss near the originals' edges this much more (0 = off)")
+    ae.add_argument("--detail-crops", action="store_true",
+                    help="in the fine-tune, place each crop around the image's edges (its object)")
+    ae.add_argument("--freeze-encoder", action="store_true", help="the fine-tune trains the decoder alone")
     ae.set_defaults(handler=run_train_autoencoder)
 
     df = stages.add_parser("diffusion", help="stage 2: UNet + text encoder on the autoencoder's latents")
@@ -186,6 +192,8 @@ def _run_args(parser, settings) -> None:
     parser.add_argument("--lr-decay-until", type=int,
                         help="cosine learning-rate decay ends at this step (default: --steps; 0 = constant lr)")
     parser.add_argument("--ema-decay", type=float, default=settings.ema_decay, help="0 = no EMA")
+    parser.add_argument("--ema-restart", type=int, default=settings.ema_restart, metavar="STEP",
+                        help="the EMA starts over at this step (0 = never), e.g. where a fine-tune begins")
     parser.add_argument("--checkpoint-every", type=int, default=settings.checkpoint_every)
     parser.add_argument("--log-every", type=int, default=settings.log_every)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=settings.bf16,
@@ -199,8 +207,8 @@ def _settings(args, base):
                          warmup_steps=args.warmup_steps,
                          lr_decay_until=args.steps if args.lr_decay_until is None else args.lr_decay_until,
                          lr_floor=base.lr_floor, weight_decay=base.weight_decay, grad_clip=base.grad_clip,
-                         ema_decay=args.ema_decay, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
-                         log_every=args.log_every)
+                         ema_decay=args.ema_decay, ema_restart=args.ema_restart, bf16=args.bf16,
+                         checkpoint_every=args.checkpoint_every, log_every=args.log_every)
 
 
 def _dataset(args, default_items: int, split: str = "train"):
@@ -235,10 +243,11 @@ def run_train_autoencoder(args) -> int:
     dataset, name = _dataset(args, R.vae_items)
     config = VAEConfig(base_channels=args.channels, channel_mult=args.channel_mult, num_res_blocks=args.res_blocks,
                        norm_groups=groups_for(args.channels), z_channels=args.latent_channels, scale_factor=1.0)
-    stage = AutoencoderStage(config, dataset, name, AutoencoderLoss(args.kl_weight, R.vae_loss.mse_weight, args.crop,
-                                                                   args.edge_weight, args.adversarial_weight,
-                                                                   args.adversarial_start),
-                             args.seed)
+    loss = AutoencoderLoss(args.kl_weight, R.vae_loss.mse_weight, args.crop, edge_weight=args.edge_weight,
+                           adversarial_weight=args.adversarial_weight, finetune_start=args.finetune_start,
+                           edge_focus=args.edge_focus, detail_crops=args.detail_crops,
+                           freeze_encoder=args.freeze_encoder)
+    stage = AutoencoderStage(config, dataset, name, loss, args.seed)
     # Shapes: PSNR on held-out renders. A user's folder has no held-out part: PSNR on its first images.
     eval_dataset = shapes(args.seed, R.eval_images, "heldout") if args.shapes else dataset
     report = train_autoencoder(stage, _settings(args, R.vae_train), args.out, eval_dataset,

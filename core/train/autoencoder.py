@@ -12,7 +12,8 @@ it (KL summed over the latent against the reconstruction loss summed over the pi
 scale free, which the scale factor fixes. LDM's perceptual (LPIPS) term needs a pretrained
 VGG we cannot download; an edge loss on the image gradients and a patch critic trained from
 scratch stand in for it and for LDM's adversarial term, each off unless weighted
-(core/train/sharpness.py).
+(core/train/sharpness.py). A closing fine-tune for detail can add them, weigh the loss toward edges
+and crop around the object, so that a small object's shape survives the round trip.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ from core.train.data import BatchRandom, image_and_caption
 from core.train.distributed import Distributed
 from core.train.loop import train
 from core.train.settings import TrainSettings
-from core.train.sharpness import PatchDiscriminator, edge_loss, edge_sharpness, hinge_losses
+from core.train.sharpness import (
+    PatchDiscriminator,
+    detail_corners,
+    edge_focus_weights,
+    edge_loss,
+    edge_sharpness,
+    hinge_losses,
+)
 
 AUTOENCODER_FILE = "autoencoder.safetensors"
 REPORT_FILE = "autoencoder.json"
@@ -49,12 +57,16 @@ class AutoencoderLoss:
     crop: int = 0               # train on random crops this size (0 = whole images); it is fully convolutional
     edge_weight: float = 0.0    # L1 on the image gradients: a blurred edge costs
     adversarial_weight: float = 0.0   # the patch critic's term; 0 = no critic
-    adversarial_start: int = 0  # the step the critic's term starts (LDM lets reconstruction settle first)
     critic_channels: int = 64
-    # From adversarial_start on, the encoder stops learning: the critic sharpens the decoder alone and the
-    # latents stay the ones reconstruction shaped (SD's VAE fine-tunes were decoder-only too). Measured on the
-    # shipped autoencoder, 1,000 steps at lr 1e-4: the critic at 0.01 on the decoder alone kept 32.5 dB
-    # (0.48 -> 0.53 edge sharpness); at 0.03 on the whole autoencoder it fell to 30.7 dB.
+    # Stage 1 can end in a fine-tune for detail: from `finetune_start` on, the critic's term, edge focus and
+    # detail crops apply (LDM also lets reconstruction settle before its critic starts).
+    finetune_start: int = 0
+    edge_focus: float = 0.0     # the reconstruction loss weighs pixels near the originals' edges (1 + this)x
+    detail_crops: bool = False  # crops hold each image's edges (its object) instead of falling anywhere
+    # And the encoder stops learning: the fine-tune sharpens the decoder alone and the latents stay the ones
+    # reconstruction shaped (SD's VAE fine-tunes were decoder-only too). Measured on the shipped autoencoder,
+    # 1,000 steps at lr 1e-4: the critic at 0.01 on the decoder alone kept 32.5 dB (0.48 -> 0.53 edge
+    # sharpness); at 0.03 on the whole autoencoder it fell to 30.7 dB.
     freeze_encoder: bool = False
 
     def description(self) -> dict:
@@ -63,7 +75,8 @@ class AutoencoderLoss:
         return {k: v for k, v in values.items() if k not in _SHARPENING or v != getattr(AutoencoderLoss, k)}
 
 
-_SHARPENING = ("edge_weight", "adversarial_weight", "adversarial_start", "critic_channels", "freeze_encoder")
+_SHARPENING = ("edge_weight", "adversarial_weight", "critic_channels", "finetune_start", "edge_focus", "detail_crops",
+               "freeze_encoder")
 
 
 def build_autoencoder(config: VAEConfig, seed: int) -> AutoencoderKL:
@@ -80,14 +93,21 @@ class AutoencoderObjective(nn.Module):
         self.weights = loss
         self.critic = PatchDiscriminator(loss.critic_channels) if loss.adversarial_weight else None
 
-    def forward(self, images: Tensor, noise: Tensor, adversarial: Tensor | None = None) -> dict[str, Tensor]:
-        """images (B, 3, H, W) in [-1, 1]; noise (B, z, H/f, W/f) for the posterior sample; adversarial (B,)
-        1 once the critic's term has started."""
+    def forward(self, images: Tensor, noise: Tensor, finetune: Tensor | None = None) -> dict[str, Tensor]:
+        """images (B, 3, H, W) in [-1, 1]; noise (B, z, H/f, W/f) for the posterior sample; finetune (B,)
+        1 once the fine-tune for detail has started."""
         posterior = self.vae.encode(images)
         z = posterior.mean + posterior.std * noise            # reparameterised sample of q(z|x)
         recon = self.vae.decode(z)
-        l1 = F.l1_loss(recon, images)
-        mse = F.mse_loss(recon, images)
+        on = finetune[0].to(recon.dtype) if finetune is not None else recon.new_ones(())
+        if self.weights.edge_focus:
+            with torch.no_grad():
+                weights = edge_focus_weights(images, float(on) * self.weights.edge_focus)
+            l1 = (weights * (recon - images).abs()).mean()
+            mse = (weights * (recon - images).square()).mean()
+        else:
+            l1 = F.l1_loss(recon, images)
+            mse = F.mse_loss(recon, images)
         kl = 0.5 * (posterior.mean.square() + posterior.std.square() - 1 - posterior.logvar).sum(dim=(1, 2, 3)).mean()
         # Per pixel, LDM's "KL sum x weight next to the reconstruction sum" becomes this.
         loss = l1 + self.weights.mse_weight * mse + self.weights.kl_weight * kl / images[0].numel()
@@ -98,7 +118,6 @@ class AutoencoderObjective(nn.Module):
             out["edge"] = edges.detach()
         if self.critic is not None:
             critic_loss, fool = hinge_losses(self.critic, images, recon)
-            on = adversarial[0].to(loss.dtype) if adversarial is not None else loss.new_ones(())
             # Multiplied by 0 before the start rather than skipped: every step then has the same graph,
             # which DDP needs, and the critic's weights still get (zero) gradients.
             loss = loss + on * (self.weights.adversarial_weight * fool + critic_loss)
@@ -132,19 +151,23 @@ class AutoencoderStage:
         images = torch.stack([image_and_caption(self.dataset, i)[0] for i in indices])  # (B, 3, H, W)
         size = images.shape[-1]
         crop = self.loss.crop
+        finetuning = random.step >= self.loss.finetune_start
         if crop and crop < size:
-            corners = random.randint(size - crop + 1, 2)        # (B, 2): top, left
+            if self.loss.detail_crops and finetuning:
+                corners = detail_corners(images, crop, random.rand(2))
+            else:
+                corners = random.randint(size - crop + 1, 2)    # (B, 2): top, left
             images = torch.stack([image[:, top:top + crop, left:left + crop]
                                   for image, (top, left) in zip(images, corners.tolist(), strict=True)])
         f = self.config.downsample_factor
         noise = random.randn(self.config.z_channels, images.shape[-2] // f, images.shape[-1] // f)
         inputs = {"images": images, "noise": noise}
-        if self.loss.adversarial_weight:
-            inputs["adversarial"] = torch.full((len(images),), float(random.step >= self.loss.adversarial_start))
+        if self.loss.adversarial_weight or self.loss.edge_focus:
+            inputs["finetune"] = torch.full((len(images),), float(finetuning))
         return inputs
 
     def param_groups(self) -> list[dict]:
-        """One group; with `freeze_encoder`, the encoder's own, frozen (lr 0) from the critic's start."""
+        """One group; with `freeze_encoder`, the encoder's own, frozen (lr 0) from the fine-tune's start."""
         params = [p for p in self.objective.parameters() if p.requires_grad]
         if not self.loss.freeze_encoder:
             return [{"params": params, "lr_scale": 1.0}]
@@ -152,7 +175,7 @@ class AutoencoderStage:
         encoder = [p for part in (vae.encoder, vae.quant_conv) for p in part.parameters() if p.requires_grad]
         encoder_ids = {id(p) for p in encoder}
         return [{"params": [p for p in params if id(p) not in encoder_ids], "lr_scale": 1.0},
-                {"params": encoder, "lr_scale": 1.0, "frozen_from": self.loss.adversarial_start}]
+                {"params": encoder, "lr_scale": 1.0, "frozen_from": self.loss.finetune_start}]
 
     def description(self) -> dict:
         return {"vae": asdict(self.config), "loss": self.loss.description(), "data": self.data_name,

@@ -17,6 +17,13 @@ class EMA:
         self.decay = decay
         self.shadow = {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
 
+    @torch.no_grad()
+    def restart(self, module: nn.Module) -> None:
+        """Forget the average: from here it follows the module's weights as they are now."""
+        for name, p in module.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].copy_(p.detach())
+
     def decay_at(self, n: int) -> float:
         return min(self.decay, (1 + n) / (10 + n))
 

@@ -143,7 +143,10 @@ def train(stage: Stage, settings: TrainSettings, folder: str | Path, processes: 
             running["grad_norm"] += nn.utils.clip_grad_norm_(params, settings.grad_clip).detach()
         optimizer.step()
         if ema is not None:
-            ema.update(objective, step)
+            restart = settings.ema_restart
+            if step == restart and restart:
+                ema.restart(objective)
+            ema.update(objective, step - restart if step >= restart else step)   # warm-up anew after a restart
         # Summed as tensors and read at log time: a float() every step stalls a GPU on each sync.
         for k, v in out.items():
             running[k] += v.detach().float()

@@ -24,11 +24,16 @@ class TrainSettings:
     weight_decay: float = 0.0
     grad_clip: float = 1.0           # max global gradient norm; 0 = off
     ema_decay: float = 0.0           # 0 = no EMA
+    # The EMA starts over from the weights being trained at this step (0 = never): a closing fine-tune
+    # (stage 1's for detail) then ships its own weights, not an average reaching back before it.
+    ema_restart: int = 0
     bf16: bool = False               # forward passes autocast to bfloat16; weights and optimizer stay fp32
     checkpoint_every: int = 500
     log_every: int = 10
 
     def __post_init__(self):
+        if not isinstance(self.ema_restart, int) or self.ema_restart < 0:
+            raise LatentDeskError(f"ema-restart must be a step (0 or more), not {self.ema_restart!r}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise LatentDeskError(f"{name.replace('_', '-')} must be a whole number of at least 1, "
