@@ -689,6 +689,21 @@ def test_every_recipe_builds_within_the_size_budget():
         assert 2 * count <= 40e6, (name, count)
 
 
+def test_a_recipes_autoencoder_finetune_runs_at_the_floor_lr_from_its_own_ema_restart():
+    """Where stage 1 ends in a fine-tune (v2), it is the run's last part, at the decayed learning rate, and
+    the EMA starts over with it (else the shipped decoder would be partly the weights before it)."""
+    from core.train.recipe import RECIPES
+
+    tuned = [r for r in RECIPES.values() if r.vae_loss.edge_focus or r.vae_loss.detail_crops]
+    assert tuned
+    for recipe in tuned:
+        loss, run = recipe.vae_loss, recipe.vae_train
+        assert 0 < loss.finetune_start < run.steps
+        assert run.ema_restart == loss.finetune_start and run.lr_decay_until <= loss.finetune_start
+        assert run.lr_at(loss.finetune_start) == pytest.approx(run.lr * run.lr_floor)
+        assert loss.crop and loss.freeze_encoder
+
+
 def test_snr_weighted_loss_weighs_x0_errors_by_the_clamped_snr():
     """A prediction that is off by d in x0 costs clamp(SNR, low, high) * d^2, whatever the timestep."""
     from core.sampling.schedules import ZERO_SNR_SCHEDULE
