@@ -207,3 +207,11 @@ def test_the_ema_restarts_where_the_finetune_begins_and_resumes_past_it(tmp_path
     torch.testing.assert_close(ema, raw)
     with pytest.raises(LatentDeskError, match="ema-restart"):
         settings(ema_restart=-1)
+
+
+@pytest.mark.parametrize("bad", [{"edge_focus": -2.0}, {"edge_focus": float("nan")}, {"edge_weight": -1.0},
+                                 {"adversarial_weight": float("inf")}, {"finetune_start": -5}])
+def test_absurd_sharpening_settings_are_refused_with_their_name(bad):
+    name = next(iter(bad)).replace("_", "-")
+    with pytest.raises(LatentDeskError, match=name):
+        AutoencoderLoss(**bad)

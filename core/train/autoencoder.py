@@ -69,6 +69,16 @@ class AutoencoderLoss:
     # sharpness); at 0.03 on the whole autoencoder it fell to 30.7 dB.
     freeze_encoder: bool = False
 
+    def __post_init__(self):
+        # A negative weight would turn a term into one the training maximises (a negative edge focus makes
+        # the loss near edges negative): refuse it where it is given, not thousands of steps later.
+        for name in ("edge_weight", "adversarial_weight", "edge_focus"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise LatentDeskError(f"{name.replace('_', '-')} must be a number of at least 0, not {value!r}")
+        if not isinstance(self.finetune_start, int) or self.finetune_start < 0:
+            raise LatentDeskError(f"finetune-start must be a step (0 or more), not {self.finetune_start!r}")
+
     def description(self) -> dict:
         """As JSON, the sharpening terms only where used: runs started before they existed still resume."""
         values = asdict(self)
@@ -101,10 +111,11 @@ class AutoencoderObjective(nn.Module):
         recon = self.vae.decode(z)
         on = finetune[0].to(recon.dtype) if finetune is not None else recon.new_ones(())
         if self.weights.edge_focus:
-            with torch.no_grad():
-                weights = edge_focus_weights(images, float(on) * self.weights.edge_focus)
-            l1 = (weights * (recon - images).abs()).mean()
-            mse = (weights * (recon - images).square()).mean()
+            with torch.no_grad():   # blended by `on` as a tensor: no host sync in the step, the same graph always
+                weights = 1 + on * (edge_focus_weights(images, self.weights.edge_focus) - 1)
+            error = recon - images
+            l1 = (weights * error.abs()).mean()
+            mse = (weights * error.square()).mean()
         else:
             l1 = F.l1_loss(recon, images)
             mse = F.mse_loss(recon, images)
