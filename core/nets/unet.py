@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.nets.attention_kernel import attention
 from core.nets.upsample import nearest2x_conv
 
 
@@ -156,7 +157,7 @@ class Attention(nn.Module):
         v = self.to_v(context).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, heads, S, dim_head)
         if self.probe is not None:
             self.probe(q, k)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, dim_head)
+        out = attention(q, k, v)  # (B, heads, T, dim_head)
         return self.to_out[0](out.transpose(1, 2).flatten(2))  # (B, T, dim)
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.nets.attention_kernel import attention
 from core.nets.upsample import nearest2x_conv
 
 
@@ -70,8 +71,8 @@ def _attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     SD's native 512x512 (T = 4096) it is one call.
     """
     if q.shape[2] <= _QUERY_SLICE:
-        return F.scaled_dot_product_attention(q, k, v)
-    return torch.cat([F.scaled_dot_product_attention(qs, k, v) for qs in q.split(_QUERY_SLICE, dim=2)], dim=2)
+        return attention(q, k, v)
+    return torch.cat([attention(qs, k, v) for qs in q.split(_QUERY_SLICE, dim=2)], dim=2)
 
 
 class ResnetBlock(nn.Module):
