@@ -4,11 +4,12 @@ PyTorch's fused CPU attention (the flash kernel behind F.scaled_dot_product_atte
 online softmax; on a CPU without AMX (AVX512-BF16 only) it is no faster in bf16 than in fp32 and was 46 % of
 an SD1.5 UNet step. Spelled out one head at a time instead, the two products are plain bf16 GEMMs (oneDNN's
 AVX512-BF16 kernels) and the softmax runs over a block of query rows that stays in cache. Measured on a
-2-core AMD EPYC (AVX512-BF16, no AMX), torch 2.13, bf16 (ms per call, SDPA -> this path):
-    SD1.5 self-attention at 64x64 (2 x 8 heads, 4096 tokens, dim 40) ....... 267 -> 126
-    SD1.5 self-attention at 32x32 (2 x 8 heads, 1024 tokens, dim 80) .......  28 -> 12.5
-    VAE mid-block at 512 px (1 head, 4096 tokens, dim 512) ................. 159 -> 42
-    cross-attention on 77 text tokens (4096 queries, dim 40) ...............   8 -> 12 (kept on SDPA)
+2-core AMD EPYC (AVX512-BF16, no AMX), torch 2.13, bf16 (ms per call, SDPA -> this path; medians of
+scripts/bench_attention_kernel.py, docs/performance/attention_kernel.json):
+    SD1.5 self-attention at 64x64 (2 x 8 heads, 4096 tokens, dim 40) ....... 276 -> 118
+    SD1.5 self-attention at 32x32 (2 x 8 heads, 1024 tokens, dim 80) .......  28.8 -> 11.0
+    VAE mid-block at 512 px (1 head, 4096 tokens, dim 512) ................. 163 -> 40
+    cross-attention on 77 text tokens (4096 queries, dim 40, one try) ......   8 -> 12 (kept on SDPA)
 Short key sequences (the text tokens) stay on SDPA, and so does anything that needs gradients: this path
 writes into a preallocated output, and autograd would keep every block's probabilities anyway. So does fp16:
 PyTorch's CPU fp16 GEMMs are slow (the 64x64 case took 12.6 s blocked against 1.1 s fused).
