@@ -40,11 +40,11 @@ class SdpaOnly:
     """Switches the blocked path off inside a `with` block."""
 
     def __enter__(self):
-        self.saved = attention_kernel.MIN_KEYS
-        attention_kernel.MIN_KEYS = 1 << 62
+        self.saved = attention_kernel.MIN_KEYS, attention_kernel.MIN_QUERIES_SHORT_KEYS
+        attention_kernel.MIN_KEYS = attention_kernel.MIN_QUERIES_SHORT_KEYS = 1 << 62
 
     def __exit__(self, *exc):
-        attention_kernel.MIN_KEYS = self.saved
+        attention_kernel.MIN_KEYS, attention_kernel.MIN_QUERIES_SHORT_KEYS = self.saved
 
 
 def timed(fn) -> float:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.nets.attention_kernel import attention
+from core.nets.packed_weights import Conv2d, Linear, linear
 from core.nets.upsample import nearest2x_conv
 
 
@@ -102,12 +103,12 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_ch: int, groups: int):
         super().__init__()
-        self.in_layers = nn.Sequential(_norm(in_ch, groups), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, out_ch))
+        self.in_layers = nn.Sequential(_norm(in_ch, groups), nn.SiLU(), Conv2d(in_ch, out_ch, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), Linear(emb_ch, out_ch))
         # Index 2 was dropout in training; it stays as a placeholder so the conv keeps its key `out_layers.3`.
         self.out_layers = nn.Sequential(_norm(out_ch, groups), nn.SiLU(), nn.Identity(),
-                                        nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        self.skip_connection = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+                                        Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip_connection = Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.in_layers(x) + self.emb_layers(emb)[:, :, None, None]  # (B, out_ch, H, W)
@@ -118,7 +119,7 @@ class ResBlock(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.op(x)
@@ -127,7 +128,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor, size: torch.Size) -> Tensor:
         # To the skip connection's size rather than a plain x2: an odd size on the way down
@@ -144,10 +145,10 @@ class Attention(nn.Module):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim, inner, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(inner, dim)])  # LDM's (Linear, Dropout): key `to_out.0`
+        self.to_q = Linear(dim, inner, bias=False)
+        self.to_k = Linear(context_dim, inner, bias=False)
+        self.to_v = Linear(context_dim, inner, bias=False)
+        self.to_out = nn.ModuleList([Linear(inner, dim)])  # LDM's (Linear, Dropout): key `to_out.0`
         # Called with (q, k) when set: attention maps read the probabilities (core/sampling/attention_probe.py).
         self.probe = None
 
@@ -166,18 +167,20 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim: int, inner: int):
         super().__init__()
-        self.proj = nn.Linear(dim, inner * 2)
+        self.proj = Linear(dim, inner * 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        h, gate = self.proj(x).chunk(2, dim=-1)
-        return h * F.gelu(gate)
+        # Two products, not one split in two: the GELU fuses into the gate's (packed_weights.linear), and
+        # neither output reaches 32 MB at SD1.5's 64x64 level, where glibc would map fresh pages every call.
+        half = self.proj.out_features // 2
+        return linear(x, self.proj, slice(0, half)) * linear(x, self.proj, slice(half, None), gelu=True)
 
 
 class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
         # Index 1 was dropout; kept so the output projection stays `net.2`.
-        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim))
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Identity(), Linear(dim * mult, dim))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -220,7 +223,7 @@ class SpatialTransformer(nn.Module):
         inner = heads * dim_head
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         # SD1 stored these projections as 1x1 convs, SD2/SDXL as Linear; same maths, different key shapes.
-        proj = nn.Linear if use_linear else lambda c_in, c_out: nn.Conv2d(c_in, c_out, 1)
+        proj = Linear if use_linear else lambda c_in, c_out: Conv2d(c_in, c_out, 1)
         self.proj_in = proj(channels, inner)
         self.transformer_blocks = nn.ModuleList(
             TransformerBlock(inner, context_dim, heads, dim_head, cross_only) for _ in range(depth))
@@ -230,10 +233,10 @@ class SpatialTransformer(nn.Module):
         B, C, H, W = x.shape
         h = self.norm(x).permute(0, 2, 3, 1).reshape(B, H * W, C)  # (B, HW, C); a view when channels_last
         # A 1x1 conv is a Linear over channels: applying both kinds on tokens keeps one layout change in and out.
-        h = F.linear(h, self.proj_in.weight.flatten(1), self.proj_in.bias)  # (B, HW, inner)
+        h = linear(h, self.proj_in)  # (B, HW, inner)
         for block in self.transformer_blocks:
             h = block(h, context)
-        h = F.linear(h, self.proj_out.weight.flatten(1), self.proj_out.bias)  # (B, HW, C)
+        h = linear(h, self.proj_out)  # (B, HW, C)
         return x + h.reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), in x's memory format
 
 
@@ -268,15 +271,15 @@ class UNet(nn.Module):
         self.config = c
         mc, groups = c.model_channels, c.norm_groups
         emb_ch = 4 * mc
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        self.time_embed = nn.Sequential(Linear(mc, emb_ch), nn.SiLU(), Linear(emb_ch, emb_ch))
         self.time_cond_proj = None
         if c.time_cond_proj_dim is not None:   # diffusers' time_embedding.cond_proj
-            self.time_cond_proj = nn.Linear(c.time_cond_proj_dim, mc, bias=False)
+            self.time_cond_proj = Linear(c.time_cond_proj_dim, mc, bias=False)
         self.label_emb = None
         if c.adm_in_channels is not None:
             # SGM nests the MLP one Sequential deeper than time_embed: keys `label_emb.0.0` / `label_emb.0.2`.
             self.label_emb = nn.Sequential(
-                nn.Sequential(nn.Linear(c.adm_in_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)))
+                nn.Sequential(Linear(c.adm_in_channels, emb_ch), nn.SiLU(), Linear(emb_ch, emb_ch)))
 
         def res(ch_in: int, ch_out: int) -> ResBlock:
             return ResBlock(ch_in, ch_out, emb_ch, groups)
@@ -286,7 +289,7 @@ class UNet(nn.Module):
                                       c.use_linear_in_transformer, groups, level in c.cross_attention_only)
 
         in_ch = c.in_channels + (2 if c.coord_channels else 0)
-        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(in_ch, mc, 3, padding=1)])])
+        self.input_blocks = nn.ModuleList([Block([Conv2d(in_ch, mc, 3, padding=1)])])
         skip_channels = [mc]
         ch = mc
         for level, mult in enumerate(c.channel_mult):
@@ -320,7 +323,7 @@ class UNet(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(Block(layers))
 
-        self.out = nn.Sequential(_norm(mc, groups), nn.SiLU(), nn.Conv2d(mc, c.out_channels, 3, padding=1))
+        self.out = nn.Sequential(_norm(mc, groups), nn.SiLU(), Conv2d(mc, c.out_channels, 3, padding=1))
 
     def forward(self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None,
                 timestep_cond: Tensor | None = None) -> Tensor:

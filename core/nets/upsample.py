@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.nets.packed_weights import packed_weight
+
 # For each output phase along an axis: which of the 3 taps fold into each of its 2 taps.
 _FOLD = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],    # even: input i-1 <- tap 0; input i <- taps 1, 2
                       [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])   # odd:  input i <- taps 0, 1; input i+1 <- tap 2
@@ -37,15 +39,21 @@ def upsample_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
     Keeps x's memory format: channels-last in, channels-last out (the VAE decoder runs so on the CPU).
     """
     b, _, h, w = x.shape
-    # Folded anew on every call rather than kept: about 1 % of an SD1.5 UNet call, while keeping them
-    # would hold 16/9 of every upsampler's weights again in memory (~230 MB in float32 for SD1.5).
-    kernels = phase_kernels(conv.weight)                              # (2, 2, O, I, 2, 2)
-    o = kernels.shape[2]
+    o = conv.out_channels
     # All four phases as one convolution with 4*O output channels: one large matrix product where four
     # small ones and their four copies of shifted input were. With padding 1, output position r reads
     # padded rows r, r+1, i.e. input rows r-1, r: phase a's row i (input rows a+i-1, a+i) is position a+i.
     bias = conv.bias.repeat(4) if conv.bias is not None else None
-    phases = F.conv2d(x, kernels.flatten(0, 2), bias, padding=1).unflatten(1, (2, 2, o))  # (B, 2, 2, O, H+1, W+1)
+    # In bf16 on the CPU the folded kernels are kept, packed for oneDNN, with the layer's other packed
+    # weights (16/9 of the upsampler's weights, ~115 MB for SD1.5). Elsewhere they are folded anew on every
+    # call: about 1 % of an SD1.5 UNet call, where keeping them would cost ~230 MB in float32.
+    packed = packed_weight(conv, x, "upsample fold", lambda weight: torch.ops.mkldnn._reorder_convolution_weight(
+        phase_kernels(weight).flatten(0, 2), [1, 1], [1, 1], [1, 1], 1, list(x.shape)))
+    if packed is not None:
+        phases = torch.ops.mkldnn._convolution_pointwise(x, packed, bias, [1, 1], [1, 1], [1, 1], 1, "none", [], "")
+    else:
+        phases = F.conv2d(x, phase_kernels(conv.weight).flatten(0, 2), bias, padding=1)
+    phases = phases.unflatten(1, (2, 2, o))                          # (B, 2, 2, O, H+1, W+1)
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         pixels = x.new_empty(b, h, 2, w, 2, o)                        # memory order of a channels-last result
         out, interleaved = pixels.view(b, 2 * h, 2 * w, o).permute(0, 3, 1, 2), pixels.permute(0, 5, 1, 2, 3, 4)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.nets.attention_kernel import attention
+from core.nets.packed_weights import Conv2d
 from core.nets.upsample import nearest2x_conv
 
 
@@ -38,7 +39,7 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 def _conv3(c_in: int, c_out: int) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, 3, padding=1)
+    return Conv2d(c_in, c_out, 3, padding=1)
 
 
 _QUERY_SLICE = 4096
@@ -84,7 +85,7 @@ class ResnetBlock(nn.Module):
         self.conv1 = _conv3(c_in, c_out)
         self.norm2 = _norm(c_out, groups)
         self.conv2 = _conv3(c_out, c_out)
-        self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.nin_shortcut = Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         # In-place SiLU on the fresh GroupNorm output saves one full-size activation,
@@ -102,10 +103,10 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int, groups: int):
         super().__init__()
         self.norm = _norm(channels, groups)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.q = Conv2d(channels, channels, 1)
+        self.k = Conv2d(channels, channels, 1)
+        self.v = Conv2d(channels, channels, 1)
+        self.proj_out = Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
@@ -133,7 +134,7 @@ class MidBlock(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        self.conv = Conv2d(channels, channels, 3, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
         # The original pads right/bottom only, so output pixel i sees input 2i..2i+2;
@@ -259,8 +260,8 @@ class AutoencoderKL(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         # LDM's embed_dim equals z_channels in every SD VAE, so both are z-wide here.
-        self.quant_conv = nn.Conv2d(2 * z, 2 * z, 1)
-        self.post_quant_conv = nn.Conv2d(z, z, 1)
+        self.quant_conv = Conv2d(2 * z, 2 * z, 1)
+        self.post_quant_conv = Conv2d(z, z, 1)
 
     @property
     def dtype(self) -> torch.dtype:

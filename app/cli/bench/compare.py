@@ -13,6 +13,7 @@ weights, ours at float32 and bfloat16 against OpenVINO at f32 and at its default
 
 from __future__ import annotations
 
+import gc
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -149,4 +150,9 @@ def run_comparison(options: CompareOptions, report: Callable[[str], None] = prin
                 continue
             report(f"{case.title}: warm-up, then {options.runs} rounds")
             results["cases"].append(run_case(case, options.runs, report).as_dict())
+            # Let this case's copies go before the next one is built: the OpenVINO UNet case alone holds
+            # a bf16 copy, its packed weights and two compiled models, and with the next case's beside
+            # them an SD1.5-sized run needed over 20 GB.
+            del case
+            gc.collect()
     return results
