@@ -17,6 +17,8 @@ from core.errors import LatentDeskError, ModelLoadError
 from core.loading.checkpoint import load_model
 from core.loading.lora_apply import AppliedLoras
 from core.loading.lora_files import diffusers_unet_names, read_lora
+from core.nets import packed_weights
+from core.nets.onednn import has_bf16_kernels
 from core.nets.unet import sdxl_added_condition
 from core.precision import at_precision
 from tests.test_load_parity import (
@@ -313,6 +315,33 @@ def test_bf16_network(sd1_model, tmp_path):
     applied.set([(lora, 0.25)])
     applied.clear()
     assert_bit_identical(bits, model)
+
+
+@pytest.mark.skipif(not has_bf16_kernels(), reason="no oneDNN bf16 kernels: nothing is packed")
+def test_bf16_network_with_packed_weights_runs_the_patched_weights(sd1_model, tmp_path, monkeypatch):
+    """Weights packed for oneDNN at the first call are packed again after a switch: the LoRA takes effect."""
+    model = at_precision(sd1_model, torch.bfloat16)
+    sd, _ = loha_and_lokr(model, torch.Generator().manual_seed(7))
+    lora = read_lora(write(tmp_path, "lycoris.safetensors", sd), model)
+    g = torch.Generator().manual_seed(8)
+    x, t = torch.randn(2, 4, 16, 16, generator=g).bfloat16(), torch.tensor([10.0, 700.0])
+    context = torch.randn(2, 77, 64, generator=g).bfloat16()
+
+    def run(packed: bool) -> torch.Tensor:
+        monkeypatch.setattr(packed_weights, "PACK_WEIGHTS", packed)
+        with torch.inference_mode():
+            return model.unet(x, t, context).float()
+
+    base = run(True)
+    assert packed_weights._packed.get(_layer(model, CONV3).weight)     # packed by that call
+    applied = AppliedLoras(model)
+    applied.set([(lora, 10.0)])              # strong enough to move the output well past bf16's rounding
+    patched, plain = run(True), run(False)
+    change, rounding = (plain - base).abs().max(), (patched - plain).abs().max()
+    assert change > 0.05 * base.abs().max()  # the LoRA changed the output...
+    assert rounding <= 0.1 * change          # ...and the packed layers compute what the plain ones do
+    applied.clear()
+    assert (run(True) - base).abs().max() <= 1e-6                     # the originals packed again
 
 
 # --- hostile files ---------------------------------------------------------------------------------
