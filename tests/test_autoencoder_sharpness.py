@@ -4,6 +4,7 @@ in one backward, and the edge-sharpness figure that tells a blurred decoder from
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import replace
 
 import pytest
@@ -215,3 +216,40 @@ def test_absurd_sharpening_settings_are_refused_with_their_name(bad):
     name = next(iter(bad)).replace("_", "-")
     with pytest.raises(LatentDeskError, match=name):
         AutoencoderLoss(**bad)
+
+
+def test_a_finetune_starts_from_a_trained_autoencoder_at_its_step_and_keeps_its_encoder(tmp_path):
+    """start_from: the run begins at finetune_start with the given weights (the encoder, frozen, stays them
+    exactly; only the steps after the start run), its checkpoint says so, and a scratch run will not resume it."""
+    loss = AutoencoderLoss(crop=32, edge_focus=10.0, finetune_start=3, freeze_encoder=True)
+    trained = AutoencoderStage(VAE, Pictures(4), "pictures", seed=7).objective.vae   # stands in for a shipped one
+    stage = AutoencoderStage(VAE, Pictures(4), "pictures", loss)
+    first = stage.start_from(replace_scale(trained), "shipped.safetensors")
+    assert first == 3
+    done = train(stage, settings(steps=5, checkpoint_every=5), tmp_path / "run", ONE, io.StringIO(), first)
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()] == [4, 5]
+    vae = done.objective.vae
+    for part in ("encoder", "quant_conv"):
+        for (name, p), q in zip(getattr(vae, part).named_parameters(), getattr(trained, part).parameters(), strict=True):
+            assert torch.equal(p, q), name
+    assert not torch.equal(vae.decoder.conv_out.weight, trained.decoder.conv_out.weight)
+    meta = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert meta["step"] == 5 and meta["description"]["started_from"] == "shipped.safetensors"
+    with pytest.raises(LatentDeskError, match="started_from"):
+        train(AutoencoderStage(VAE, Pictures(4), "pictures", loss), settings(steps=6), tmp_path / "run", ONE,
+              io.StringIO())
+
+
+def replace_scale(vae):
+    """A trained autoencoder carries its measured scale factor; seeding ignores it."""
+    vae.config = replace(vae.config, scale_factor=0.2)
+    return vae
+
+
+def test_only_a_recipe_with_a_finetune_starts_from_a_trained_autoencoder_of_its_own_shape():
+    trained = AutoencoderStage(VAE, Pictures(4), "pictures").objective.vae
+    with pytest.raises(LatentDeskError, match="no fine-tune"):
+        AutoencoderStage(VAE, Pictures(4), "pictures", AutoencoderLoss(crop=32)).start_from(trained, "x")
+    other = AutoencoderStage(replace(VAE, base_channels=16), Pictures(4), "pictures").objective.vae
+    with pytest.raises(LatentDeskError, match="not the shape"):
+        AutoencoderStage(VAE, Pictures(4), "pictures", AutoencoderLoss(crop=32, finetune_start=2)).start_from(other, "x")

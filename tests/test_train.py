@@ -657,6 +657,32 @@ def test_train_builtin_runs_both_stages_and_exports(tmp_path, capsys, monkeypatc
     assert f"latentdesk train preview --model {tmp_path / 'builtin.safetensors'} --shapes" in capsys.readouterr().out
 
 
+def test_train_builtin_starts_stage_1_at_the_finetune_from_a_shipped_models_autoencoder(tmp_path, monkeypatch):
+    """--autoencoder-from: stage 1 runs only the fine-tune's steps, on that model's weights; the encoder (so
+    the latents) stays that model's, and the diffusion stage trains on it as usual."""
+    from app.cli.train import RECIPES, run_train_builtin
+    from core.loading.checkpoint import load_model
+    from core.train.recipe import BUILTIN_RECIPE as R
+
+    recipe = replace(R, vae=replace(VAE, scale_factor=1.0), vae_loss=replace(R.vae_loss, crop=32, finetune_start=2,
+                                                                             freeze_encoder=True, edge_focus=10.0),
+                     vae_train=settings(steps=3), vae_items=2, scale_images=2, eval_images=2,
+                     unet=UNET, text=TEXT, diffusion_train=settings(steps=1), diffusion_items=2)
+    monkeypatch.setitem(RECIPES, "v2", recipe)
+    assert run_train_builtin(SimpleNamespace(out=str(tmp_path / "first"), device="cpu", recipe="v2")) == 0
+    shipped = tmp_path / "first" / "builtin.safetensors"
+    args = SimpleNamespace(out=str(tmp_path / "second"), device="cpu", recipe="v2", autoencoder_from=str(shipped))
+    assert run_train_builtin(args) == 0
+    stage_1 = tmp_path / "second" / "autoencoder"
+    assert [json.loads(line)["step"] for line in (stage_1 / "loss.jsonl").read_text().splitlines()] == [3]
+    assert json.loads((stage_1 / "checkpoint" / "state.json").read_text())["description"]["started_from"].startswith(
+        "builtin.safetensors (sha256:")
+    before, after = load_model(shipped).vae, load_model(tmp_path / "second" / "builtin.safetensors").vae
+    for name, weight in before.encoder.state_dict().items():
+        torch.testing.assert_close(after.encoder.state_dict()[name], weight, msg=name)
+    assert not torch.equal(after.decoder.conv_out.weight, before.decoder.conv_out.weight)
+
+
 def test_a_built_in_model_on_16_channel_latents_trains_exports_loads_and_draws(tmp_path):
     from app.cli.train import run_train_builtin
     from core.generate import generate

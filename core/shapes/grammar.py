@@ -47,8 +47,13 @@ ARTICLE_WEIGHTS = (0.5, 0.15, 0.35)
 JOINERS = ("", ",", "and", "with", "on")
 # A phrase whose first word is one of these is not bare (the "terse" rule wants bare phrases only).
 FUNCTION_WORDS = frozenset({"a", "the", "in", "at", "on", "with", "and"})
-# How often a named size / colour sits before the noun ("a small red star") rather than after it.
-BEFORE_NOUN = {"size": 0.6, "color": 0.7}
+# How often a named size / colour sits before the noun ("a small red star") rather than after it. Training
+# puts the colour after the noun less often than the held-out structures do: the second v2 run, trained with
+# 0.7, learnt that a bare colour after the object is the object's and misread the old templates that give
+# the background that way ("a red star against brown"; #26). The held-out draws keep 0.7, so every run is
+# measured on the same captions.
+BEFORE_NOUN = {"size": 0.6, "color": 0.8}
+HELDOUT_BEFORE_NOUN = {"size": 0.6, "color": 0.7}
 
 POSITION_FORMS: dict[str, tuple[str, ...]] = {
     "corner": ("{position}", "{position} corner", "in the {position}", "in the {position} corner",
@@ -163,12 +168,13 @@ def _fits(before: Slot | None, slot: Slot) -> bool:
     return unit == "object" and before.form in _NAMED_BACKGROUNDS
 
 
-def _object_form(mentioned: frozenset[str], rng: np.random.Generator, terse: bool) -> tuple[str, list[str]]:
+def _object_form(mentioned: frozenset[str], rng: np.random.Generator, terse: bool,
+                 before_noun: Mapping[str, float]) -> tuple[str, list[str]]:
     """The object's phrase, and the attributes named after it as phrases of their own."""
     before, after = [], []
     for attribute in ("size", "color"):
         if attribute in mentioned:
-            (before if rng.random() < BEFORE_NOUN[attribute] else after).append(attribute)
+            (before if rng.random() < before_noun[attribute] else after).append(attribute)
     if rng.random() < 0.15:
         before.reverse()   # "a red small star" also happens
     article = "" if terse else ARTICLES[rng.choice(len(ARTICLES), p=ARTICLE_WEIGHTS)]
@@ -213,7 +219,7 @@ def draw_structure(scene: Scene, mentioned: frozenset[str], rng: np.random.Gener
     Without a rule the result may still match a held-out rule; grammar_caption() draws again then.
     """
     terse = rule == "terse"
-    object_form, after = _object_form(mentioned, rng, terse)
+    object_form, after = _object_form(mentioned, rng, terse, BEFORE_NOUN if rule is None else HELDOUT_BEFORE_NOUN)
     units = ["object", *after, *(u for u in ("position", "background") if u in mentioned)]
     forms = {"object": object_form, "size": "{size}", "color": "{color}"}
     choices = POSITION_FORMS[_position_kind(scene.position)]

@@ -157,6 +157,20 @@ class AutoencoderStage:
         self.objective = AutoencoderObjective(build_autoencoder(config, seed), loss)
         self.length = len(dataset)
         self.seed = seed
+        self.started_from: str | None = None
+
+    def start_from(self, vae: AutoencoderKL, source: str) -> int:
+        """Seed the run with a trained autoencoder's weights; returns the step it goes on from (the fine-tune's).
+
+        Only a recipe with a fine-tune can start this way: what comes before it is what `vae` already did.
+        """
+        if not self.loss.finetune_start:
+            raise LatentDeskError("this recipe's stage 1 has no fine-tune to start from a trained autoencoder")
+        if replace(vae.config, scale_factor=1.0) != replace(self.config, scale_factor=1.0):
+            raise LatentDeskError(f"{source}: its autoencoder is not the shape this recipe trains ({vae.config})")
+        self.objective.vae.load_state_dict(vae.state_dict(), strict=True)
+        self.started_from = source
+        return self.loss.finetune_start
 
     def inputs(self, indices: list[int], random: BatchRandom) -> dict[str, Tensor]:
         images = torch.stack([image_and_caption(self.dataset, i)[0] for i in indices])  # (B, 3, H, W)
@@ -190,7 +204,7 @@ class AutoencoderStage:
 
     def description(self) -> dict:
         return {"vae": asdict(self.config), "loss": self.loss.description(), "data": self.data_name,
-                "init_seed": self.seed}
+                "init_seed": self.seed, "started_from": self.started_from}
 
 
 # --- measuring ------------------------------------------------------------------------------------
@@ -274,14 +288,14 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> Au
 
 def train_autoencoder(stage: AutoencoderStage, settings: TrainSettings, folder: str | Path, eval_dataset,
                       *, scale_images: int = 512, eval_images: int = 256,
-                      processes: Distributed | None = None, stream=None) -> dict:
+                      processes: Distributed | None = None, stream=None, first_step: int = 0) -> dict:
     """Train (or resume), then set the scale factor, measure PSNR and write the stage's files.
 
     Returns the report also written to `autoencoder.json`.
     """
     processes = processes or Distributed.from_env()
     folder = Path(folder)
-    trained = train(stage, settings, folder, processes, stream)
+    trained = train(stage, settings, folder, processes, stream, first_step)
     report = {}
     if processes.is_main:
         vae = trained.final().vae.requires_grad_(False)

@@ -83,8 +83,12 @@ def attention_for_training(device: torch.device):
 
 
 def train(stage: Stage, settings: TrainSettings, folder: str | Path, processes: Distributed | None = None,
-          stream=None) -> Trained:
-    """Train `stage` up to `settings.steps`, resuming from `folder/checkpoint` if it holds one."""
+          stream=None, first_step: int = 0) -> Trained:
+    """Train `stage` up to `settings.steps`, resuming from `folder/checkpoint` if it holds one.
+
+    Without a checkpoint the run starts at `first_step`, from the weights the objective holds: a
+    fine-tune seeded with an earlier run's weights (its optimizer state starts afresh).
+    """
     processes = processes or Distributed.from_env()
     folder = Path(folder)
     if processes.is_main:
@@ -98,7 +102,7 @@ def train(stage: Stage, settings: TrainSettings, folder: str | Path, processes: 
     ema = EMA(objective, settings.ema_decay) if settings.ema_decay else None
 
     # 1. Resume.
-    start, seconds_before = 0, 0.0
+    start, seconds_before = first_step, 0.0
     if (found := read_checkpoint(checkpoints)) is not None:
         tensors, meta = found
         check_resumable(checkpoints, meta, stage.kind, stage.description(), settings)
