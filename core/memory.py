@@ -20,6 +20,15 @@ from core.errors import LatentDeskError
 UNET_VALUES_PER_LATENT_PIXEL_CHANNEL = 32
 VAE_VALUES_PER_PIXEL_CHANNEL = 8
 
+# The working memory the generation being started needs, as check_fits last estimated it. The bf16 weight
+# packs (core/nets/packed_weights.py) are made during the run's first step and leave at least this much
+# free, so a pack never takes the memory check_fits found for the run itself.
+_working_bytes = 0
+
+
+def working_bytes() -> int:
+    return _working_bytes
+
 
 def activation_bytes(model, width: int, height: int, batch: int, guided: bool) -> int:
     """Peak working memory of one generation beyond the weights (VAE decodes one image at a time)."""
@@ -42,7 +51,8 @@ def available_bytes(device: torch.device) -> int | None:
 
 
 def check_fits(model, width: int, height: int, batch: int, guided: bool) -> None:
-    needed = activation_bytes(model, width, height, batch, guided)
+    global _working_bytes
+    needed = _working_bytes = activation_bytes(model, width, height, batch, guided)
     free = available_bytes(model.device)
     if free is not None and needed > 0.9 * free:
         raise LatentDeskError(

@@ -3,12 +3,14 @@ F.conv2d's and F.linear's results, pack each weight once, pack again when the we
 everything else to nn.Conv2d / nn.Linear."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import memory
 from core.nets import packed_weights
 from core.nets.onednn import has_bf16_kernels
 from core.nets.packed_weights import Conv2d, Linear, linear
@@ -93,6 +95,29 @@ def test_a_deep_copy_and_its_state_dict_are_an_ordinary_convolutions():
     assert packed_of(twin) is None                           # the cache belongs to the original weight only
     assert set(twin.state_dict()) == set(nn.Conv2d(16, 32, 3).state_dict()) == {"weight", "bias"}
     assert all(t.layout == torch.strided for t in twin.state_dict().values())
+
+
+@needs_onednn
+def test_a_pack_never_takes_the_working_memory_the_run_was_checked_for(monkeypatch):
+    """check_fits found 3 GiB free enough for a run's working memory; earlier packs have since used the rest:
+    a pack that would leave less than what the run needs (though more than the fixed reserve) is not made."""
+    need, model = 3 << 30, SimpleNamespace(device=torch.device("cpu"))
+    monkeypatch.setattr(memory, "_working_bytes", 0)           # put back after the test
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 8 << 30)
+    monkeypatch.setattr(memory, "activation_bytes", lambda *args: need)
+    module = conv(padding=1)
+    x = images(1, 16, 8, 8)
+    monkeypatch.setattr(packed_weights, "available_bytes", lambda device: need + module.weight.nbytes // 2)
+    assert need + module.weight.nbytes // 2 - module.weight.nbytes > packed_weights.FREE_MEMORY_RESERVE
+    memory.check_fits(model, 1024, 1024, 1, True)
+    with torch.no_grad():
+        module(x)
+    assert packed_of(module) is None
+    monkeypatch.setattr(memory, "activation_bytes", lambda *args: 1 << 20)    # a small run: room to pack
+    memory.check_fits(model, 64, 64, 1, True)
+    with torch.no_grad():
+        module(x)
+    assert packed_of(module) is not None
 
 
 @pytest.mark.parametrize("case", ["float32", "gradients", "switched off", "inference-tensor weights",

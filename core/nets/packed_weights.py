@@ -10,8 +10,9 @@ oneDNN's layout").
 
 The price is memory: the packed copy sits beside the plain weight (which LoRAs patch, state dicts save
 and other dtypes convert from), about 1.7 GB for SD1.5's UNet in bf16. So a weight is only packed while
-FREE_MEMORY_RESERVE would still be free after it (short of memory a layer is slower, never refused),
-and PACK_WEIGHTS turns it off. The copy is made at a layer's first bf16 call and made again when its
+what stays free after it is at least FREE_MEMORY_RESERVE and at least the working memory that
+core.memory.check_fits found the run needs (short of memory a layer is slower, never refused), and
+PACK_WEIGHTS turns it off. The copy is made at a layer's first bf16 call and made again when its
 weight changes (a LoRA switch writes the weight in place, which bumps its version; a dtype change makes
 a new tensor). Only inference: anything that needs gradients, float32, fp16, other devices and CPUs
 without bf16 units run the plain layer.
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from core.memory import available_bytes
+from core.memory import available_bytes, working_bytes
 from core.nets.onednn import has_bf16_kernels
 
 PACK_WEIGHTS = True
@@ -62,7 +63,7 @@ def packed_weight(layer: nn.Module, x: Tensor, kind: str, pack: Callable[[Tensor
     if kind in kinds:
         return kinds[kind][2]
     free = available_bytes(weight.device)
-    if free is not None and free - weight.nbytes < FREE_MEMORY_RESERVE:
+    if free is not None and free - weight.nbytes < max(FREE_MEMORY_RESERVE, working_bytes()):
         return None
     with torch.no_grad():
         kinds[kind] = (weight.data_ptr(), version, pack(weight.detach()))
