@@ -894,3 +894,23 @@ def test_latent_cache_keeps_labels_and_their_classes(tmp_path):
     built = build_latent_cache(build_autoencoder(VAE, seed=0).eval(), data, stream=io.StringIO())
     assert built.labels.shape == (3, 2, 5) and built.label_classes == data.label_classes
     assert built.labels[1].tolist() == data.caption_labels(1)
+
+
+def test_the_caption_probe_trains_a_reader_on_a_mix_and_scores_each_held_out_phrasing(tmp_path):
+    """scripts/caption_probe.py, tiny: a run in its own process (it sets the mix's module constants), scores
+    per attribute for the templates (grouped by marker phrase) and the structures (by held-out rule)."""
+    from core.shapes.captions import HELDOUT_MARKERS
+    from core.shapes.grammar import HELDOUT_RULES
+
+    out = tmp_path / "probe.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "caption_probe.py"), "--items", "30", "--steps", "3",
+                           "--batch-size", "16", "--eval", "60", "--grammar-share", "0.3", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["grammar_share"] == 0.3 and result["steps"] == 3
+    assert set(result["templates"]) - {"all"} <= set(HELDOUT_MARKERS) and len(result["templates"]) > 5
+    assert set(result["grammar"]) - {"all"} <= set(HELDOUT_RULES) and len(result["grammar"]) > 1
+    for scores in (*result["templates"].values(), *result["grammar"].values()):
+        assert scores and all(0 <= v <= 1 for v in scores.values())

@@ -36,6 +36,7 @@ from core.sampling.denoiser import PREDICTIONS
 from core.sampling.schedules import NoiseSchedule, schedule_for
 from core.text.encoder import BOS_ID, TextEncoder
 from core.text.tokenizer import ClipTokenizer
+from core.train.attributes import attribute_cross_entropy, attribute_logits
 from core.train.checkpoints import CHECKPOINT_DIR, read_checkpoint
 from core.train.data import BatchRandom, image_and_caption
 from core.train.distributed import Distributed
@@ -285,15 +286,11 @@ class DiffusionObjective(nn.Module):
             return {"loss": loss}
         if labels is None:
             raise LatentDeskError("training with an attribute loss needs each caption's labels")
-        eos = context[torch.arange(len(ids), device=ids.device), (ids == EOS_ID).int().argmax(dim=1)]
-        logits = self.attribute_head(eos.float()).split(self.label_classes, dim=1)
-        named = labels >= 0
-        # mean cross-entropy over the attributes the batch names (a batch of empty captions adds 0)
-        per_attribute = [F.cross_entropy(z, y, ignore_index=-1, reduction="sum") / named[:, a].sum().clamp(min=1)
-                         for a, (z, y) in enumerate(zip(logits, labels.unbind(1), strict=True))]
-        attributes = torch.stack(per_attribute).mean()
+        attributes = attribute_cross_entropy(attribute_logits(self.attribute_head, self.label_classes, context, ids),
+                                             labels)
         return {"loss": loss + self.attribute_loss * attributes, "diffusion": loss.detach(),
                 "attributes": attributes.detach()}
+
 
 
 class DiffusionStage:
