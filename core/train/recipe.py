@@ -222,6 +222,15 @@ SHIPPED_RECIPE = "v1"
 #    templates 100 % for both. The grammar teaches that a bare colour is the object's, v1's templates that the
 #    second colour is the background's. Candidates for the next run: more of the templates' share, or
 #    grammar forms with the background as a bare colour after a preposition ("behind", "in front of").
+#  - The third run (2026-12-07): 40 % grammar (core/shapes/dataset.py MIXED_GRAMMAR_SHARE, was 50 %) and the
+#    object's colour before the noun in 80 % of training grammar captions (grammar.BEFORE_NOUN, was 70 %; the
+#    held-out structures keep 70 %). Stage 1 started from the shipped v1 model's autoencoder at the fine-tune
+#    (`train builtin --autoencoder-from`): 555 s, 32.97 dB, edge sharpness 0.596, small shapes kept 89.0 %
+#    (the second run's stage 1 from scratch: 2,469 s, 32.92 dB, 0.573, 88.0 %). Stage 2 was stopped at step 100:
+#    that session's CPU ran a bf16 4096^3 matmul at 0.30 TFLOP/s and a synthetic stage-2 step in 4.5 s (2.0 s
+#    the day before), so 3,000 steps would have outlasted the session. Not measured, then; `scripts/caption_probe.py`
+#    (what a mix teaches the text encoder, in minutes) found these two changes move its template scores by less
+#    than its own seed-to-seed spread (docs/BUILTIN_MODEL.md, "The third v2 run").
 V2_RECIPE = replace(
     BUILTIN_RECIPE,
     vae_loss=replace(BUILTIN_RECIPE.vae_loss, finetune_start=6000, freeze_encoder=True, edge_focus=10.0,
