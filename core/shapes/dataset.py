@@ -42,7 +42,8 @@ CAPTION_SOURCES = ("templates", "grammar", "mixed")
 # "mixed": each phrasing from the grammar or from the training templates. The grammar alone never says "with
 # blue behind it" or "upon a blue background", and a model trained on it alone lost the old held-out
 # templates' background phrasings (#26: background 79.5 % there, against 97.3 % for v1). Half and half (the
-# second v2 run) brought that to 89.0 %; 40 % grammar gives the templates' ways of naming a background more.
+# second v2 run) brought that to 89.0 %. 40 % is the third run's try (its images not measured yet; the caption
+# probe, scripts/caption_probe.py, read the templates no better with it: docs/BUILTIN_MODEL.md).
 MIXED_GRAMMAR_SHARE = 0.4
 
 

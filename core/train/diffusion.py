@@ -292,7 +292,6 @@ class DiffusionObjective(nn.Module):
                 "attributes": attributes.detach()}
 
 
-
 class DiffusionStage:
     """Stage 2 for `core.train.loop.train`, on a latent cache."""
 
