@@ -99,6 +99,15 @@ def _probe_seconds(dtype: torch.dtype, repeats: int = 3) -> float:
     return best
 
 
+def autocast_pays(device: torch.device) -> bool:
+    """Whether a training step autocast to bfloat16 runs faster than in float32 on `device`.
+
+    On a CPU without bfloat16 units PyTorch emulates the arithmetic: on a 2-core AMD EPYC with AVX2 alone,
+    a 1024^3 bfloat16 matrix product ran at 0.0009 TFLOP/s against 0.11 in float32, so the built-in recipe's
+    `bf16` setting would make a run some hundred times slower there instead of two to three times faster."""
+    return device.type != "cpu" or bf16_pays()
+
+
 def automatic_precision(weight_bytes_fp32: int, device: str | torch.device = "cpu") -> str:
     """What AUTO means for a model whose networks take `weight_bytes_fp32` in float32: "bfloat16" for a
     full-size model on a CPU where bf16 pays, else "float32" (GPUs and small models keep float32)."""

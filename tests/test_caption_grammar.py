@@ -263,11 +263,11 @@ def test_training_reads_the_grammar_when_asked():
 def test_the_diffusion_stage_takes_the_caption_style_from_the_command_line():
     from types import SimpleNamespace
 
-    from app.cli.train import _dataset
+    from app.cli.train_args import dataset_from
     args = SimpleNamespace(data=None, shapes=True, shapes_items=20, seed=0, shapes_captions=1, caption_style="grammar")
-    dataset, name = _dataset(args, 100)
+    dataset, name = dataset_from(args, 100)
     assert len(dataset) == 20 and name.endswith("grammar captions")
-    plain, plain_name = _dataset(SimpleNamespace(**{**vars(args), "caption_style": "templates"}), 100)
+    plain, plain_name = dataset_from(SimpleNamespace(**{**vars(args), "caption_style": "templates"}), 100)
     assert "grammar" not in plain_name and dataset[3][1] != plain[3][1]
 
 

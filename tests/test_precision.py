@@ -122,3 +122,12 @@ def test_the_cli_and_window_keep_small_models_exact_under_auto(tiny_file):
     assert AUTO == ENGINE_AUTO
     assert resolve_precision(tiny_file, "auto") == chosen_precision(str(tiny_file), "auto") == "float32"
     assert resolve_precision(tiny_file, "bfloat16") == "bfloat16"      # a choice stays a choice
+
+
+def test_training_autocasts_to_bf16_on_gpus_and_on_cpus_where_it_pays(monkeypatch):
+    import core.precision as precision
+    monkeypatch.setattr(precision, "bf16_pays", lambda: False)
+    assert precision.autocast_pays(torch.device("cpu")) is False
+    assert precision.autocast_pays(torch.device("cuda")) is True
+    monkeypatch.setattr(precision, "bf16_pays", lambda: True)
+    assert precision.autocast_pays(torch.device("cpu")) is True

@@ -756,7 +756,7 @@ def test_snapshot_exports_an_unfinished_runs_ema_weights_and_refuses_another_aut
     from app.cli.commands import main
     from core.loading.checkpoint import load_model
     from core.train.autoencoder import autoencoder_id
-    from core.train.diffusion import export_snapshot
+    from core.train.snapshot import export_snapshot
 
     vae = build_autoencoder(replace(VAE, scale_factor=0.5), seed=0)
     write_autoencoder(tmp_path / "ae.safetensors", vae)
@@ -805,6 +805,22 @@ def test_training_on_the_cpu_runs_attention_through_the_plain_kernel(tmp_path, m
                         lambda device: entered.append(device.type) or attention_for_training(device))
     train(diffusion_stage(), settings(steps=2, lr=1e-3), tmp_path, ONE, io.StringIO())
     assert entered == ["cpu", "cpu"]
+
+
+@pytest.mark.parametrize("pays", [True, False])
+def test_bf16_autocast_is_used_only_where_the_cpu_runs_it_faster(tmp_path, monkeypatch, pays):
+    """Without bfloat16 units PyTorch emulates it (hundreds of times slower than float32 on an AVX2 CPU): the
+    recipe's bf16 setting then trains in float32, and says so."""
+    stage = diffusion_stage()
+    seen = []
+    forward = stage.objective.forward
+    monkeypatch.setattr(stage.objective, "forward",
+                        lambda *a, **k: seen.append(torch.is_autocast_enabled("cpu")) or forward(*a, **k))
+    monkeypatch.setattr(loop_module, "autocast_pays", lambda device: pays)
+    stream = io.StringIO()
+    train(stage, settings(steps=2, bf16=True), tmp_path, ONE, stream)
+    assert seen == [pays, pays]
+    assert ("runs no faster than float32 on this CPU" in stream.getvalue()) is not pays
 
 
 # --- the text encoder's caption-parsing loss ---------------------------------------------------------
@@ -872,7 +888,7 @@ def test_attribute_loss_trains_a_head_on_the_eos_token_that_export_leaves_out(tm
                         trained.objective.text_model, ModelDefaults(size=32))
     with safe_open(path, "pt") as f:
         assert not any("attribute" in key for key in f.keys())
-    from core.train.diffusion import export_snapshot  # the run's checkpoint holds the head too
+    from core.train.snapshot import export_snapshot  # the run's checkpoint holds the head too
     snapshot, step = export_snapshot(tmp_path / "run", build_autoencoder(VAE, seed=0), "none",
                                      tmp_path / "snap.safetensors", ModelDefaults(size=32))
     assert step == 30 and snapshot.is_file()
@@ -914,3 +930,47 @@ def test_the_caption_probe_trains_a_reader_on_a_mix_and_scores_each_held_out_phr
     assert set(result["grammar"]) - {"all"} <= set(HELDOUT_RULES) and len(result["grammar"]) > 1
     for scores in (*result["templates"].values(), *result["grammar"].values()):
         assert scores and all(0 <= v <= 1 for v in scores.values())
+
+
+# --- a fine-tune of a trained model (train diffusion --from) -------------------------------------------
+
+def test_train_diffusion_from_a_model_starts_at_its_weights_and_resumes_only_that_start(tmp_path):
+    from app.cli.train import main
+    from core.loading.checkpoint import load_model
+
+    write_autoencoder(tmp_path / "ae.safetensors", build_autoencoder(replace(VAE, scale_factor=0.5), seed=0))
+    flags = ["train", "diffusion", "--autoencoder", str(tmp_path / "ae.safetensors"), "--shapes", "--shapes-items",
+             "2", "--steps", "1", "--batch-size", "2", "--log-every", "1", "--model-channels", "16", "--channel-mult",
+             "1,2", "--res-blocks", "1", "--attention", "0,1", "--heads", "2", "--text-width", "32", "--text-layers",
+             "1", "--text-heads", "2", "--device", "cpu"]
+    assert main(flags + ["--out", str(tmp_path / "first"), "--lr", "1e-2"]) == 0
+    first = tmp_path / "first" / "model.safetensors"
+    # A learning rate too small to move a weight: what is exported is the start, not fresh networks.
+    assert main(flags + ["--out", str(tmp_path / "tuned"), "--from", str(first), "--lr", "1e-12"]) == 0
+    before, after = load_model(first), load_model(tmp_path / "tuned" / "model.safetensors")
+    for name, weight in before.unet.state_dict().items():
+        torch.testing.assert_close(after.unet.state_dict()[name], weight, msg=name)
+    for name, weight in before.text_encoder.state_dict().items():
+        torch.testing.assert_close(after.text_encoder.state_dict()[name], weight, msg=name)
+    described = json.loads((tmp_path / "tuned" / "checkpoint" / "state.json").read_text())["description"]
+    assert described["started_from"].startswith("model.safetensors (sha256:")
+    # The same folder goes on only from the same start
+    assert main(flags + ["--out", str(tmp_path / "tuned"), "--from", str(tmp_path / "tuned" / "model.safetensors"),
+                         "--lr", "1e-12", "--steps", "2"]) == 2
+    assert main(flags + ["--out", str(tmp_path / "fresh"), "--lr", "1e-12"]) == 0
+    fresh = load_model(tmp_path / "fresh" / "model.safetensors").unet.state_dict()
+    assert any(not torch.allclose(fresh[k], v) for k, v in before.unet.state_dict().items())
+
+
+def test_train_diffusion_from_a_model_of_another_shape_says_what_differs(tmp_path, capsys):
+    from app.cli.train import main
+    from tests.tiny_models import write_single_file
+
+    write_autoencoder(tmp_path / "ae.safetensors", build_autoencoder(VAE, seed=0))
+    model = write_single_file("sd1", tmp_path / "other.safetensors")
+    assert main(["train", "diffusion", "--autoencoder", str(tmp_path / "ae.safetensors"), "--shapes", "--shapes-items",
+                 "2", "--steps", "1", "--out", str(tmp_path / "run"), "--from", str(model), "--device", "cpu",
+                 "--prediction", "epsilon", "--no-zero-terminal-snr"]) == 2
+    message = capsys.readouterr().err
+    assert "its UNet is not the one these flags describe" in message and "model_channels" in message
+    assert not (tmp_path / "run" / "latents.safetensors").exists()    # refused before the latents are made

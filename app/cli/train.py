@@ -1,7 +1,7 @@
 """`latentdesk train ...`: the two training stages on the command line.
 
     latentdesk train autoencoder (--data DIR | --shapes) --out DIR [--steps N] [--batch-size B] [--lr LR] [--seed S] ...
-    latentdesk train diffusion --autoencoder FILE|DIR (--data DIR | --shapes) --out DIR [...]
+    latentdesk train diffusion --autoencoder FILE|DIR (--data DIR | --shapes) --out DIR [--from MODEL] [...]
     latentdesk train builtin --out DIR [--recipe v1|v2]   # both stages, then DIR/builtin.safetensors
     latentdesk train snapshot RUN --autoencoder FILE|DIR --out FILE   # an unfinished stage-2 run's model
     latentdesk train preview --model M (--data DIR | --shapes) --out DIR [--install [--force]]   # M's preview decoder
@@ -29,8 +29,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from app.cli.train_args import add_data_args, add_run_args, dataset_from, settings_from, shapes_name
+from app.cli.train_preview import run_train_preview
 from core.errors import LatentDeskError
-from core.nets.preview_decoder import MAX_SIZES, PreviewDecoderConfig
+from core.nets.preview_decoder import PreviewDecoderConfig
 from core.shapes.dataset import CAPTION_SOURCES
 from core.train.preview import PREVIEW_EVAL_ITEMS, PREVIEW_ITEMS, PREVIEW_TRAIN
 from core.train.recipe import BUILTIN_RECIPE, RECIPES, SHIPPED_RECIPE, BuiltinRecipe
@@ -45,8 +47,8 @@ def add_train_commands(subparsers) -> None:
     stages = train.add_subparsers(dest="stage", required=True)
 
     ae = stages.add_parser("autoencoder", help="stage 1: the autoencoder (perceptual compression)")
-    _data_args(ae)
-    _run_args(ae, R.vae_train)
+    add_data_args(ae)
+    add_run_args(ae, R.vae_train)
     ae.add_argument("--channels", type=int, default=R.vae.base_channels, help="width of the first level")
     ae.add_argument("--channel-mult", type=_ints, default=R.vae.channel_mult,
                     help="width multiple per level, e.g. 1,2,4,4 (4 levels = 1/8 size latents)")
@@ -71,8 +73,8 @@ def add_train_commands(subparsers) -> None:
 
     df = stages.add_parser("diffusion", help="stage 2: UNet + text encoder on the autoencoder's latents")
     df.add_argument("--autoencoder", required=True, help="autoencoder.safetensors from stage 1 (or its folder)")
-    _data_args(df)
-    _run_args(df, R.diffusion_train)
+    add_data_args(df)
+    add_run_args(df, R.diffusion_train)
     df.add_argument("--model-channels", type=int, default=R.unet.model_channels)
     df.add_argument("--channel-mult", type=_ints, default=R.unet.channel_mult)
     df.add_argument("--res-blocks", type=int, default=R.unet.num_res_blocks)
@@ -114,6 +116,10 @@ def add_train_commands(subparsers) -> None:
     df.add_argument("--pyramid-noise", type=float, default=R.target.pyramid_noise, metavar="DISCOUNT",
                     help="add coarser noise with weights DISCOUNT, DISCOUNT^2, ... to the training noise (0 = off)")
     df.add_argument("--export-dtype", choices=("fp16", "fp32"), default=R.export_dtype)
+    df.add_argument("--from", dest="start_from", metavar="MODEL",
+                    help="fine-tune this model's UNet and text encoder (e.g. builtin, on new captions) instead of "
+                         "training fresh ones; the flags above must describe its networks, and --autoencoder must "
+                         "encode as its own does")
     df.set_defaults(handler=run_train_diffusion)
 
     snap = stages.add_parser("snapshot", help="export the model of an unfinished stage-2 run (its last checkpoint)")
@@ -127,8 +133,8 @@ def add_train_commands(subparsers) -> None:
 
     pv = stages.add_parser("preview", help="a model's tiny preview decoder, trained to imitate its VAE decoder")
     pv.add_argument("--model", default="builtin", help="the model whose VAE it imitates: builtin, a file or a folder")
-    _data_args(pv)
-    _run_args(pv, PREVIEW_TRAIN)
+    add_data_args(pv)
+    add_run_args(pv, PREVIEW_TRAIN)
     pv.add_argument("--items", type=int, default=PREVIEW_ITEMS, help="training images (each encoded and decoded once)")
     pv.add_argument("--eval-items", type=int, default=PREVIEW_EVAL_ITEMS, help="held-out images the PSNR is measured on")
     pv.add_argument("--width", type=int, default=PreviewDecoderConfig.width, help="channels of its hidden layers")
@@ -178,65 +184,6 @@ def _optional_floats(text: str) -> tuple[float, ...] | None:
     return None if text.strip().lower() in ("off", "none") else _floats(text)
 
 
-def _data_args(parser) -> None:
-    data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--data", help="a folder of images with same-name .txt captions")
-    data.add_argument("--shapes", action="store_true", help="the synthetic captioned-shapes world")
-    parser.add_argument("--shapes-items", type=int, help="how many shapes scenes to draw from (default: recipe's)")
-    parser.add_argument("--size", type=int, default=128, help="--data images are scaled and cropped to this square")
-
-
-def _run_args(parser, settings) -> None:
-    parser.add_argument("--out", required=True, help="output folder (checkpoints, loss.jsonl, results)")
-    parser.add_argument("--steps", type=int, default=settings.steps)
-    parser.add_argument("--batch-size", type=int, default=settings.batch_size, help="global batch (all processes)")
-    parser.add_argument("--lr", type=float, default=settings.lr)
-    parser.add_argument("--seed", type=int, default=R.seed)
-    parser.add_argument("--warmup-steps", type=int, default=settings.warmup_steps)
-    parser.add_argument("--lr-decay-until", type=int,
-                        help="cosine learning-rate decay ends at this step (default: --steps; 0 = constant lr)")
-    parser.add_argument("--ema-decay", type=float, default=settings.ema_decay, help="0 = no EMA")
-    parser.add_argument("--ema-restart", type=int, default=settings.ema_restart, metavar="STEP",
-                        help="the EMA starts over at this step (0 = never), e.g. where a fine-tune begins")
-    parser.add_argument("--checkpoint-every", type=int, default=settings.checkpoint_every)
-    parser.add_argument("--log-every", type=int, default=settings.log_every)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=settings.bf16,
-                        help="autocast forward passes to bfloat16 (fast on CPUs with AMX/AVX-512 BF16 and on GPUs)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-
-
-def _settings(args, base):
-    from core.train.settings import TrainSettings
-    return TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         warmup_steps=args.warmup_steps,
-                         lr_decay_until=args.steps if args.lr_decay_until is None else args.lr_decay_until,
-                         lr_floor=base.lr_floor, weight_decay=base.weight_decay, grad_clip=base.grad_clip,
-                         ema_decay=args.ema_decay, ema_restart=args.ema_restart, bf16=args.bf16,
-                         checkpoint_every=args.checkpoint_every, log_every=args.log_every)
-
-
-def _dataset(args, default_items: int, split: str = "train"):
-    """(dataset, name for checkpoints) of --data / --shapes."""
-    from core.train.data import CaptionedFolder, shapes
-    if args.data:
-        folder = CaptionedFolder(args.data, args.size)
-        return folder, f"folder {folder.path.resolve()} at {args.size}px ({len(folder)} images)"
-    items = args.shapes_items or default_items
-    phrasings = getattr(args, "shapes_captions", 1)
-    if phrasings < 1:
-        raise LatentDeskError(f"--shapes-captions must be at least 1, not {phrasings}")
-    style = getattr(args, "caption_style", "templates")
-    name = shapes_name(args.seed, items, phrasings, style)
-    return shapes(args.seed, items, split, phrasings, style), name
-
-
-def shapes_name(seed: int, items: int, phrasings: int = 1, style: str = "templates") -> str:
-    """The data's name in checkpoints and the latent cache's fingerprint (one phrasing, templates: as before
-    either existed)."""
-    return (f"shapes seed {seed}, {items} items" + (f", {phrasings} captions each" if phrasings > 1 else "")
-            + (f", {style} captions" if style != "templates" else ""))
-
-
 def run_train_autoencoder(args) -> int:
     from core.nets.vae import VAEConfig
     from core.train.autoencoder import AutoencoderLoss, AutoencoderStage, train_autoencoder
@@ -244,7 +191,7 @@ def run_train_autoencoder(args) -> int:
     from core.train.distributed import Distributed
 
     processes = Distributed.from_env(args.device)
-    dataset, name = _dataset(args, R.vae_items)
+    dataset, name = dataset_from(args, R.vae_items)
     config = VAEConfig(base_channels=args.channels, channel_mult=args.channel_mult, num_res_blocks=args.res_blocks,
                        norm_groups=groups_for(args.channels), z_channels=args.latent_channels, scale_factor=1.0)
     loss = AutoencoderLoss(args.kl_weight, R.vae_loss.mse_weight, args.crop, edge_weight=args.edge_weight,
@@ -254,7 +201,7 @@ def run_train_autoencoder(args) -> int:
     stage = AutoencoderStage(config, dataset, name, loss, args.seed)
     # Shapes: PSNR on held-out renders. A user's folder has no held-out part: PSNR on its first images.
     eval_dataset = shapes(args.seed, R.eval_images, "heldout") if args.shapes else dataset
-    report = train_autoencoder(stage, _settings(args, R.vae_train), args.out, eval_dataset,
+    report = train_autoencoder(stage, settings_from(args, R.vae_train), args.out, eval_dataset,
                                scale_images=R.scale_images, eval_images=R.eval_images, processes=processes)
     if processes.is_main:
         print(f"autoencoder: PSNR {report['psnr_db']:.2f} dB, scale factor {report['scale_factor']:.5f} -> "
@@ -271,7 +218,7 @@ def run_train_diffusion(args) -> int:
 
     processes = Distributed.from_env(args.device)
     vae = load_autoencoder(args.autoencoder)
-    dataset, name = _dataset(args, R.diffusion_items)
+    dataset, name = dataset_from(args, R.diffusion_items)
     levels = len(args.channel_mult)
     if len(args.attention) != levels:
         raise LatentDeskError(f"--attention needs one number per level ({levels}, as --channel-mult), "
@@ -287,89 +234,47 @@ def run_train_diffusion(args) -> int:
                          tuple(args.snr_weight) if args.snr_weight is not None else None,
                          args.offset_noise, args.pyramid_noise)
     path = train_diffusion(vae, autoencoder_id(args.autoencoder), dataset, name, args.out, unet, text,
-                           _settings(args, R.diffusion_train), caption_dropout=args.caption_dropout,
+                           settings_from(args, R.diffusion_train), caption_dropout=args.caption_dropout,
                            defaults=defaults, target=target, text_lr_scale=args.text_lr_scale,
                            attribute_loss=args.attribute_loss if args.shapes else 0.0,
-                           export_dtype=args.export_dtype, processes=processes)
+                           export_dtype=args.export_dtype, processes=processes,
+                           start_from=_networks_to_finetune(args.start_from, target, unet) if args.start_from else None)
     if path is not None:
         print(f"diffusion: model written to {path}")
     return 0
 
 
+def _networks_to_finetune(name: str, target, unet_config):
+    """(UNet, text model, name with its hash) of the model `train diffusion --from` fine-tunes; refused before
+    the latent cache is made (minutes) when the flags describe other networks."""
+    from core.loading.checkpoint import load_model
+    from core.resources import resolve_model
+    from core.train.autoencoder import autoencoder_id
+    path = resolve_model(name)
+    model = load_model(path)
+    if len(model.text_encoder.models) != 1:
+        raise LatentDeskError(f"{path}: it has {len(model.text_encoder.models)} text encoders; a run trains one")
+    if model.prediction != target.prediction:
+        raise LatentDeskError(f"{path}: it predicts {model.prediction}, this run trains {target.prediction} "
+                              "(--prediction)")
+    if model.unet.config != unet_config:
+        differ = [f"{k} {getattr(model.unet.config, k)!r} (flags: {getattr(unet_config, k)!r})"
+                  for k in asdict(unet_config) if getattr(model.unet.config, k) != getattr(unet_config, k)]
+        raise LatentDeskError(f"{path}: its UNet is not the one these flags describe: {'; '.join(differ)}")
+    # The file's hash ties a resumed run to the same start; a folder (diffusers layout) goes by its name.
+    return model.unet, model.text_encoder.models[0], f"{path.name} ({autoencoder_id(path) if path.is_file() else path})"
+
+
 def run_train_snapshot(args) -> int:
     from core.train.autoencoder import autoencoder_id, load_autoencoder
-    from core.train.diffusion import export_snapshot
     from core.train.export import ModelDefaults
+    from core.train.snapshot import export_snapshot
 
     defaults = ModelDefaults(size=args.size, guidance=args.guidance, sampler=args.sampler)
     path, step = export_snapshot(args.run, load_autoencoder(args.autoencoder), autoencoder_id(args.autoencoder),
                                  args.out, defaults)
     print(f"the model at step {step} (EMA weights) -> {path}")
     return 0
-
-
-def run_train_preview(args) -> int:
-    import shutil
-
-    from core.loading.checkpoint import load_model
-    from core.loading.preview_decoders import preview_decoder_path
-    from core.metadata.hashing import model_hash
-    from core.resources import resolve_model
-    from core.train.data import shapes
-    from core.train.distributed import Distributed
-    from core.train.preview import train_preview_decoder
-
-    model_path = resolve_model(args.model)
-    target = preview_decoder_path(model_path)
-    if args.force and not args.install:
-        raise LatentDeskError("--force only goes with --install (it lets --install replace a decoder)")
-    if args.install and not args.force and target.exists():     # refused now, not after the training
-        raise LatentDeskError(f"{target}: the model has a preview decoder already; --install replaces it only "
-                              "with --force (or leave --install out and copy the trained file yourself)")
-    _check_preview_size(args)
-    device = Distributed.from_env(args.device).device   # one process; this picks the GPU or the CPU threads
-    vae = load_model(model_path, device=device).vae.requires_grad_(False)
-    items = (args.shapes_items or args.items) if args.shapes else args.items
-    if args.shapes:
-        dataset, name = shapes(args.seed, items), shapes_name(args.seed, items)
-        eval_dataset = shapes(args.seed, args.eval_items, "heldout")
-    else:   # a folder has no held-out part: its last images are held out, the first ones trained on
-        folder, name = _dataset(args, args.items)
-        if len(folder) < 2:
-            raise LatentDeskError(f"{args.data}: a preview decoder needs at least 2 images, it has {len(folder)}")
-        held = max(1, min(args.eval_items, len(folder) // 5))
-        dataset = _subset(folder, range(len(folder) - held))
-        eval_dataset = _subset(folder, range(len(folder) - held, len(folder)))
-    try:
-        config = PreviewDecoderConfig(vae.config.z_channels, vae.config.downsample_factor, args.width, args.blocks)
-    except ValueError as e:   # the sizes were checked above: what is left is the model's VAE
-        raise LatentDeskError(f"{model_path}: no preview decoder fits this model's VAE ({e})") from None
-    report = train_preview_decoder(vae, f"{model_path.name} {model_hash(model_path)}", dataset, eval_dataset, name,
-                                   args.out, config, _settings(args, PREVIEW_TRAIN), items=items,
-                                   eval_items=args.eval_items)
-    psnr = report["psnr_vs_vae_db"]
-    print(f"preview decoder: {psnr['all']:.2f} dB against the VAE on {report['eval_items']} held-out images "
-          f"({', '.join(f'{k} {v:.1f}' for k, v in psnr.items() if k != 'all')}) -> {report['path']}")
-    if args.install:
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(report["path"], tmp)
-        os.replace(tmp, target)
-        print(f"installed beside the model: {target}")
-    return 0
-
-
-def _check_preview_size(args) -> None:
-    """--width and --blocks within what a preview decoder may be (core/nets/preview_decoder.py): refused
-    before the model is loaded and its images encoded, with the flag's name rather than a traceback."""
-    for name in ("width", "blocks"):
-        value, high = getattr(args, name), MAX_SIZES[name]
-        if not 1 <= value <= high:
-            raise LatentDeskError(f"--{name} must be from 1 to {high} (a preview decoder is tiny), not {value}")
-
-
-def _subset(dataset, indices):
-    import torch
-    return torch.utils.data.Subset(dataset, list(indices))
 
 
 def run_train_builtin(args, recipe: BuiltinRecipe | None = None) -> int:

@@ -37,7 +37,6 @@ from core.sampling.schedules import NoiseSchedule, schedule_for
 from core.text.encoder import BOS_ID, TextEncoder
 from core.text.tokenizer import ClipTokenizer
 from core.train.attributes import attribute_cross_entropy, attribute_logits
-from core.train.checkpoints import CHECKPOINT_DIR, read_checkpoint
 from core.train.data import BatchRandom, image_and_caption
 from core.train.distributed import Distributed
 from core.train.export import ModelDefaults, export_model
@@ -320,6 +319,19 @@ class DiffusionStage:
                                             cache.label_classes, attribute_loss)
         self.length = len(cache)
         self.empty_ids = torch.tensor(token_ids(ClipTokenizer(), ""), dtype=torch.int64)
+        self.started_from: str | None = None
+
+    def start_from(self, unet: UNet, text_model: CLIPTextModel, source: str) -> None:
+        """Seed the UNet and text encoder with a trained model's (a fine-tune: new captions for a model that
+        already draws); the attribute head, which export leaves out, starts afresh."""
+        if unet.config != self.unet_config:
+            raise LatentDeskError(f"{source}: its UNet is not the shape this run trains ({unet.config})")
+        try:
+            self.objective.unet.load_state_dict(unet.state_dict(), strict=True)
+            self.objective.text_model.load_state_dict(text_model.state_dict(), strict=True)
+        except RuntimeError as e:
+            raise LatentDeskError(f"{source}: its text encoder is not the shape this run trains ({e})") from None
+        self.started_from = source
 
     def inputs(self, indices: list[int], random: BatchRandom) -> dict[str, Tensor]:
         rows = torch.tensor(indices)
@@ -353,6 +365,8 @@ class DiffusionStage:
                      "init_seed": self.seed, "target": asdict(self.target)}
         if self.text_lr_scale != 1.0:   # stated only when set, so earlier runs still resume
             described["text_lr_scale"] = self.text_lr_scale
+        if self.started_from:
+            described["started_from"] = self.started_from
         if self.attribute_loss:
             described |= {"attribute_loss": self.attribute_loss, "label_classes": list(self.cache.label_classes)}
         return described
@@ -379,8 +393,10 @@ def train_diffusion(vae: AutoencoderKL, autoencoder_id: str, dataset, data_name:
                     text_lr_scale: float = 1.0, attribute_loss: float = 0.0,
                     export_dtype: str = "fp16",
                     export_path: str | Path | None = None, processes: Distributed | None = None,
-                    stream=None) -> Path | None:
+                    stream=None, start_from: tuple[UNet, CLIPTextModel, str] | None = None) -> Path | None:
     """Cache latents, train (or resume), export the final (EMA) weights with the VAE (default `folder/model.safetensors`).
+
+    `start_from` (unet, text model, name): a fine-tune of those networks instead of fresh ones.
 
     Returns the exported path (None in processes other than the main one).
     """
@@ -393,6 +409,8 @@ def train_diffusion(vae: AutoencoderKL, autoencoder_id: str, dataset, data_name:
     cache = prepare_cache(vae, dataset, folder, fingerprint, processes, stream)
     stage = DiffusionStage(cache, unet_config, text_config, data_name, autoencoder_id, caption_dropout,
                            settings.seed, target, text_lr_scale, attribute_loss)
+    if start_from is not None:
+        stage.start_from(*start_from)
     trained = train(stage, settings, folder, processes, stream)
     path = None
     if processes.is_main:
@@ -404,37 +422,3 @@ def train_diffusion(vae: AutoencoderKL, autoencoder_id: str, dataset, data_name:
         (stream or sys.stderr).write(f"wrote {path}\n")
     processes.barrier()
     return path
-
-
-def export_snapshot(folder: str | Path, vae: AutoencoderKL, autoencoder: str, out: str | Path,
-                    defaults: ModelDefaults, export_dtype: str = "fp16") -> tuple[Path, int]:
-    """The model as it stands at the last checkpoint of an unfinished stage-2 run in `folder` (EMA weights).
-
-    `autoencoder` is the stage-1 id (`autoencoder_id`) the caller loaded `vae` from; a run trained on
-    another autoencoder is refused, as its latents would mean something else. Returns (path, step).
-    """
-    folder = Path(folder)
-    found = read_checkpoint(folder / CHECKPOINT_DIR)
-    if found is None:
-        raise LatentDeskError(f"{folder}: no training checkpoint here (a stage-2 run's --out folder has one)")
-    tensors, meta = found
-    if meta.get("stage") != "diffusion":
-        raise LatentDeskError(f"{folder}: the checkpoint is of a {meta.get('stage')} run, not a diffusion one")
-    described = meta["description"]
-    if described.get("autoencoder") != autoencoder:
-        raise LatentDeskError(f"{folder} was trained on autoencoder {described.get('autoencoder')}, "
-                              f"not on the one given ({autoencoder})")
-    unet_config = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in described["unet"].items()})
-    text_config = TextEncoderConfig(**described["text_encoder"])
-    target = NoiseTarget(**{k: tuple(v) if isinstance(v, list) else v for k, v in described.get("target", {}).items()})
-    objective = DiffusionObjective(*build_networks(unet_config, text_config, 0), target,
-                                   tuple(described.get("label_classes", ())), described.get("attribute_loss", 0.0))
-    objective.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
-    parameters = dict(objective.named_parameters())
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if key.startswith("ema."):
-                parameters[key.removeprefix("ema.")].copy_(value)
-    path = export_model(out, objective.unet, vae, objective.text_model, defaults, export_dtype,
-                        prediction=target.prediction, zero_terminal_snr=target.zero_terminal_snr)
-    return path, meta["step"]

@@ -17,6 +17,7 @@ progress.py (the progress line and loss.jsonl).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from core.errors import LatentDeskError
+from core.precision import autocast_pays
 from core.train.checkpoints import (
     CHECKPOINT_DIR,
     CHECKPOINT_FORMAT,
@@ -117,6 +119,10 @@ def train(stage: Stage, settings: TrainSettings, folder: str | Path, processes: 
     rows = processes.rows(settings.batch_size)
     log = LossLog(folder / LOSS_LOG, start) if processes.is_main else None
     progress = Progress(stage.kind, settings.steps, start, stream) if processes.is_main else None
+    autocast = settings.bf16 and autocast_pays(processes.device)
+    if settings.bf16 and not autocast and processes.is_main:
+        print(f"{stage.kind}: bfloat16 runs no faster than float32 on this CPU (no bfloat16 units), so the "
+              "steps run in float32; the losses differ a little from an autocast run's", file=stream or sys.stderr)
     began = time.perf_counter()
     running: dict[str, Tensor | float] = defaultdict(float)   # sums since the last log line
     window_start = start
@@ -139,7 +145,7 @@ def train(stage: Stage, settings: TrainSettings, folder: str | Path, processes: 
             group["lr"] = 0.0 if step >= group.get("frozen_from", step + 1) else lr * group["lr_scale"]
         inputs = stage.inputs(order.indices(step)[rows], BatchRandom(settings.seed, step, settings.batch_size, rows))
         with attention_for_training(processes.device):
-            with torch.autocast(processes.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+            with torch.autocast(processes.device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = model(**{k: v.to(processes.device) for k, v in inputs.items()})
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
