@@ -31,7 +31,8 @@ def add_run_args(parser, settings) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=settings.checkpoint_every)
     parser.add_argument("--log-every", type=int, default=settings.log_every)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=settings.bf16,
-                        help="autocast forward passes to bfloat16 (fast on CPUs with AMX/AVX-512 BF16 and on GPUs)")
+                        help="autocast forward passes to bfloat16 (fast on CPUs with AMX/AVX-512 BF16 and on GPUs; on a "
+                             "CPU where it is not faster the steps stay float32)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 

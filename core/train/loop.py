@@ -121,8 +121,8 @@ def train(stage: Stage, settings: TrainSettings, folder: str | Path, processes: 
     progress = Progress(stage.kind, settings.steps, start, stream) if processes.is_main else None
     autocast = settings.bf16 and autocast_pays(processes.device)
     if settings.bf16 and not autocast and processes.is_main:
-        print(f"{stage.kind}: bfloat16 runs no faster than float32 on this CPU (no bfloat16 units), so the "
-              "steps run in float32; the losses differ a little from an autocast run's", file=stream or sys.stderr)
+        print(f"{stage.kind}: bfloat16 runs no faster than float32 on this CPU, so the steps run in float32 "
+              "(the losses differ a little from an autocast run's)", file=stream or sys.stderr)
     began = time.perf_counter()
     running: dict[str, Tensor | float] = defaultdict(float)   # sums since the last log line
     window_start = start

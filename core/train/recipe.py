@@ -231,6 +231,10 @@ SHIPPED_RECIPE = "v1"
 #    the day before), so 3,000 steps would have outlasted the session. Not measured, then; `scripts/caption_probe.py`
 #    (what a mix teaches the text encoder, in minutes) found these two changes move its template scores by less
 #    than its own seed-to-seed spread (docs/BUILTIN_MODEL.md, "The third v2 run").
+#  - v1 fine-tuned on the mix (2026-12-07, `train diffusion --from builtin`, 500 steps of 64, float32 on a CPU
+#    without bfloat16 units): the old templates' background fell 97.3 -> 87.7 with v1's UNet too (its
+#    cross-attention at 4x4 included), so v2's attention layout is not what costs it; structures 78.5 / 78.7 /
+#    90.4 / 98.9 / 98.6 (position and size learnt in a few hundred steps, colour and background not).
 V2_RECIPE = replace(
     BUILTIN_RECIPE,
     vae_loss=replace(BUILTIN_RECIPE.vae_loss, finetune_start=6000, freeze_encoder=True, edge_focus=10.0,
