@@ -330,7 +330,7 @@ class DiffusionStage:
             self.objective.unet.load_state_dict(unet.state_dict(), strict=True)
             self.objective.text_model.load_state_dict(text_model.state_dict(), strict=True)
         except RuntimeError as e:
-            raise LatentDeskError(f"{source}: its text encoder is not the shape this run trains ({e})") from None
+            raise LatentDeskError(f"{source}: its networks are not the shape this run trains ({e})") from None
         self.started_from = source
 
     def inputs(self, indices: list[int], random: BatchRandom) -> dict[str, Tensor]:
