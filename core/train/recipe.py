@@ -234,7 +234,9 @@ SHIPPED_RECIPE = "v1"
 #  - v1 fine-tuned on the mix (2026-12-07, `train diffusion --from builtin`, 500 steps of 64, float32 on a CPU
 #    without bfloat16 units): the old templates' background fell 97.3 -> 87.7 with v1's UNet too (its
 #    cross-attention at 4x4 included), so v2's attention layout is not what costs it; structures 78.5 / 78.7 /
-#    90.4 / 98.9 / 98.6 (position and size learnt in a few hundred steps, colour and background not).
+#    90.4 / 98.9 / 98.6 (position and size learnt in a few hundred steps, colour and background not). Run
+#    to its end (800 steps, lr decayed): structures 80.6 / 81.7 / 92.6 / 97.8 / 99.3, templates 96.1 / 92.5 /
+#    90.2 / 92.8 / 98.1 -- still short; "place then scene" captions stay about half right on colours.
 V2_RECIPE = replace(
     BUILTIN_RECIPE,
     vae_loss=replace(BUILTIN_RECIPE.vae_loss, finetune_start=6000, freeze_encoder=True, edge_focus=10.0,
