@@ -99,6 +99,11 @@ def never_load(*args, **kwargs):
     (["--out", "a_file/x.png"], "the folder a_file is not a folder"),
     (["--out-dir", "a_file"], "--out-dir a_file is a file, not a folder"),
     (["--out-dir", "a_file/inside"], "--out-dir a_file/inside: the folder cannot be made"),
+    # A folder that exists but takes no files (even root's: permission bits would not show it)
+    pytest.param(["--out", "/proc/x.png"], "--out /proc/x.png: no file can be written in /proc (",
+                 marks=pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")),
+    pytest.param(["--out-dir", "/proc"], "--out-dir: no file can be written in /proc (",
+                 marks=pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")),
 ])
 def test_bad_seed_or_output_exits_2_before_the_model_loads_and_writes_nothing(tmp_path, capsys, monkeypatch,
                                                                               model_file, args, words):

@@ -32,6 +32,7 @@ from app.cli.measure import add_measure_commands
 from app.cli.models import add_models_commands, models_dir
 from app.cli.train import add_train_commands
 from core import __version__
+from core.atomic_files import writable_folder
 from core.errors import LatentDeskError, ModelLoadError
 from core.fetch.addons import addon_folders, find_addons
 from core.limits import require
@@ -329,15 +330,9 @@ def output_path(args) -> Path:
         if not out.parent.is_dir():
             problem = "is not a folder" if out.parent.exists() else "does not exist"
             raise LatentDeskError(f"--out {out}: the folder {out.parent} {problem}")
+        writable_folder(out.parent, f"--out {out}")
         return out
-    folder = Path(args.out_dir)
-    if folder.exists() and not folder.is_dir():
-        raise LatentDeskError(f"--out-dir {folder} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LatentDeskError(f"--out-dir {folder}: the folder cannot be made ({e.strerror or e})") from None
-    return folder
+    return writable_folder(Path(args.out_dir), "--out-dir")
 
 
 def load_named_model(spec: str, **options):

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from app.cli.train_args import add_data_args, add_run_args, dataset_from, settings_from, shapes_name
 from app.cli.train_preview import run_train_preview
+from core.atomic_files import check_can_make
 from core.errors import LatentDeskError
 from core.nets.preview_decoder import PreviewDecoderConfig
 from core.shapes.dataset import CAPTION_SOURCES
@@ -69,7 +70,7 @@ def add_train_commands(subparsers) -> None:
     ae.add_argument("--detail-crops", action="store_true",
                     help="in the fine-tune, place each crop around the image's edges (its object)")
     ae.add_argument("--freeze-encoder", action="store_true", help="the fine-tune trains the decoder alone")
-    ae.set_defaults(handler=run_train_autoencoder)
+    ae.set_defaults(handler=out_folder_first(run_train_autoencoder))
 
     df = stages.add_parser("diffusion", help="stage 2: UNet + text encoder on the autoencoder's latents")
     df.add_argument("--autoencoder", required=True, help="autoencoder.safetensors from stage 1 (or its folder)")
@@ -120,7 +121,7 @@ def add_train_commands(subparsers) -> None:
                     help="fine-tune this model's UNet and text encoder (e.g. builtin, on new captions) instead of "
                          "training fresh ones; the flags above must describe its networks, and --autoencoder must "
                          "encode as its own does")
-    df.set_defaults(handler=run_train_diffusion)
+    df.set_defaults(handler=out_folder_first(run_train_diffusion))
 
     snap = stages.add_parser("snapshot", help="export the model of an unfinished stage-2 run (its last checkpoint)")
     snap.add_argument("run", help="the stage-2 --out folder")
@@ -143,7 +144,7 @@ def add_train_commands(subparsers) -> None:
                     help="also put the decoder beside the model (<model>.preview.safetensors), where the app finds "
                          "it; refused when one is there already (the built-in model ships one) unless --force")
     pv.add_argument("--force", action="store_true", help="with --install: replace the decoder already there")
-    pv.set_defaults(handler=run_train_preview)
+    pv.set_defaults(handler=out_folder_first(run_train_preview))
 
     builtin = stages.add_parser("builtin", help="reproduce the shipped built-in model (both stages, fixed recipe)")
     builtin.add_argument("--out", required=True, help="working folder; rerun the same command to resume")
@@ -154,7 +155,16 @@ def add_train_commands(subparsers) -> None:
                          help="start stage 1 at the recipe's fine-tune from this model's autoencoder (e.g. the "
                               "shipped built-in model) instead of from scratch: minutes, not 40, and the latents "
                               "stay that model's, since the fine-tune trains the decoder alone")
-    builtin.set_defaults(handler=run_train_builtin)
+    builtin.set_defaults(handler=out_folder_first(run_train_builtin))
+
+
+def out_folder_first(handler):
+    """`handler` once it is clear that --out can be made and written in: a run would otherwise find out at its
+    first checkpoint or its latent cache, minutes in."""
+    def run(args) -> int:
+        check_can_make(Path(args.out), "--out")
+        return handler(args)
+    return run
 
 
 def groups_for(channels: int) -> int:
