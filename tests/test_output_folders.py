@@ -54,3 +54,19 @@ def test_train_refuses_an_out_folder_it_cannot_write_before_any_work(tmp_path, c
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--out /proc/run: no file can be written in /proc" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_proc
+def test_generate_refuses_an_attention_maps_folder_it_cannot_write_before_the_model_loads(tmp_path, capsys,
+                                                                                          monkeypatch):
+    from app.cli.commands import main
+
+    def never_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before --attention-maps was checked")
+
+    monkeypatch.setattr("core.loading.checkpoint.load_model", never_load)
+    code = main(["generate", "--prompt", "x", "--steps", "2", "--attention-maps", "/proc",
+                 "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--attention-maps: no file can be written in /proc" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.atomic_files import writable_folder
 from core.attention_maps import AttentionMaps, AttentionSettings, save_attention_maps
 from core.errors import LatentDeskError
 from core.request import GenerationRequest
@@ -70,12 +71,8 @@ def attention_plan(args) -> AttentionPlan | None:
     folder = Path(args.attention_maps)
     if folder.exists() and not folder.is_dir():
         raise LatentDeskError(f"--attention-maps {folder} is a file, not a folder")
-    ranges = None if args.attention_steps is None else step_ranges(args.attention_steps)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LatentDeskError(f"--attention-maps {folder}: the folder cannot be made ({e.strerror or e})") from None
-    return AttentionPlan(folder, ranges)
+    ranges = None if args.attention_steps is None else step_ranges(args.attention_steps)   # before the folder is made
+    return AttentionPlan(writable_folder(folder, "--attention-maps"), ranges)
 
 
 def step_ranges(spec: str) -> tuple[tuple[int, int], ...]:
